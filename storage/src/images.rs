@@ -1,0 +1,123 @@
+//! Queries over the images in the store: resolving names, listing, inspecting, untagging.
+
+use anyhow::{Context, Result, bail};
+use composefs::fsverity::FsVerityHashValue;
+use composefs_oci::OciDigest;
+use composefs_oci::oci_image::{self, OciImage, manifest_identifier};
+use fn_error_context::context;
+use serde::Serialize;
+
+use crate::repository::Store;
+
+/// How an image in the store is named: by tag, or by manifest digest (`@sha256:...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredRef {
+    /// A tag (`streams/refs/oci/<name>`).
+    Tag(String),
+    /// A manifest digest.
+    Digest(OciDigest),
+}
+
+impl std::fmt::Display for StoredRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tag(t) => write!(f, "{t}"),
+            Self::Digest(d) => write!(f, "@{d}"),
+        }
+    }
+}
+
+/// The image a reference names does not exist in the store.
+#[derive(Debug, thiserror::Error)]
+#[error("image {0} not found in the repository")]
+pub struct ImageNotFound(pub String);
+
+/// One image of [`list_images`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Its tag.
+    pub name: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Bytes of the blobs the manifest names (config and compressed layers), as registries count.
+    pub size: u64,
+    /// The config's `created`, if any.
+    pub created: Option<String>,
+}
+
+/// Finds the manifest `reference` names.
+#[context("Resolving {reference} in the repository")]
+pub fn resolve<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<(OciDigest, H)> {
+    let repo = store.repo();
+    match reference {
+        StoredRef::Tag(name) => match oci_image::resolve_ref(repo, name) {
+            Ok(found) => Ok(found),
+            Err(e) if e.downcast_ref::<oci_image::OciRefNotFound>().is_some() => {
+                Err(ImageNotFound(name.clone()).into())
+            }
+            Err(e) => Err(e),
+        },
+        StoredRef::Digest(digest) => match repo.has_stream(&manifest_identifier(digest))? {
+            Some(verity) => Ok((digest.clone(), verity)),
+            None => Err(ImageNotFound(format!("@{digest}")).into()),
+        },
+    }
+}
+
+/// Opens the image `reference` names, re-hashing its manifest and config.
+pub fn open_image<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<OciImage<H>> {
+    let (digest, _) = resolve(store, reference)?;
+    OciImage::open(store.repo(), &digest, None)
+}
+
+/// Lists the tagged images, sorted by name.
+#[context("Listing images")]
+pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSummary>> {
+    let mut out = Vec::new();
+    for (name, digest) in oci_image::list_refs(store.repo())? {
+        let image = OciImage::open(store.repo(), &digest, None)
+            .with_context(|| format!("Opening image {name}"))?;
+        let manifest = image.manifest();
+        let size = manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+        out.push(ImageSummary {
+            name,
+            digest: digest.to_string(),
+            size,
+            created: image.created().map(str::to_owned),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The raw manifest and config bytes of an image.
+pub fn raw_manifest_and_config<H: FsVerityHashValue>(
+    store: &Store<H>,
+    reference: &StoredRef,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let image = open_image(store, reference)?;
+    Ok((image.read_manifest_json(store.repo())?, image.read_config_json(store.repo())?))
+}
+
+/// Removes the tag `reference` names; for a digest, every tag that names that manifest.
+/// The image's data goes at the next garbage collection. Returns the removed tags.
+#[context("Removing {reference}")]
+pub fn remove<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<Vec<String>> {
+    store.repo().ensure_writable()?;
+    let (digest, _) = resolve(store, reference)?;
+    let tags: Vec<String> = match reference {
+        StoredRef::Tag(name) => vec![name.clone()],
+        StoredRef::Digest(_) => oci_image::list_refs(store.repo())?
+            .into_iter()
+            .filter(|(_, d)| *d == digest)
+            .map(|(name, _)| name)
+            .collect(),
+    };
+    if tags.is_empty() {
+        bail!("image @{digest} has no tag to remove");
+    }
+    for tag in &tags {
+        oci_image::untag_image(store.repo(), tag)?;
+    }
+    Ok(tags)
+}

@@ -1,0 +1,326 @@
+//! Importing one uncompressed layer tar into the store, verified against its DiffID.
+//!
+//! The tar is split as composefs-oci splits it (headers, padding and files of at most 64 bytes
+//! inline; larger regular files as objects), so the layer splitstream rebuilds the exact tar and
+//! the objects are the ones `cfsctl oci pull` stores. While the bytes of each file go into its
+//! object, their sha256 goes into the layer's [content index](crate::content_index).
+//!
+//! Import is two-phase: [`split_layer`] writes the objects and the splitstream and checks the
+//! DiffID, giving a [`PendingLayer`]; the caller checks what only it can check (the compressed
+//! blob's digest) and then [`PendingLayer::register`]s it. Until then nothing names the layer,
+//! and a failed import leaves only unreferenced objects, which garbage collection removes.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
+use composefs::INLINE_CONTENT_MAX_V0;
+use composefs::fsverity::FsVerityHashValue;
+use composefs::repository::{ObjectStoreMethod, Repository};
+use composefs::splitstream::SplitStreamBuilder;
+use composefs_oci::{LAYER_CONTENT_TYPE, OciDigest, layer_content_id};
+use tar_core::HEADER_SIZE;
+use tar_core::parse::{ParseEvent, Parser};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry};
+use crate::digest::HashingReader;
+use crate::repository::Store;
+use crate::tree_path::{normalize_entry_path, PathError};
+
+/// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
+const IO_BUF_CAPACITY: usize = 64 * 1024;
+
+/// Chunks of a file in flight between the tar reader and the task writing its object: enough
+/// to keep the writer busy without holding more than a few hundred KiB per file.
+const FILE_CHANNEL_DEPTH: usize = 4;
+
+/// Largest run of tar header bytes (with its PAX and GNU long-name extensions) accepted before
+/// one entry: far above any real header, and bounds what a hostile tar can make us buffer.
+const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Counts for one imported layer.
+#[derive(Debug, Clone, Default)]
+pub struct LayerStats {
+    /// Size of the uncompressed tar.
+    pub tar_size: u64,
+    /// Objects written new.
+    pub objects_written: u64,
+    /// Bytes of objects written new.
+    pub bytes_written: u64,
+    /// Objects that the store already held (deduplicated).
+    pub objects_reused: u64,
+    /// Bytes of objects that the store already held.
+    pub bytes_reused: u64,
+    /// Bytes kept inline in the splitstream (headers, padding, small files).
+    pub bytes_inline: u64,
+}
+
+/// A layer whose objects and splitstream are written and whose DiffID is verified, not yet
+/// named in the store.
+#[derive(Debug)]
+pub struct PendingLayer<H: FsVerityHashValue> {
+    store: Store<H>,
+    diff_id: OciDigest,
+    verity: H,
+    /// What the import wrote and reused.
+    pub stats: LayerStats,
+}
+
+impl<H: FsVerityHashValue> PendingLayer<H> {
+    /// Syncs the repository and names the layer `oci-layer-<diff_id>`.
+    pub async fn register(self) -> Result<(H, LayerStats)> {
+        self.store
+            .repo()
+            .register_stream(&self.verity, &layer_content_id(&self.diff_id), None)
+            .await?;
+        Ok((self.verity, self.stats))
+    }
+}
+
+/// Why a layer's tar was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The uncompressed bytes do not hash to the DiffID named by the config.
+    #[error("DiffID mismatch: the config says {expected}, the layer's tar is {actual}")]
+    DiffIdMismatch {
+        /// From the image config.
+        expected: OciDigest,
+        /// Computed from the bytes.
+        actual: OciDigest,
+    },
+    /// An entry's name leaves the image root.
+    #[error("tar entry {name:?}: {reason}")]
+    BadPath {
+        /// The name as stored in the tar.
+        name: String,
+        /// What is wrong with it.
+        reason: PathError,
+    },
+}
+
+/// Returns the layer's splitstream id when the store already holds the layer.
+pub fn stored_layer<H: FsVerityHashValue>(store: &Store<H>, diff_id: &OciDigest) -> Result<Option<H>> {
+    store.repo().has_stream(&layer_content_id(diff_id))
+}
+
+/// Splits the uncompressed layer tar `tar` into the store and checks it against `diff_id`.
+///
+/// Reads `tar` to its end: bytes after the end-of-archive blocks are kept, since they count in
+/// the DiffID.
+pub async fn split_layer<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &OciDigest,
+    tar: impl AsyncRead + Unpin,
+) -> Result<PendingLayer<H>> {
+    crate::digest::require_sha256(diff_id)?;
+    let repo = store.repo().clone();
+    let mut tar = HashingReader::new(tar);
+    let mut builder = SplitStreamBuilder::new(repo.clone(), LAYER_CONTENT_TYPE)?;
+    // Each object task sends its index entry and drops its sender when it ends, so the
+    // channel closes once every task has finished.
+    let (index_tx, mut index_rx) = mpsc::unbounded_channel();
+
+    split_entries(&repo, &mut tar, &mut builder, &index_tx).await?;
+    drop(index_tx);
+
+    let actual = tar.finish();
+    if &actual != diff_id {
+        return Err(LayerError::DiffIdMismatch { expected: diff_id.clone(), actual }.into());
+    }
+    let tar_size = tar.count();
+
+    // The layer stream names its index, so the index is written first, once every object
+    // task has reported.
+    let mut entries = Vec::new();
+    while let Some(entry) = index_rx.recv().await {
+        entries.push(entry);
+    }
+    let index = ContentIndex::new(entries);
+    let index_repo = repo.clone();
+    let index_id = tokio::task::spawn_blocking(move || index.write(&index_repo)).await??;
+    builder.add_named_stream_ref(CONTENT_INDEX_REF, &index_id);
+    let (verity, ss_stats) = builder.finish().await?;
+
+    let mut stats = LayerStats { tar_size, bytes_inline: ss_stats.inline_bytes, ..Default::default() };
+    for (size, method) in &ss_stats.external_objects {
+        if matches!(method, ObjectStoreMethod::AlreadyPresent) {
+            stats.objects_reused += 1;
+            stats.bytes_reused += size;
+        } else {
+            stats.objects_written += 1;
+            stats.bytes_written += size;
+        }
+    }
+    Ok(PendingLayer { store: store.clone(), diff_id: diff_id.clone(), verity, stats })
+}
+
+/// Parses tar entries from `tar` into `builder`.
+async fn split_entries<H: FsVerityHashValue>(
+    repo: &Arc<Repository<H>>,
+    tar: &mut (impl AsyncRead + Unpin),
+    builder: &mut SplitStreamBuilder<H>,
+    index: &mpsc::UnboundedSender<IndexEntry<H>>,
+) -> Result<()> {
+    let semaphore = repo.write_semaphore();
+    let mut parser = Parser::with_defaults();
+    let mut buf = BytesMut::with_capacity(IO_BUF_CAPACITY);
+    let mut need = HEADER_SIZE;
+    loop {
+        while buf.len() < need {
+            if need > MAX_HEADER_BYTES {
+                bail!("tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed");
+            }
+            buf.reserve(need - buf.len());
+            if tar.read_buf(&mut buf).await? == 0 {
+                if buf.is_empty() {
+                    // A tar without end-of-archive blocks: accepted, as composefs-oci does.
+                    return Ok(());
+                }
+                bail!("unexpected end of the layer's tar stream (truncated layer?)");
+            }
+        }
+        match parser.parse(&buf).context("Parsing the layer's tar stream")? {
+            ParseEvent::NeedData { min_bytes } => need = min_bytes,
+            ParseEvent::GlobalExtensions { consumed, .. } => {
+                builder.push_inline(&buf.split_to(consumed));
+                need = HEADER_SIZE;
+            }
+            ParseEvent::End { consumed } => {
+                builder.push_inline(&buf.split_to(consumed));
+                // Record padding and anything else up to EOF is part of the DiffID.
+                if !buf.is_empty() {
+                    builder.push_inline(&buf.split());
+                }
+                loop {
+                    buf.reserve(IO_BUF_CAPACITY);
+                    if tar.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                    builder.push_inline(&buf.split());
+                }
+            }
+            ParseEvent::SparseEntry { entry, .. } => {
+                bail!(
+                    "tar entry {:?}: sparse files are not supported",
+                    String::from_utf8_lossy(&entry.path)
+                );
+            }
+            ParseEvent::Entry { consumed, entry } => {
+                let link = entry.link_target.as_deref().filter(|_| entry.entry_type.is_hard_link());
+                check_entry_paths(&entry.path, link)?;
+                let size = usize::try_from(entry.size).context("tar entry size")?;
+                let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
+                builder.push_inline(&buf.split_to(consumed));
+                let padded = size.next_multiple_of(512);
+                if external {
+                    let permit = semaphore.clone().acquire_owned().await?;
+                    let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
+                    let task_repo = repo.clone();
+                    let task_index = index.clone();
+                    let handle = tokio::task::spawn_blocking(move || {
+                        let result = write_object(rx, size as u64, &task_repo, &task_index);
+                        drop(permit);
+                        result
+                    });
+                    let sent = send_file(&tx, &mut buf, tar, size).await;
+                    drop(tx);
+                    if let Err(e) = sent {
+                        // A failed writer explains more than the closed channel does.
+                        handle.await??;
+                        return Err(e);
+                    }
+                    builder.push_external(handle, size as u64);
+                    copy_inline(builder, &mut buf, tar, padded - size).await?;
+                } else {
+                    copy_inline(builder, &mut buf, tar, padded).await?;
+                }
+                need = HEADER_SIZE;
+            }
+        }
+    }
+}
+
+fn check_entry_paths(name: &[u8], link: Option<&[u8]>) -> Result<()> {
+    for p in std::iter::once(name).chain(link) {
+        if let Err(reason) = normalize_entry_path(p) {
+            return Err(LayerError::BadPath { name: String::from_utf8_lossy(p).into_owned(), reason }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `size` bytes of file content, from `buf` first, then from `tar`.
+async fn send_file(
+    tx: &mpsc::Sender<Bytes>,
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    size: usize,
+) -> Result<()> {
+    let mut remaining = size;
+    while remaining > 0 {
+        if buf.is_empty() {
+            buf.reserve(remaining.min(IO_BUF_CAPACITY));
+            if tar.read_buf(buf).await? == 0 {
+                bail!("unexpected end of the layer's tar stream inside a file (truncated layer?)");
+            }
+        }
+        let n = remaining.min(buf.len());
+        tx.send(buf.split_to(n).freeze())
+            .await
+            .map_err(|_| anyhow::anyhow!("object writer stopped early"))?;
+        remaining -= n;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes inline, from `buf` first, then from `tar`.
+async fn copy_inline<H: FsVerityHashValue>(
+    builder: &mut SplitStreamBuilder<H>,
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    len: usize,
+) -> Result<()> {
+    let mut remaining = len;
+    while remaining > 0 {
+        if buf.is_empty() {
+            buf.reserve(remaining.min(IO_BUF_CAPACITY));
+            if tar.read_buf(buf).await? == 0 {
+                bail!("unexpected end of the layer's tar stream (truncated layer?)");
+            }
+        }
+        let n = remaining.min(buf.len());
+        builder.push_inline(&buf.split_to(n));
+        remaining -= n;
+    }
+    Ok(())
+}
+
+/// Receives one file's content, writes it to an object and records it in the content index.
+fn write_object<H: FsVerityHashValue>(
+    mut rx: mpsc::Receiver<Bytes>,
+    size: u64,
+    repo: &Repository<H>,
+    index: &mpsc::UnboundedSender<IndexEntry<H>>,
+) -> Result<(H, ObjectStoreMethod)> {
+    let tmpfile = repo.create_object_tmpfile()?;
+    let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, File::from(tmpfile));
+    let mut sha = openssl::sha::Sha256::new();
+    let mut received = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        sha.update(&chunk);
+        received += chunk.len() as u64;
+        out.write_all(&chunk)?;
+    }
+    if received != size {
+        bail!("file content ended after {received} of {size} bytes");
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    let (id, method) = repo.finalize_object_tmpfile(file, size)?;
+    // The receiver only goes away when the import has already failed.
+    let _ = index.send(IndexEntry { sha256: sha.finish(), object: id.clone(), size });
+    Ok((id, method))
+}

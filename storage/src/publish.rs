@@ -1,0 +1,142 @@
+//! Publishing an image whose layers are stored: its merged tree as EROFS, its config and
+//! manifest splitstreams (exact JSON bytes), then its tag, in that order.
+//!
+//! This is what composefs-oci's `finalize_oci_image` does, with two differences: an image
+//! without `/usr` gets a fixed root directory (0755, owner 0:0, mtime 0, no xattrs) instead of
+//! an error, and tar entry names are cleaned and confined to the root (see
+//! [`crate::tree_path`]). For every image that cfsctl accepts, the EROFS is bit-for-bit
+//! cfsctl's.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+
+use anyhow::{Context, Result};
+use composefs::fsverity::FsVerityHashValue;
+use composefs::generic_tree::is_allowed_container_xattr;
+use composefs::repository::Repository;
+use composefs::tree::{FileSystem, Stat};
+use composefs_oci::OciDigest;
+use composefs::erofs::format::FormatVersion;
+use composefs_oci::oci_image::{OciImage, manifest_identifier, tag_image};
+use composefs_oci::tar::{TarItem, get_entry};
+use fn_error_context::context;
+
+use crate::digest::digest_of;
+use crate::repository::Store;
+use crate::tree_path::absolute_entry_path;
+
+/// Splitstream content type of OCI manifests (composefs-oci's).
+const MANIFEST_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"ocimanif");
+
+/// The root directory of an image that has no `/usr` to copy it from.
+fn default_root_stat() -> Stat {
+    Stat { st_mode: 0o755, ..Stat::uninitialized() }
+}
+
+/// What [`publish_image`] stored.
+#[derive(Debug, Clone)]
+pub struct PublishedImage<H> {
+    /// sha256 of the manifest bytes.
+    pub manifest_digest: OciDigest,
+    /// sha256 of the config bytes.
+    pub config_digest: OciDigest,
+    /// The EROFS image of the merged tree (the repository's default format).
+    pub erofs: H,
+}
+
+/// Stores config and manifest for layers already in the store, builds the EROFS image and
+/// points `tag` at the manifest. Idempotent. The tag moves last, so an image it named before
+/// stays whole until the new one is complete.
+#[context("Publishing image {}", digest_of(manifest_json))]
+pub fn publish_image<H: FsVerityHashValue>(
+    store: &Store<H>,
+    manifest_json: &[u8],
+    config_json: &[u8],
+    layers: &[(OciDigest, H)],
+    tag: Option<&str>,
+) -> Result<PublishedImage<H>> {
+    let repo = store.repo();
+    let manifest_digest = digest_of(manifest_json);
+    let config_digest = digest_of(config_json);
+
+    let erofs = match existing_erofs(repo, &manifest_digest)? {
+        Some(erofs) => erofs,
+        None => {
+            let fs = build_filesystem(repo, layers)?;
+            let mut images = fs.commit_images(repo, None)?;
+            let v1 = images.remove(&FormatVersion::V1);
+            let v2 = images.remove(&FormatVersion::V2);
+            let refs: HashMap<Box<str>, H> = layers
+                .iter()
+                .map(|(d, v)| (Box::from(d.as_ref()), v.clone()))
+                .collect();
+            let (_, config_verity) = composefs_oci::write_config_raw(
+                repo,
+                config_json,
+                refs,
+                v2.as_ref(),
+                v1.as_ref(),
+                &HashMap::new(),
+            )?;
+            let mut writer = repo.create_stream(MANIFEST_CONTENT_TYPE)?;
+            writer.add_named_stream_ref(&format!("config:{config_digest}"), &config_verity);
+            for (diff_id, verity) in layers {
+                writer.add_named_stream_ref(diff_id.as_ref(), verity);
+            }
+            writer.write_external(manifest_json)?;
+            // write_stream syncs the repository before the name appears.
+            repo.write_stream(writer, &manifest_identifier(&manifest_digest), None)?;
+            existing_erofs(repo, &manifest_digest)?
+                .context("the EROFS image just written is not linked from the manifest")?
+        }
+    };
+    if let Some(tag) = tag {
+        tag_image(repo, &manifest_digest, tag)?;
+    }
+    Ok(PublishedImage { manifest_digest, config_digest, erofs })
+}
+
+/// The EROFS image of a stored manifest, if both exist.
+fn existing_erofs<H: FsVerityHashValue>(repo: &Repository<H>, manifest: &OciDigest) -> Result<Option<H>> {
+    let Some(verity) = repo.has_stream(&manifest_identifier(manifest))? else {
+        return Ok(None);
+    };
+    let image = OciImage::open(repo, manifest, Some(&verity))?;
+    Ok(image.image_ref(repo.erofs_version()).cloned())
+}
+
+/// Merges the layers (applying whiteouts) into the image's tree, transformed as composefs-oci
+/// transforms OCI images.
+#[context("Building the image's file tree")]
+pub fn build_filesystem<H: FsVerityHashValue>(
+    repo: &Repository<H>,
+    layers: &[(OciDigest, H)],
+) -> Result<FileSystem<H>> {
+    let mut fs = FileSystem::new(Stat::uninitialized());
+    for (diff_id, verity) in layers {
+        let mut stream = repo
+            .open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))
+            .with_context(|| format!("Opening layer {diff_id}"))?;
+        while let Some(mut entry) = get_entry(&mut stream).with_context(|| format!("Reading layer {diff_id}"))? {
+            let name = entry.path.clone();
+            entry.path = absolute_entry_path(name.as_os_str().as_encoded_bytes())
+                .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;
+            if let TarItem::Hardlink(target) = &mut entry.item {
+                *target = absolute_entry_path(target.as_encoded_bytes())
+                    .with_context(|| format!("Layer {diff_id}: hard link {name:?}"))?
+                    .into_os_string();
+            }
+            composefs_oci::image::process_entry(&mut fs, entry)
+                .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;
+        }
+    }
+    if fs.root.get_directory(OsStr::new("usr")).is_ok() {
+        fs.transform_for_oci(&Default::default())?;
+    } else {
+        fs.set_root_stat(default_root_stat());
+        fs.canonicalize_run()?;
+        fs.filter_xattrs(is_allowed_container_xattr);
+        fs.compact();
+    }
+    Ok(fs)
+}

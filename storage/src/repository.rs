@@ -1,0 +1,266 @@
+//! Opening and creating the store: a composefs-rs repository.
+//!
+//! A repository on a filesystem with fs-verity is created in secure mode (the kernel checks every
+//! object). Where the filesystem has no fs-verity, it runs in composefs' insecure mode: object
+//! names are still fs-verity digests, computed in user space, and the caller is told so once.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue, enable_verity_raw};
+use composefs::fsverity::EnableVerityError;
+use composefs::repository::{Repository, RepositoryConfig, read_repo_algorithm};
+use fn_error_context::context;
+use rustix::fs::{CWD, Mode, OFlags};
+
+/// Errors a caller of the store may need to tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing exists at the path.
+    #[error("no composefs repository at {0} (create one with `skiff init {0}`)")]
+    NotFound(PathBuf),
+    /// The path exists but is not a directory.
+    #[error("{0} is not a directory, so it cannot be a composefs repository")]
+    NotADirectory(PathBuf),
+    /// A directory without `meta.json`.
+    #[error("{0} is not a composefs repository (no meta.json)")]
+    NotARepository(PathBuf),
+    /// fs-verity was required and the filesystem lacks it.
+    #[error("the filesystem of {0} does not support fs-verity, and --require-verity was given")]
+    VerityUnsupported(PathBuf),
+    /// The repository cannot be written to.
+    #[error("the repository at {0} is read-only")]
+    ReadOnly(PathBuf),
+}
+
+/// The hash behind object names: the repository's fs-verity algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashAlgorithm {
+    /// fs-verity with sha256 (composefs-rs' library default).
+    Sha256,
+    /// fs-verity with sha512 (cfsctl's and bootc's default).
+    #[default]
+    Sha512,
+}
+
+impl HashAlgorithm {
+    fn from_composefs(alg: Algorithm) -> Self {
+        match alg {
+            Algorithm::Sha256 { .. } => Self::Sha256,
+            Algorithm::Sha512 { .. } => Self::Sha512,
+        }
+    }
+}
+
+impl std::str::FromStr for HashAlgorithm {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sha256" => Ok(Self::Sha256),
+            "sha512" => Ok(Self::Sha512),
+            other => anyhow::bail!("unknown hash algorithm {other:?} (expected sha256 or sha512)"),
+        }
+    }
+}
+
+/// How to create a repository.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InitOptions {
+    /// The object-name algorithm; only used when the repository is created.
+    pub hash: HashAlgorithm,
+    /// Refuse to create an insecure repository on a filesystem without fs-verity.
+    pub require_verity: bool,
+}
+
+/// What [`init`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOutcome {
+    /// A new repository was created (false: one was already there).
+    pub created: bool,
+    /// The repository runs in insecure mode (no fs-verity on its filesystem).
+    pub insecure: bool,
+    /// The algorithm of the repository.
+    pub hash: HashAlgorithm,
+}
+
+/// Reports the algorithm of an existing repository.
+#[context("Opening repository {}", path.display())]
+pub fn repository_algorithm(path: &Path) -> Result<HashAlgorithm> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound(path.to_owned()).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.is_dir() {
+        return Err(StoreError::NotADirectory(path.to_owned()).into());
+    }
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    match read_repo_algorithm(&fd)? {
+        Some(alg) => Ok(HashAlgorithm::from_composefs(alg)),
+        None => Err(StoreError::NotARepository(path.to_owned()).into()),
+    }
+}
+
+/// Tells whether the filesystem holding the directory `dir` supports fs-verity, by enabling it on
+/// a scratch file.
+#[context("Probing fs-verity support in {}", dir.display())]
+pub fn filesystem_supports_verity(dir: &Path) -> Result<bool> {
+    let mut scratch = tempfile::Builder::new()
+        .prefix(".skiff-verity-probe-")
+        .tempfile_in(dir)?;
+    scratch.write_all(b"skiff fs-verity probe")?;
+    scratch.as_file().sync_all()?;
+    // fs-verity needs a file with no writable descriptor open.
+    let readonly = File::open(scratch.path())?;
+    let (writable, path) = scratch.into_parts();
+    drop(writable);
+    let result = enable_verity_raw::<Sha256HashValue>(readonly.as_fd());
+    drop(path);
+    match result {
+        Ok(()) | Err(EnableVerityError::AlreadyEnabled) => Ok(true),
+        Err(EnableVerityError::FilesystemNotSupported) => Ok(false),
+        Err(e) => Err(e).context("Enabling fs-verity on a scratch file"),
+    }
+}
+
+/// Creates a repository at `path` (and its parent directories) unless one is already there.
+#[context("Initializing repository {}", path.display())]
+pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
+    if let Ok(hash) = repository_algorithm(path) {
+        let insecure = !filesystem_supports_verity(path)?;
+        if insecure && options.require_verity {
+            return Err(StoreError::VerityUnsupported(path.to_owned()).into());
+        }
+        return Ok(InitOutcome { created: false, insecure, hash });
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(path.to_owned()).into()),
+        Ok(_) => {}
+        Err(_) => std::fs::create_dir_all(path)
+            .with_context(|| format!("Creating directory {}", path.display()))?,
+    }
+    let insecure = !filesystem_supports_verity(path)?;
+    if insecure && options.require_verity {
+        return Err(StoreError::VerityUnsupported(path.to_owned()).into());
+    }
+    let algorithm = match options.hash {
+        HashAlgorithm::Sha256 => Algorithm::SHA256,
+        HashAlgorithm::Sha512 => Algorithm::SHA512,
+    };
+    let mut config = RepositoryConfig::new(algorithm);
+    if insecure {
+        config = config.set_insecure();
+    }
+    match options.hash {
+        HashAlgorithm::Sha256 => {
+            Repository::<Sha256HashValue>::init_path(CWD, path, config)?;
+        }
+        HashAlgorithm::Sha512 => {
+            Repository::<composefs::fsverity::Sha512HashValue>::init_path(CWD, path, config)?;
+        }
+    }
+    Ok(InitOutcome { created: true, insecure, hash: options.hash })
+}
+
+/// An open store: a composefs-rs repository whose object names use the hash `H`.
+pub struct Store<H: FsVerityHashValue> {
+    repo: Arc<Repository<H>>,
+    path: PathBuf,
+}
+
+impl<H: FsVerityHashValue> std::fmt::Debug for Store<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("insecure", &self.repo.is_insecure())
+            .finish()
+    }
+}
+
+impl<H: FsVerityHashValue> Clone for Store<H> {
+    fn clone(&self) -> Self {
+        Self { repo: self.repo.clone(), path: self.path.clone() }
+    }
+}
+
+impl<H: FsVerityHashValue> Store<H> {
+    /// Opens an existing repository (taking composefs' shared lock on it, so that a garbage
+    /// collection in another process waits until this store is dropped).
+    #[context("Opening repository {}", path.display())]
+    pub fn open(path: &Path) -> Result<Self> {
+        repository_algorithm(path)?;
+        let repo = Repository::<H>::open_path(CWD, path)?;
+        Ok(Self { repo: Arc::new(repo), path: path.to_owned() })
+    }
+
+    /// Opens an existing repository for writing: fails with [`StoreError::ReadOnly`] when the
+    /// repository cannot be written, before any work is done.
+    pub fn open_writable(path: &Path) -> Result<Self> {
+        let store = Self::open(path)?;
+        if store.repo.ensure_writable().is_err() {
+            return Err(StoreError::ReadOnly(path.to_owned()).into());
+        }
+        Ok(store)
+    }
+
+    /// Limits how many objects are written at once across all layers. Must be called before
+    /// the first write.
+    pub fn set_write_concurrency(&mut self, jobs: usize) {
+        if let Some(repo) = Arc::get_mut(&mut self.repo) {
+            repo.set_write_concurrency(jobs.max(1));
+        }
+    }
+
+    /// The composefs repository.
+    pub fn repo(&self) -> &Arc<Repository<H>> {
+        &self.repo
+    }
+
+    /// Where the repository lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the repository runs without fs-verity.
+    pub fn is_insecure(&self) -> bool {
+        self.repo.is_insecure()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_idempotent_and_reports_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let out = init(&path, InitOptions { hash: HashAlgorithm::Sha256, require_verity: false }).unwrap();
+        assert!(out.created);
+        assert_eq!(repository_algorithm(&path).unwrap(), HashAlgorithm::Sha256);
+        let again = init(&path, InitOptions::default()).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.hash, HashAlgorithm::Sha256);
+        Store::<Sha256HashValue>::open(&path).unwrap();
+        assert!(Store::<composefs::fsverity::Sha512HashValue>::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_file_is_not_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = init(&file, InitOptions::default()).unwrap_err();
+        assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotADirectory(_))), "{err:#}");
+        let err = Store::<Sha256HashValue>::open(&file).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a directory"), "{err:#}");
+        let err = Store::<Sha256HashValue>::open(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))), "{err:#}");
+    }
+}
