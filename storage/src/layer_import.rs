@@ -228,10 +228,14 @@ async fn split_entries<H: FsVerityHashValue>(
                     });
                     let sent = send_file(&tx, &mut buf, tar, size).await;
                     drop(tx);
-                    if let Err(e) = sent {
-                        // A failed writer explains more than the closed channel does.
-                        handle.await??;
-                        return Err(e);
+                    match sent {
+                        Ok(()) => {}
+                        // The writer failed first: its error is the cause.
+                        Err(SendError::WriterGone) => {
+                            handle.await??;
+                            bail!("object writer stopped early");
+                        }
+                        Err(SendError::Read(e)) => return Err(e),
                     }
                     builder.push_external(handle, size as u64);
                     copy_inline(builder, &mut buf, tar, padded - size).await?;
@@ -253,25 +257,37 @@ fn check_entry_paths(name: &[u8], link: Option<&[u8]>) -> Result<()> {
     Ok(())
 }
 
+/// Why a file's content could not be handed to its object writer.
+enum SendError {
+    /// Reading the tar failed.
+    Read(anyhow::Error),
+    /// The writer task ended early (its own result says why).
+    WriterGone,
+}
+
 /// Sends `size` bytes of file content, from `buf` first, then from `tar`.
 async fn send_file(
     tx: &mpsc::Sender<Bytes>,
     buf: &mut BytesMut,
     tar: &mut (impl AsyncRead + Unpin),
     size: usize,
-) -> Result<()> {
+) -> Result<(), SendError> {
     let mut remaining = size;
     while remaining > 0 {
         if buf.is_empty() {
             buf.reserve(remaining.min(IO_BUF_CAPACITY));
-            if tar.read_buf(buf).await? == 0 {
-                bail!("unexpected end of the layer's tar stream inside a file (truncated layer?)");
+            match tar.read_buf(buf).await {
+                Ok(0) => {
+                    return Err(SendError::Read(anyhow::anyhow!(
+                        "unexpected end of the layer's tar stream inside a file (truncated layer?)"
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(SendError::Read(e.into())),
             }
         }
         let n = remaining.min(buf.len());
-        tx.send(buf.split_to(n).freeze())
-            .await
-            .map_err(|_| anyhow::anyhow!("object writer stopped early"))?;
+        tx.send(buf.split_to(n).freeze()).await.map_err(|_| SendError::WriterGone)?;
         remaining -= n;
     }
     Ok(())

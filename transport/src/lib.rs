@@ -1,1 +1,15 @@
-//! placeholder
+//! skiff's transports: image references, sources, layer converters and the copy engine.
+//!
+//! The `skiff` binary (`src/main.rs`, `src/cli/`) is a thin layer over this library. The library
+//! logs (through `log`) and never prints.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
+pub mod copy;
+pub mod imageref;
+pub mod layer;
+pub mod media;
+pub mod options;
+pub mod platform;
+pub mod source;

@@ -1,0 +1,423 @@
+//! Deterministic OCI images built from a description: layers of files, directories, links,
+//! whiteouts, devices, xattrs; written as an OCI layout with uncompressed, gzip or zstd
+//! layers. The same description always gives the same digests.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+/// Fixed timestamp of every entry (2024-01-01T00:00:00Z): fixtures must not depend on the clock.
+pub const EPOCH: u64 = 1_704_067_200;
+
+/// One entry of a layer.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A regular file.
+    File {
+        /// Content.
+        data: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u64,
+        /// Group.
+        gid: u64,
+        /// Extended attributes (name, value).
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// What it points to.
+        target: String,
+    },
+    /// A hard link to an earlier entry of the same layer.
+    Hardlink {
+        /// The earlier entry's name.
+        target: String,
+    },
+    /// A character device.
+    CharDev {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A fifo.
+    Fifo,
+    /// `.wh.NAME`: deletes NAME of lower layers.
+    Whiteout,
+    /// `DIR/.wh..wh..opq`: hides the lower layers' content of DIR.
+    Opaque,
+}
+
+/// A plain file, 0644, owned by root.
+pub fn file(data: impl Into<Vec<u8>>) -> Node {
+    Node::File { data: data.into(), mode: 0o644, uid: 0, gid: 0, xattrs: Vec::new() }
+}
+
+/// A directory, 0755.
+pub fn dir() -> Node {
+    Node::Dir { mode: 0o755 }
+}
+
+/// The entries of one layer, in tar order. Names are bytes: they need not be UTF-8.
+#[derive(Debug, Clone, Default)]
+pub struct Layer {
+    /// (name, node) in tar order.
+    pub entries: Vec<(Vec<u8>, Node)>,
+}
+
+impl Layer {
+    /// Appends an entry.
+    pub fn add(&mut self, name: impl AsRef<[u8]>, node: Node) -> &mut Self {
+        self.entries.push((name.as_ref().to_vec(), node));
+        self
+    }
+}
+
+/// Layer compression of a written fixture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (one member).
+    Gzip,
+    /// zstd (one frame).
+    Zstd,
+}
+
+impl Compression {
+    fn media_type(self) -> &'static str {
+        match self {
+            Self::None => "application/vnd.oci.image.layer.v1.tar",
+            Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Self::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// Builds the uncompressed tar of a layer (PAX headers for long names, xattrs).
+pub fn layer_tar(layer: &Layer) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.mode(tar::HeaderMode::Deterministic);
+    for (name, node) in &layer.entries {
+        let path = std::ffi::OsStr::from_encoded_bytes_unchecked_safe(name);
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(EPOCH);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        let (kind, mode, data): (tar::EntryType, u32, &[u8]) = match node {
+            Node::Dir { mode } => (tar::EntryType::Directory, *mode, &[]),
+            Node::File { data, mode, uid, gid, xattrs } => {
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                if !xattrs.is_empty() {
+                    let pax: Vec<(String, &[u8])> =
+                        xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+                    b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))?;
+                }
+                h.set_size(data.len() as u64);
+                (tar::EntryType::Regular, *mode, data)
+            }
+            Node::Symlink { target } => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target)?;
+                continue;
+            }
+            Node::Hardlink { target } => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                b.append_link(&mut h, path, target)?;
+                continue;
+            }
+            Node::CharDev { major, minor } => {
+                h.set_device_major(*major)?;
+                h.set_device_minor(*minor)?;
+                (tar::EntryType::Char, 0o666, &[])
+            }
+            Node::Fifo => (tar::EntryType::Fifo, 0o644, &[]),
+            Node::Whiteout | Node::Opaque => (tar::EntryType::Regular, 0o644, &[]),
+        };
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        b.append_data(&mut h, path, data).with_context(|| format!("tar entry {:?}", String::from_utf8_lossy(name)))?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Helper trait: bytes to OsStr on Unix.
+trait FromBytes {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl FromBytes for std::ffi::OsStr {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+fn compress(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
+    Ok(match compression {
+        Compression::None => tar.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar)?;
+            e.finish()?
+        }
+        Compression::Zstd => zstd::encode_all(tar, 3)?,
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(openssl::sha::sha256(data))
+}
+
+/// What [`write_oci_layout`] wrote.
+#[derive(Debug, Clone)]
+pub struct WrittenImage {
+    /// `sha256:...` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:...` of the config.
+    pub config_digest: String,
+    /// The layers' DiffIDs.
+    pub diff_ids: Vec<String>,
+    /// Total uncompressed bytes of the layers.
+    pub tar_bytes: u64,
+}
+
+fn write_blob(dir: &Path, data: &[u8]) -> Result<String> {
+    let hex = sha256_hex(data);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(blobs.join(&hex), data)?;
+    Ok(format!("sha256:{hex}"))
+}
+
+/// Writes an image made of `layers` into the OCI layout `dir` (created if needed), tagged
+/// `tag`. An existing layout keeps its other images.
+pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Compression) -> Result<WrittenImage> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut diff_ids = Vec::new();
+    let mut descriptors = Vec::new();
+    let mut tar_bytes = 0;
+    for layer in layers {
+        let tar = layer_tar(layer)?;
+        tar_bytes += tar.len() as u64;
+        diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
+        let blob = compress(&tar, compression)?;
+        let digest = write_blob(dir, &blob)?;
+        descriptors.push(json!({ "mediaType": compression.media_type(), "digest": digest, "size": blob.len() }));
+    }
+    let config = json!({
+        "created": "2024-01-01T00:00:00Z",
+        "architecture": native_arch(),
+        "os": "linux",
+        "config": { "Env": ["PATH=/usr/bin"], "Labels": { "skiff.fixture": tag } },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": layers.iter().map(|_| json!({ "created": "2024-01-01T00:00:00Z", "created_by": "skiff fixture" })).collect::<Vec<_>>(),
+    });
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_digest = write_blob(dir, &config_bytes)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len() },
+        "layers": descriptors,
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = write_blob(dir, &manifest_bytes)?;
+    let index_path = dir.join("index.json");
+    let mut index: serde_json::Value = match std::fs::read(&index_path) {
+        Ok(b) => serde_json::from_slice(&b)?,
+        Err(_) => json!({ "schemaVersion": 2, "manifests": [] }),
+    };
+    let manifests = index["manifests"].as_array_mut().context("index.json without manifests")?;
+    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
+    manifests.push(json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest_bytes.len(),
+        "annotations": { "org.opencontainers.image.ref.name": tag },
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&index)?)?;
+    Ok(WrittenImage { manifest_digest, config_digest, diff_ids, tar_bytes })
+}
+
+/// GOARCH of this machine.
+pub fn native_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), `len` long, from `seed`.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Text-like bytes (compressible), `len` long, from `seed`.
+pub fn text(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "lorem ", "ipsum ", "dolor ", "sit ", "amet ", "config\n", "value=", "true\n", "usr/lib ", "libc.so.6 ",
+        "# comment\n", "path ", "0123456789 ", "skiff ", "composefs ", "layer\n",
+    ];
+    let picks = noise(seed, len / 4 + 1);
+    let mut out = Vec::with_capacity(len + 16);
+    for p in picks {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(WORDS[(p & 15) as usize].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The feature-rich two-layer image: every kind of entry skiff must store faithfully.
+pub fn rich_image() -> Vec<Layer> {
+    let mut base = Layer::default();
+    base.add("usr/", dir())
+        .add("usr/bin/", dir())
+        .add("usr/bin/tool", Node::File { data: noise(1, 200_000), mode: 0o755, uid: 0, gid: 0, xattrs: vec![("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])] })
+        .add("usr/bin/tool-link", Node::Hardlink { target: "usr/bin/tool".into() })
+        .add("usr/lib/", dir())
+        .add("usr/lib/libfoo.so.1", file(noise(2, 70_000)))
+        .add("usr/lib/libfoo.so", Node::Symlink { target: "libfoo.so.1".into() })
+        .add("usr/lib/abs-link", Node::Symlink { target: "/usr/lib/libfoo.so.1".into() })
+        .add("usr/lib/dangling", Node::Symlink { target: "/nonexistent/target".into() })
+        .add("usr/share/", dir())
+        .add("usr/share/small.txt", file("just a few bytes\n"))
+        .add("usr/share/empty", file(Vec::new()))
+        .add("usr/share/owned", Node::File { data: text(3, 5000), mode: 0o600, uid: 1000, gid: 1000, xattrs: vec![("user.note".into(), b"hello".to_vec())] })
+        .add(format!("usr/share/{}", "n".repeat(150)), file(text(4, 300)))
+        .add(b"usr/share/latin1-\xe9t\xe9".as_slice(), file(text(5, 100)))
+        .add("etc/", dir())
+        .add("etc/os-release", file("ID=skiff-fixture\nVERSION_ID=1\n"))
+        .add("etc/old.conf", file(text(6, 4000)))
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/a.conf", file(text(7, 3000)))
+        .add("dev/", dir())
+        .add("dev/null", Node::CharDev { major: 1, minor: 3 })
+        .add("run/", dir())
+        .add("run/fifo", Node::Fifo)
+        .add("var/", dir())
+        .add("var/cache/", dir())
+        .add("var/cache/big.bin", file(noise(8, 1_500_000)));
+    let mut top = Layer::default();
+    top.add("etc/", dir())
+        .add("etc/.wh.old.conf", Node::Whiteout)
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/.wh..wh..opq", Node::Opaque)
+        .add("etc/conf.d/b.conf", file(text(9, 2500)))
+        .add("usr/", dir())
+        .add("usr/bin/", dir())
+        .add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() })
+        .add("usr/share/", dir())
+        .add("usr/share/small.txt", file("replaced in the upper layer\n"))
+        .add("usr/share/dup-of-tool", file(noise(1, 200_000)));
+    // A hard link to a file of the same layer (the tar crate writes what we ask).
+    top.entries.retain(|(n, _)| n.as_slice() != b"usr/bin/tool2");
+    top.add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() });
+    vec![base, top]
+}
+
+/// An image without `/usr`: one static binary, as scratch-based images are.
+pub fn scratch_image() -> Vec<Layer> {
+    let mut l = Layer::default();
+    l.add("app", Node::File { data: noise(42, 300_000), mode: 0o755, uid: 0, gid: 0, xattrs: Vec::new() });
+    vec![l]
+}
+
+/// A large image: `files` files over `layers` layers, `bytes` uncompressed in total, half
+/// text-like and half random, plus one file over 64 MiB when `bytes` allows.
+pub fn large_image(layers: usize, files: usize, bytes: u64, seed: u64) -> Vec<Layer> {
+    let mut out: Vec<Layer> = (0..layers).map(|_| Layer::default()).collect();
+    let big = if bytes > 128 << 20 { 65 << 20 } else { 0 };
+    let per_file = ((bytes - big) / files as u64).max(1) as usize;
+    for l in &mut out {
+        l.add("usr/", dir()).add("usr/share/", dir());
+    }
+    for i in 0..files {
+        let layer = &mut out[i % layers];
+        if i % 100 == 0 {
+            layer.add(format!("usr/share/d{:03}/", i / 100), dir());
+        }
+        // Sizes vary around the mean: many small files, a few large ones.
+        let size = match i % 10 {
+            0..=5 => per_file / 4,
+            6..=8 => per_file,
+            _ => per_file * 4 - per_file / 2,
+        };
+        let data = if i % 2 == 0 { text(seed ^ i as u64, size) } else { noise(seed ^ i as u64, size) };
+        layer.add(format!("usr/share/d{:03}/f{i:05}", i / 100), file(data));
+    }
+    if big > 0 {
+        out[0].add("usr/share/huge.bin", file(noise(seed ^ 0xb16, big as usize)));
+    }
+    out
+}
+
+/// A version pair for update scenarios: `v2` changes `changed_pct` percent of v1's files,
+/// adds a few and deletes a few.
+pub fn version_pair(files: usize, bytes: u64, changed_pct: usize) -> (Vec<Layer>, Vec<Layer>) {
+    let v1 = large_image(4, files, bytes, 7);
+    let mut v2 = v1.clone();
+    let every = (100 / changed_pct.max(1)).max(1);
+    let mut n = 0;
+    for layer in &mut v2 {
+        layer.entries.retain(|(name, _)| !name.ends_with(b"7") || !name.starts_with(b"usr/share/d00"));
+        for (name, node) in &mut layer.entries {
+            if let Node::File { data, .. } = node {
+                n += 1;
+                if n % every == 0 {
+                    // Change a few bytes in the middle: a realistic small edit.
+                    let mid = data.len() / 2;
+                    for b in data.iter_mut().skip(mid).take(64) {
+                        *b = b.wrapping_add(1);
+                    }
+                    let _ = name;
+                }
+            }
+        }
+    }
+    v2[0].add("usr/share/added/", dir());
+    for i in 0..5 {
+        v2[0].add(format!("usr/share/added/new{i}"), file(text(1000 + i, 20_000)));
+    }
+    (v1, v2)
+}
+
+/// Fixtures by name, for the `skiff-fixtures` tool.
+pub fn by_name(kind: &str) -> Result<Vec<Layer>> {
+    Ok(match kind {
+        "rich" => rich_image(),
+        "scratch" => scratch_image(),
+        // The benchmark image: 320 MiB uncompressed, 6,000 files.
+        "large" => version_pair(6000, 320 << 20, 5).0,
+        "large-v2" => version_pair(6000, 320 << 20, 5).1,
+        // The demo pair: small enough to build and copy in seconds.
+        "demo-v1" => version_pair(800, 24 << 20, 5).0,
+        "demo-v2" => version_pair(800, 24 << 20, 5).1,
+        other => anyhow::bail!("unknown fixture {other} (rich, scratch, large, large-v2, demo-v1, demo-v2)"),
+    })
+}

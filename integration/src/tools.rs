@@ -1,0 +1,71 @@
+//! The real programs the tests drive: skiff (built by the workspace), skopeo, cfsctl,
+//! docker-registry. Under CI (`CI=true`) a missing program is a test failure, never a skip.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+/// The skiff binary: `$SKIFF_BIN`, else the workspace's release build, else its debug build.
+pub fn skiff_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_BIN") {
+        return p.into();
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("skiff");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("the skiff binary is not built: run `cargo build --release` (make test does) or set SKIFF_BIN");
+}
+
+/// Finds `program` on PATH; panics with an install hint when it is missing (tests must not
+/// silently pass without the real program).
+pub fn require(program: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{program} is not installed: run contrib/install-deps.sh (make test does)"))
+}
+
+/// A `Command` for skiff.
+pub fn skiff() -> Command {
+    let mut c = Command::new(skiff_bin());
+    c.env("SKIFF_LOG", "warn");
+    c
+}
+
+/// Runs a command and returns its output, whatever its status.
+pub fn output(cmd: &mut Command) -> Result<Output> {
+    cmd.output().with_context(|| format!("running {cmd:?}"))
+}
+
+/// Runs a command and fails with its stderr unless it succeeds; returns stdout.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = output(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A `Command` for cfsctl on the repository `repo`.
+pub fn cfsctl(repo: &std::path::Path) -> Command {
+    let mut c = Command::new(require("cfsctl"));
+    c.arg("--repo").arg(repo);
+    c
+}
+
+/// A `Command` for skopeo that accepts any image (the tests' images are unsigned).
+pub fn skopeo() -> Command {
+    let mut c = Command::new(require("skopeo"));
+    c.arg("--insecure-policy");
+    c
+}

@@ -1,0 +1,1 @@
+//! Independent model of an image tree.

@@ -1,0 +1,135 @@
+//! Layer import against composefs-oci's own importer: same tar, same objects.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use composefs::fsverity::{FsVerityHashValue, Sha256HashValue};
+use composefs::repository::{Repository, RepositoryConfig};
+use rustix::fs::CWD;
+use skiff_storage::content_index::ContentIndex;
+use skiff_storage::digest::digest_of;
+use skiff_storage::layer_import::{LayerError, split_layer, stored_layer};
+use skiff_storage::{HashAlgorithm, InitOptions, Store};
+
+fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8], kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("usr/", b"", tar::EntryType::Directory);
+    add("usr/small", b"tiny", tar::EntryType::Regular);
+    add("usr/big", &vec![0xabu8; 300_000], tar::EntryType::Regular);
+    add("usr/other", &(0..100_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>(), tar::EntryType::Regular);
+    add("usr/dup", &vec![0xabu8; 300_000], tar::EntryType::Regular);
+    if let Some((name, data)) = extra {
+        add(name, data, tar::EntryType::Regular);
+    }
+    b.into_inner().unwrap()
+}
+
+fn store(dir: &Path) -> Store<Sha256HashValue> {
+    let path = dir.join("repo");
+    skiff_storage::repository::init(&path, InitOptions { hash: HashAlgorithm::Sha256, require_verity: false }).unwrap();
+    Store::open_writable(&path).unwrap()
+}
+
+fn object_refs(repo: &Repository<Sha256HashValue>, layer: &Sha256HashValue) -> HashSet<String> {
+    let mut r = repo.open_stream("", Some(layer), None).unwrap();
+    let mut out = HashSet::new();
+    r.get_object_refs(|id| {
+        out.insert(id.to_hex());
+    })
+    .unwrap();
+    out
+}
+
+fn cat(repo: &Repository<Sha256HashValue>, layer: &Sha256HashValue) -> Vec<u8> {
+    let mut r = repo.open_stream("", Some(layer), None).unwrap();
+    let mut out = Vec::new();
+    r.cat(repo, &mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn same_tar_and_objects_as_composefs_oci() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let diff_id = digest_of(&tar);
+
+    let pending = split_layer(&store, &diff_id, &tar[..]).await.unwrap();
+    assert!(stored_layer(&store, &diff_id).unwrap().is_none(), "not named before register");
+    let (ours, stats) = pending.register().await.unwrap();
+    assert_eq!(stats.tar_size, tar.len() as u64);
+    assert_eq!(stats.objects_written, 2, "big and other; dup is deduplicated");
+    assert_eq!(stats.objects_reused, 1);
+    assert_eq!(stored_layer(&store, &diff_id).unwrap(), Some(ours.clone()));
+    assert_eq!(cat(store.repo(), &ours), tar);
+
+    let theirs_path = dir.path().join("theirs");
+    let (theirs, _) = Repository::<Sha256HashValue>::init_path(
+        CWD,
+        &theirs_path,
+        RepositoryConfig::new(composefs::fsverity::Algorithm::SHA256).set_insecure(),
+    )
+    .unwrap();
+    let theirs = Arc::new(theirs);
+    let (their_layer, _) = composefs_oci::import_layer(&theirs, &diff_id, None, &tar[..]).await.unwrap();
+    assert_eq!(object_refs(store.repo(), &ours), object_refs(&theirs, &their_layer));
+    assert_eq!(cat(&theirs, &their_layer), tar);
+
+    let index = ContentIndex::<Sha256HashValue>::read_for_layer(store.repo(), &diff_id).unwrap().unwrap();
+    assert_eq!(index.entries().len(), 2);
+    let big = openssl::sha::sha256(&vec![0xabu8; 300_000]);
+    let entry = index.lookup(&big).unwrap();
+    assert_eq!(entry.size, 300_000);
+    assert_eq!(store.repo().read_object(&entry.object).unwrap(), vec![0xabu8; 300_000]);
+}
+
+#[tokio::test]
+async fn diff_id_mismatch_names_both_digests_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let wrong = digest_of(b"not this layer");
+    let err = split_layer(&store, &wrong, &tar[..]).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(matches!(err.downcast_ref::<LayerError>(), Some(LayerError::DiffIdMismatch { .. })), "{msg}");
+    assert!(msg.contains(&wrong.to_string()) && msg.contains(&digest_of(&tar).to_string()), "{msg}");
+    assert!(stored_layer(&store, &wrong).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn truncated_tar_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let cut = &tar[..2048 + 100];
+    let err = split_layer(&store, &digest_of(cut), cut).await.unwrap_err();
+    assert!(format!("{err:#}").contains("unexpected end"), "{err:#}");
+}
+
+#[tokio::test]
+async fn entries_leaving_the_root_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    // The tar crate refuses to write `..`, so patch the name in the header by hand.
+    let mut tar = sample_tar(Some(("zz/escape", b"x")));
+    let pos = tar.windows(9).position(|w| w == b"zz/escape").unwrap();
+    tar[pos..pos + 9].copy_from_slice(b"../escape");
+    // Fix the header checksum.
+    let start = pos - pos % 512;
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(&tar[start..start + 512]);
+    header.set_cksum();
+    tar[start..start + 512].copy_from_slice(header.as_bytes());
+    let err = split_layer(&store, &digest_of(&tar), &tar[..]).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("../escape") && msg.contains("leaves the image root"), "{msg}");
+}

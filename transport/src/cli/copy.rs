@@ -1,0 +1,278 @@
+//! `skiff copy`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use skiff_storage::images::StoredRef;
+use skiff_storage::{FsVerityHashValue, InitOptions, Store};
+use skiff_transport::copy::{CopyOptions, copy_image};
+use skiff_transport::imageref::{ImageRef, repository_path};
+use skiff_transport::options::SourceOptions;
+use skiff_transport::source::Source;
+
+use super::GlobalOptions;
+use super::output::{Output, ProgressMode};
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The image to copy, in skopeo's syntax (docker://, oci:, oci-archive:, docker-archive:, dir:).
+    source: String,
+    /// composefs:PATH:NAME (or composefs::NAME for the default repository).
+    destination: String,
+
+    /// Credentials for the source registry, USERNAME[:PASSWORD].
+    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
+    src_creds: Option<String>,
+    /// User name for the source registry.
+    #[arg(long)]
+    src_username: Option<String>,
+    /// Password for the source registry.
+    #[arg(long)]
+    src_password: Option<String>,
+    /// Access the source registry anonymously.
+    #[arg(long)]
+    src_no_creds: bool,
+    /// Path of the authentication file (default: skopeo's lookup of auth.json).
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
+    /// Path of the authentication file for the source registry (overrides --authfile).
+    #[arg(long, value_name = "PATH")]
+    src_authfile: Option<PathBuf>,
+    /// Require HTTPS and verify certificates when talking to the source registry.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    src_tls_verify: Option<bool>,
+    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry.
+    #[arg(long, value_name = "PATH")]
+    src_cert_dir: Option<PathBuf>,
+    /// Number of times to retry a failed layer fetch.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retry_times: u32,
+    /// Suppress output but errors.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Write the digest of the stored manifest to PATH.
+    #[arg(long, value_name = "PATH")]
+    digestfile: Option<PathBuf>,
+    /// Layers fetched and imported at once (default: number of CPUs).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Progress output: bars on a terminal, plain lines otherwise, or one JSON object a line.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Refuse to create or write a repository without fs-verity.
+    #[arg(long)]
+    require_verity: bool,
+
+    #[command(flatten)]
+    rejected: RejectedFlags,
+}
+
+/// skopeo copy flags that mean nothing when the destination is composefs storage. Accepted by
+/// the parser only to be refused by name.
+#[derive(Debug, Args)]
+struct RejectedFlags {
+    #[arg(long, hide = true)]
+    dest_creds: Option<String>,
+    #[arg(long, hide = true)]
+    dest_username: Option<String>,
+    #[arg(long, hide = true)]
+    dest_password: Option<String>,
+    #[arg(long, hide = true)]
+    dest_no_creds: bool,
+    #[arg(long, hide = true)]
+    dest_authfile: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    dest_tls_verify: Option<String>,
+    #[arg(long, hide = true)]
+    dest_cert_dir: Option<String>,
+    #[arg(long, hide = true)]
+    dest_registry_token: Option<String>,
+    #[arg(long, hide = true)]
+    dest_compress: bool,
+    #[arg(long, hide = true)]
+    dest_compress_format: Option<String>,
+    #[arg(long, hide = true)]
+    dest_compress_level: Option<String>,
+    #[arg(long, hide = true)]
+    dest_decompress: bool,
+    #[arg(long, hide = true)]
+    dest_oci_accept_uncompressed_layers: bool,
+    #[arg(long, hide = true)]
+    dest_precompute_digests: bool,
+    #[arg(long, hide = true)]
+    dest_shared_blob_dir: Option<String>,
+    #[arg(long, hide = true)]
+    dest_daemon_host: Option<String>,
+    #[arg(long, short = 'f', hide = true)]
+    format: Option<String>,
+    #[arg(long, short = 'a', hide = true)]
+    all: bool,
+    #[arg(long, hide = true)]
+    multi_arch: Option<String>,
+    #[arg(long, hide = true)]
+    preserve_digests: bool,
+    #[arg(long, hide = true)]
+    remove_signatures: bool,
+    #[arg(long, hide = true)]
+    sign_by: Option<String>,
+    #[arg(long, hide = true)]
+    sign_by_sigstore: Option<String>,
+    #[arg(long, hide = true)]
+    sign_by_sigstore_private_key: Option<String>,
+    #[arg(long, hide = true)]
+    sign_passphrase_file: Option<String>,
+    #[arg(long, hide = true)]
+    sign_identity: Option<String>,
+    #[arg(long, hide = true)]
+    additional_tag: Option<String>,
+    #[arg(long, hide = true)]
+    encryption_key: Option<String>,
+    #[arg(long, hide = true)]
+    encrypt_layer: Option<String>,
+    #[arg(long, hide = true)]
+    decryption_key: Option<String>,
+    #[arg(long, hide = true)]
+    src_shared_blob_dir: Option<String>,
+    #[arg(long, hide = true)]
+    src_daemon_host: Option<String>,
+    #[arg(long, hide = true)]
+    src_registry_token: Option<String>,
+}
+
+impl RejectedFlags {
+    /// The first given flag, spelled as on the command line.
+    fn first_given(&self) -> Option<&'static str> {
+        let given: [(bool, &'static str); 32] = [
+            (self.dest_creds.is_some(), "--dest-creds"),
+            (self.dest_username.is_some(), "--dest-username"),
+            (self.dest_password.is_some(), "--dest-password"),
+            (self.dest_no_creds, "--dest-no-creds"),
+            (self.dest_authfile.is_some(), "--dest-authfile"),
+            (self.dest_tls_verify.is_some(), "--dest-tls-verify"),
+            (self.dest_cert_dir.is_some(), "--dest-cert-dir"),
+            (self.dest_registry_token.is_some(), "--dest-registry-token"),
+            (self.dest_compress, "--dest-compress"),
+            (self.dest_compress_format.is_some(), "--dest-compress-format"),
+            (self.dest_compress_level.is_some(), "--dest-compress-level"),
+            (self.dest_decompress, "--dest-decompress"),
+            (self.dest_oci_accept_uncompressed_layers, "--dest-oci-accept-uncompressed-layers"),
+            (self.dest_precompute_digests, "--dest-precompute-digests"),
+            (self.dest_shared_blob_dir.is_some(), "--dest-shared-blob-dir"),
+            (self.dest_daemon_host.is_some(), "--dest-daemon-host"),
+            (self.format.is_some(), "--format"),
+            (self.all, "--all"),
+            (self.multi_arch.is_some(), "--multi-arch"),
+            (self.preserve_digests, "--preserve-digests"),
+            (self.remove_signatures, "--remove-signatures"),
+            (self.sign_by.is_some(), "--sign-by"),
+            (self.sign_by_sigstore.is_some(), "--sign-by-sigstore"),
+            (self.sign_by_sigstore_private_key.is_some(), "--sign-by-sigstore-private-key"),
+            (self.sign_passphrase_file.is_some(), "--sign-passphrase-file"),
+            (self.sign_identity.is_some(), "--sign-identity"),
+            (self.additional_tag.is_some(), "--additional-tag"),
+            (self.encryption_key.is_some(), "--encryption-key"),
+            (self.encrypt_layer.is_some(), "--encrypt-layer"),
+            (self.decryption_key.is_some(), "--decryption-key"),
+            (self.src_shared_blob_dir.is_some(), "--src-shared-blob-dir"),
+            (self.src_daemon_host.is_some() || self.src_registry_token.is_some(), "--src-daemon-host/--src-registry-token"),
+        ];
+        given.iter().find(|(g, _)| *g).map(|(_, name)| *name)
+    }
+}
+
+impl CopyArgs {
+    fn source_options(&self, global: &GlobalOptions) -> Result<SourceOptions> {
+        let creds = match (&self.src_creds, &self.src_username, &self.src_password) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                bail!("--src-creds and --src-username/--src-password cannot be used together")
+            }
+            (Some(c), None, None) => {
+                let (user, password) = c.split_once(':').unwrap_or((c.as_str(), ""));
+                if user.is_empty() {
+                    bail!("--src-creds: empty user name");
+                }
+                Some((user.to_owned(), password.to_owned()))
+            }
+            (None, Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
+            (None, None, Some(_)) => bail!("--src-password needs --src-username"),
+            (None, None, None) => None,
+        };
+        if self.src_no_creds && creds.is_some() {
+            bail!("--src-no-creds and --src-creds cannot be used together");
+        }
+        Ok(SourceOptions {
+            creds,
+            no_creds: self.src_no_creds,
+            authfile: self.src_authfile.clone().or_else(|| self.authfile.clone()),
+            tls_verify: self.src_tls_verify,
+            cert_dir: self.src_cert_dir.clone(),
+            arch: global.override_arch.clone(),
+            os: global.override_os.clone(),
+            variant: global.override_variant.clone(),
+            policy: global.policy.clone(),
+            insecure_policy: global.insecure_policy,
+            retry_times: self.retry_times,
+        })
+    }
+}
+
+pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
+    if let Some(flag) = args.rejected.first_given() {
+        bail!("{flag} has no meaning when the destination is composefs storage");
+    }
+    let source_ref: ImageRef = args.source.parse()?;
+    let dest_ref: ImageRef = args.destination.parse()?;
+    let ImageRef::Composefs { repo, image } = &dest_ref else {
+        bail!("destination {dest_ref}: skiff copies into composefs storage; use composefs:PATH:NAME");
+    };
+    let StoredRef::Tag(tag) = image else {
+        bail!("destination {dest_ref}: name the image (composefs:PATH:NAME); a digest cannot be a destination");
+    };
+    if matches!(source_ref, ImageRef::Composefs { .. }) {
+        bail!("source {source_ref}: copying out of composefs storage is not supported yet");
+    }
+    let options = args.source_options(global)?;
+    let repo_path = repository_path(repo)?;
+    let outcome = skiff_storage::repository::init(
+        &repo_path,
+        InitOptions { hash: Default::default(), require_verity: args.require_verity },
+    )
+    .with_context(|| format!("Destination {dest_ref}"))?;
+    let output = Output::new(args.progress, args.quiet);
+    if outcome.insecure {
+        output.notice(&format!(
+            "{} has no fs-verity: the repository runs in insecure mode",
+            repo_path.display()
+        ));
+    }
+    super::with_repo_hash!(&repo_path, H => copy_into::<H>(&args, &options, &source_ref, &dest_ref, &repo_path, tag, output).await)
+}
+
+async fn copy_into<H: FsVerityHashValue>(
+    args: &CopyArgs,
+    options: &SourceOptions,
+    source_ref: &ImageRef,
+    dest_ref: &ImageRef,
+    repo_path: &std::path::Path,
+    tag: &str,
+    output: Output,
+) -> Result<()> {
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut store = Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
+    store.set_write_concurrency(jobs);
+    let source = Arc::new(Source::open(source_ref, options).await?);
+    log::info!("reading {source_ref} via {}", source.kind());
+    let observer = output.observer();
+    let summary = copy_image(source, &store, tag, &CopyOptions { jobs, retry_times: args.retry_times }, observer.clone())
+        .await
+        .with_context(|| format!("Copying {source_ref} to {dest_ref}"))?;
+    observer.finish();
+    if let Some(path) = &args.digestfile {
+        std::fs::write(path, &summary.manifest_digest)
+            .with_context(|| format!("Writing the digest file {}", path.display()))?;
+    }
+    output.summary(source_ref, dest_ref, &summary);
+    Ok(())
+}

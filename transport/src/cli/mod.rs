@@ -1,0 +1,144 @@
+//! Command-line interface: skopeo's flag names and meanings, plus the store commands.
+
+mod copy;
+pub mod logger;
+mod output;
+mod store;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use skiff_storage::HashAlgorithm;
+
+/// Runs `$body` with the type alias `$h` set to the object-id type of the repository at `$path`.
+macro_rules! with_repo_hash {
+    ($path:expr, $h:ident => $body:expr) => {
+        match skiff_storage::repository::repository_algorithm($path)? {
+            skiff_storage::HashAlgorithm::Sha256 => {
+                type $h = skiff_storage::Sha256HashValue;
+                $body
+            }
+            skiff_storage::HashAlgorithm::Sha512 => {
+                type $h = skiff_storage::Sha512HashValue;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_repo_hash;
+
+/// Copies container images into composefs storage.
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// skopeo's global options that skiff honours.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct GlobalOptions {
+    /// Use ARCH instead of the machine's architecture when choosing an image.
+    #[arg(long, global = true, value_name = "ARCH")]
+    override_arch: Option<String>,
+    /// Use OS instead of the machine's OS when choosing an image.
+    #[arg(long, global = true, value_name = "OS")]
+    override_os: Option<String>,
+    /// Use VARIANT instead of the machine's architecture variant when choosing an image.
+    #[arg(long, global = true, value_name = "VARIANT")]
+    override_variant: Option<String>,
+    /// Path to a signature policy file.
+    #[arg(long, global = true, value_name = "PATH")]
+    policy: Option<PathBuf>,
+    /// Run without any policy check.
+    #[arg(long, global = true)]
+    insecure_policy: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME.
+    Copy(copy::CopyArgs),
+    /// Create a composefs repository (insecure mode, with a notice, where there is no fs-verity).
+    Init {
+        /// Where to create it.
+        path: PathBuf,
+        /// Object-name algorithm.
+        #[arg(long, value_enum, default_value_t = HashArg::Sha512)]
+        hash: HashArg,
+        /// Refuse to create a repository without fs-verity.
+        #[arg(long)]
+        require_verity: bool,
+    },
+    /// List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs).
+    Images {
+        /// The repository.
+        path: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image of a repository, as skopeo inspect does.
+    Inspect {
+        /// composefs:PATH:NAME, composefs:PATH@sha256:HEX or composefs::NAME.
+        image: String,
+        /// Print the raw manifest (with --config: the raw config).
+        #[arg(long)]
+        raw: bool,
+        /// Print the image's config.
+        #[arg(long)]
+        config: bool,
+    },
+    /// Remove an image's tag; its data goes at the next gc.
+    Rm {
+        /// composefs:PATH:NAME or composefs:PATH@sha256:HEX (removes every tag of that image).
+        image: String,
+    },
+    /// Remove what no tag reaches and report what was freed.
+    Gc {
+        /// The repository.
+        path: Option<PathBuf>,
+    },
+    /// Check every object, stream, image and content index.
+    Fsck {
+        /// The repository.
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HashArg {
+    Sha256,
+    Sha512,
+}
+
+impl From<HashArg> for HashAlgorithm {
+    fn from(h: HashArg) -> Self {
+        match h {
+            HashArg::Sha256 => HashAlgorithm::Sha256,
+            HashArg::Sha512 => HashAlgorithm::Sha512,
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Copy(args) => copy::run(args, &cli.global).await,
+        Command::Init { path, hash, require_verity } => store::init(&path, hash.into(), require_verity),
+        Command::Images { path, json } => store::images(path, json),
+        Command::Inspect { image, raw, config } => store::inspect(&image, raw, config),
+        Command::Rm { image } => store::rm(&image),
+        Command::Gc { path } => store::gc(path),
+        Command::Fsck { path } => store::fsck(path).await,
+    }
+}
+
+/// Exit status for an error: 2 when the source image does not exist, as skopeo does.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|e| e.is::<skiff_transport::options::SourceNotFound>()) { 2 } else { 1 }
+}

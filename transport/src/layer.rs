@@ -1,0 +1,124 @@
+//! The full layer converter: a compressed blob stream in, a verified layer in the store out.
+//!
+//! Checks, in order: the media type is a layer type; the uncompressed tar hashes to the
+//! config's DiffID (in [`skiff_storage::layer_import`]); the blob has exactly the descriptor's
+//! size and digest. Only then is the layer named in the store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use anyhow::Result;
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use containers_image_proxy::oci_spec::image::Descriptor;
+use skiff_storage::digest::HashingReader;
+use skiff_storage::layer_import::{PendingLayer, split_layer};
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+
+use crate::media::Compression;
+
+/// A blob whose bytes are not what its descriptor says.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Different digest.
+    #[error("blob digest mismatch: the manifest says {expected}, the blob is {actual}")]
+    DigestMismatch {
+        /// From the descriptor.
+        expected: OciDigest,
+        /// Computed.
+        actual: OciDigest,
+    },
+    /// Different size.
+    #[error("blob size mismatch: the manifest says {expected} bytes, the blob has {actual}")]
+    SizeMismatch {
+        /// From the descriptor.
+        expected: u64,
+        /// Read (at most one byte more than expected).
+        actual: u64,
+    },
+}
+
+/// Counts bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            self.counter.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+/// Imports the compressed layer `blob` described by `desc`, whose DiffID is `diff_id`.
+/// `fetched` counts compressed bytes as they arrive.
+pub async fn import_blob<H: FsVerityHashValue>(
+    store: &Store<H>,
+    blob: impl AsyncRead + Unpin + Send,
+    desc: &Descriptor,
+    diff_id: &OciDigest,
+    fetched: Arc<AtomicU64>,
+) -> Result<PendingLayer<H>> {
+    let compression = Compression::of_layer(desc.media_type())?;
+    skiff_storage::digest::require_sha256(desc.digest())?;
+    // One byte more than the descriptor allows, to see an oversized blob.
+    let limited = Counting { inner: blob, counter: fetched }.take(desc.size().saturating_add(1));
+    let mut hashed = HashingReader::new(limited);
+    let pending = {
+        let buffered = BufReader::with_capacity(BLOB_BUFFER, &mut hashed);
+        match compression {
+            Compression::None => split_layer(store, diff_id, buffered).await?,
+            Compression::Gzip => {
+                let mut d = GzipDecoder::new(buffered);
+                d.multiple_members(true);
+                split_layer(store, diff_id, d).await?
+            }
+            Compression::Zstd => {
+                let mut d = ZstdDecoder::new(buffered);
+                d.multiple_members(true);
+                split_layer(store, diff_id, d).await?
+            }
+        }
+    };
+    // Whatever follows the compressed data still counts in the blob digest.
+    tokio::io::copy(&mut hashed, &mut tokio::io::sink()).await?;
+    check_blob(&mut hashed, desc)?;
+    Ok(pending)
+}
+
+/// Buffer between the blob and the decompressor.
+const BLOB_BUFFER: usize = 128 * 1024;
+
+fn check_blob<R>(hashed: &mut HashingReader<R>, desc: &Descriptor) -> Result<(), BlobError> {
+    if hashed.count() != desc.size() {
+        return Err(BlobError::SizeMismatch { expected: desc.size(), actual: hashed.count() });
+    }
+    let actual = hashed.finish();
+    if &actual != desc.digest() {
+        return Err(BlobError::DigestMismatch { expected: desc.digest().clone(), actual });
+    }
+    Ok(())
+}
+
+/// Reads a small blob (manifest, config) whole and checks it against its descriptor.
+/// `max` bounds the allocation.
+pub async fn read_small_blob(mut blob: impl AsyncBufRead + Unpin, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+    anyhow::ensure!(desc.size() <= max, "blob {} claims {} bytes, more than the {max} allowed", desc.digest(), desc.size());
+    let mut hashed = HashingReader::new((&mut blob).take(desc.size() + 1));
+    let mut out = Vec::with_capacity(desc.size() as usize);
+    hashed.read_to_end(&mut out).await?;
+    check_blob(&mut hashed, desc)?;
+    Ok(out)
+}
+
+/// Largest config accepted: real ones are kilobytes; some carry long histories.
+pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
+/// Largest manifest or index accepted (the distribution spec suggests registries accept 4 MiB).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;

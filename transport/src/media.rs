@@ -1,0 +1,63 @@
+//! Layer media types and how each is compressed.
+//!
+//! Accepted: OCI `tar`, `tar+gzip`, `tar+zstd` and their non-distributable variants; Docker
+//! v2s2 `rootfs.diff.tar.gzip`, `rootfs.foreign.diff.tar.gzip` and `rootfs.diff.tar`. zstd
+//! layers may hold many frames and skippable frames (zstd:chunked, of every generation).
+
+use containers_image_proxy::oci_spec::image::MediaType;
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip, possibly several members.
+    Gzip,
+    /// zstd, possibly several frames and skippable frames.
+    Zstd,
+}
+
+/// A layer media type skiff cannot import.
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported layer media type {0:?} (skiff imports tar, tar+gzip and tar+zstd layers)")]
+pub struct UnsupportedMediaType(pub String);
+
+impl Compression {
+    /// The compression a layer media type names.
+    pub fn of_layer(media_type: &MediaType) -> Result<Self, UnsupportedMediaType> {
+        Ok(match media_type {
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Self::None,
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Self::Gzip,
+            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Self::Zstd,
+            other => match other.to_string().as_str() {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Self::Gzip,
+                "application/vnd.docker.image.rootfs.diff.tar" => Self::None,
+                s => return Err(UnsupportedMediaType(s.to_owned())),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar", Compression::None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Compression::Gzip),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Compression::Zstd),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Compression::Gzip),
+        ];
+        for (mt, want) in cases {
+            assert_eq!(Compression::of_layer(&MediaType::from(mt)).unwrap(), want, "{mt}");
+        }
+        let err = Compression::of_layer(&MediaType::from("application/vnd.example.bzip2")).unwrap_err();
+        assert!(err.to_string().contains("application/vnd.example.bzip2"));
+    }
+}

@@ -1,0 +1,250 @@
+//! `oci:` and `oci-archive:` read directly with the `ocidir` crate, without skopeo.
+//!
+//! The image is chosen as skopeo chooses it: by the `org.opencontainers.image.ref.name`
+//! annotation when a reference is given (or by `@sha256:` digest), else the only manifest of
+//! the index; an index of platforms is narrowed to one by [`crate::platform`]. Every blob is
+//! checked against its descriptor's size and digest (ocidir checks only the size).
+//!
+//! A compressed `oci-archive:` is left to skopeo ([`LayoutSource::open`] returns `None`).
+
+use std::io::Read;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use ocidir::cap_std::{ambient_authority, fs::Dir};
+use containers_image_proxy::oci_spec::image::{Descriptor, ImageIndex, MediaType};
+use fn_error_context::context;
+use ocidir::{OciArchive, OciDir, OciRead};
+use skiff_storage::layer_import::PendingLayer;
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use super::{ResolvedImage, parse_config, parse_manifest};
+use crate::imageref::ImageRef;
+use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob};
+use crate::options::{SourceNotFound, SourceOptions};
+use crate::platform::WantedPlatform;
+
+/// The tag annotation of OCI layouts.
+const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// Chunk size when streaming a blob out of the layout.
+const READ_CHUNK: usize = 256 * 1024;
+
+enum Layout {
+    Dir(OciDir),
+    Archive(OciArchive),
+}
+
+/// An OCI layout opened for reading.
+pub struct LayoutSource {
+    layout: Arc<Layout>,
+    reference: Option<String>,
+    name: String,
+    platform: WantedPlatform,
+}
+
+impl std::fmt::Debug for LayoutSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayoutSource").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Layout {
+    fn read_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            Self::Dir(d) => Box::new(d.read_blob(desc)?),
+            Self::Archive(a) => Box::new(a.read_blob(desc)?),
+        })
+    }
+
+    fn read_index(&self) -> Result<ImageIndex> {
+        Ok(match self {
+            Self::Dir(d) => d.read_index()?,
+            Self::Archive(a) => a.read_index()?,
+        })
+    }
+
+    /// Reads a small blob whole, verified.
+    fn read_verified(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        skiff_storage::digest::require_sha256(desc.digest())?;
+        anyhow::ensure!(desc.size() <= max, "blob {} claims {} bytes, more than the {max} allowed", desc.digest(), desc.size());
+        let mut data = Vec::with_capacity(desc.size() as usize);
+        self.read_blob(desc)
+            .with_context(|| format!("Opening blob {}", desc.digest()))?
+            .take(max + 1)
+            .read_to_end(&mut data)?;
+        let actual = skiff_storage::digest::digest_of(&data);
+        if data.len() as u64 != desc.size() || &actual != desc.digest() {
+            bail!("blob {} is corrupt: it has {} bytes and digest {actual} (the descriptor says {} bytes)", desc.digest(), data.len(), desc.size());
+        }
+        Ok(data)
+    }
+}
+
+fn is_compressed_file(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path)?;
+    let n = f.read(&mut magic)?;
+    Ok(n >= 2 && magic[..2] == [0x1f, 0x8b] || n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd])
+}
+
+impl LayoutSource {
+    /// Opens an `oci:` or `oci-archive:` reference; `None` for a compressed archive, which
+    /// skopeo reads instead.
+    #[context("Opening {reference}")]
+    pub fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Option<Self>> {
+        let (layout, path, tag) = match reference {
+            ImageRef::Oci { path, reference } => {
+                let dir = Dir::open_ambient_dir(path, ambient_authority())
+                    .map_err(|_| SourceNotFound(reference_string(path, reference, "oci")))?;
+                (Layout::Dir(OciDir::open(dir).with_context(|| format!("{} is not an OCI layout", path.display()))?), path, reference)
+            }
+            ImageRef::OciArchive { path, reference } => {
+                if !path.exists() {
+                    return Err(SourceNotFound(reference_string(path, reference, "oci-archive")).into());
+                }
+                if is_compressed_file(path)? {
+                    return Ok(None);
+                }
+                (Layout::Archive(OciArchive::open(path).with_context(|| format!("{} is not an OCI archive", path.display()))?), path, reference)
+            }
+            other => bail!("{other} is not an OCI layout reference"),
+        };
+        let _ = path;
+        Ok(Some(Self {
+            layout: Arc::new(layout),
+            reference: tag.clone(),
+            name: reference.to_string(),
+            platform: WantedPlatform::new(options.os.as_deref(), options.arch.as_deref(), options.variant.as_deref()),
+        }))
+    }
+
+    /// Picks the image's manifest from the index and reads it and its config, verified.
+    #[context("Reading manifest and config of {}", self.name)]
+    pub async fn resolve(&self) -> Result<ResolvedImage> {
+        let layout = self.layout.clone();
+        let reference = self.reference.clone();
+        let name = self.name.clone();
+        let platform = self.platform.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = layout.read_index()?;
+            let mut desc = pick_descriptor(&index, reference.as_deref(), &name)?;
+            if is_index(desc.media_type()) {
+                let nested: ImageIndex = serde_json::from_slice(&layout.read_verified(&desc, MAX_MANIFEST_SIZE)?)
+                    .context("Parsing the image index")?;
+                desc = platform
+                    .choose(&nested)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("{name}: no image for platform {platform} in the index"))?;
+            }
+            let manifest_json = layout.read_verified(&desc, MAX_MANIFEST_SIZE)?;
+            let manifest = parse_manifest(&manifest_json, &name)?;
+            let config_json = layout.read_verified(manifest.config(), MAX_CONFIG_SIZE).context("Reading the config")?;
+            let config = parse_config(&config_json, &manifest)?;
+            Ok(ResolvedImage { manifest_json, manifest, config_json, config })
+        })
+        .await?
+    }
+
+    /// Streams one layer blob out of the layout and imports it.
+    pub async fn fetch_layer<H: FsVerityHashValue>(
+        &self,
+        store: &Store<H>,
+        desc: &Descriptor,
+        diff_id: &OciDigest,
+        fetched: Arc<AtomicU64>,
+    ) -> Result<PendingLayer<H>> {
+        let reader = self.layout.read_blob(desc).with_context(|| format!("Opening blob {}", desc.digest()))?;
+        let (tx, rx) = mpsc::channel(4);
+        let pump = tokio::task::spawn_blocking(move || pump_blob(reader, tx));
+        let result = import_blob(store, ChannelReader { rx, current: Bytes::new() }, desc, diff_id, fetched).await;
+        pump.await?;
+        result
+    }
+}
+
+fn reference_string(path: &Path, reference: &Option<String>, transport: &str) -> String {
+    ImageRef::Oci { path: path.to_owned(), reference: reference.clone() }
+        .to_string()
+        .replacen("oci", transport, 1)
+}
+
+fn is_index(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageIndex)
+        || media_type.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+/// The index entry `reference` names.
+fn pick_descriptor(index: &ImageIndex, reference: Option<&str>, name: &str) -> Result<Descriptor> {
+    let manifests = index.manifests();
+    match reference {
+        Some(r) if r.starts_with("@sha256:") || r.starts_with("sha256:") => {
+            let digest = r.trim_start_matches('@');
+            manifests
+                .iter()
+                .find(|d| d.digest().to_string() == digest)
+                .cloned()
+                .ok_or_else(|| SourceNotFound(name.to_owned()).into())
+        }
+        Some(tag) => manifests
+            .iter()
+            .find(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME_ANNOTATION)).is_some_and(|t| t == tag))
+            .cloned()
+            .ok_or_else(|| SourceNotFound(name.to_owned()).into()),
+        None => match manifests.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(SourceNotFound(name.to_owned()).into()),
+            _ => bail!("{name}: the layout holds {} images; name one as oci:PATH:TAG", manifests.len()),
+        },
+    }
+}
+
+/// Reads a blob in chunks into `tx`; stops when the receiver goes away.
+fn pump_blob(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+    loop {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        match reader.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                chunk.truncate(n);
+                if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// An [`AsyncRead`] over chunks sent by a blocking reader.
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        while self.current.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}

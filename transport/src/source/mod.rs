@@ -1,0 +1,118 @@
+//! Where images come from: one interface, several implementations.
+//!
+//! - [`proxy::ProxySource`]: skopeo's image proxy, for every transport skopeo reads. Works with
+//!   proxy protocol 0.2.3 (Debian bookworm's skopeo 1.9.3).
+//! - [`layout::LayoutSource`]: `oci:` and uncompressed `oci-archive:` read directly, without
+//!   skopeo: exact manifests and indexes, random access to blobs.
+//!
+//! Every source hands out the manifest and config bytes verified against their digests, and
+//! layer blobs that the [layer converter](crate::layer) verifies while importing.
+
+pub mod layout;
+pub mod proxy;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Result;
+use containers_image_proxy::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
+use skiff_storage::layer_import::PendingLayer;
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+
+use crate::imageref::ImageRef;
+use crate::options::SourceOptions;
+
+/// The manifest and config of the image to copy, verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The manifest bytes that will be stored (their sha256 is the stored manifest digest).
+    pub manifest_json: Vec<u8>,
+    /// The manifest, parsed.
+    pub manifest: ImageManifest,
+    /// The config bytes (their sha256 is the manifest's config digest).
+    pub config_json: Vec<u8>,
+    /// The config, parsed.
+    pub config: ImageConfiguration,
+}
+
+/// An open image source.
+#[derive(Debug)]
+pub enum Source {
+    /// Through skopeo's image proxy.
+    Proxy(proxy::ProxySource),
+    /// An OCI layout read directly.
+    Layout(layout::LayoutSource),
+}
+
+impl Source {
+    /// Opens `reference`: `oci:` and uncompressed `oci-archive:` directly, everything else
+    /// through skopeo. Fails with [`crate::options::SourceNotFound`] when there is no such image.
+    pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
+        match reference {
+            ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
+                if let Some(layout) = layout::LayoutSource::open(reference, options)? {
+                    return Ok(Self::Layout(layout));
+                }
+                Ok(Self::Proxy(proxy::ProxySource::open(reference, options).await?))
+            }
+            ImageRef::Composefs { .. } => {
+                anyhow::bail!("copying out of composefs storage ({reference}) is not supported yet")
+            }
+            _ => Ok(Self::Proxy(proxy::ProxySource::open(reference, options).await?)),
+        }
+    }
+
+    /// How the source is read, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Proxy(_) => "skopeo image proxy",
+            Self::Layout(_) => "OCI layout (direct)",
+        }
+    }
+
+    /// Reads and verifies the manifest and config of the image.
+    pub async fn resolve(&self) -> Result<ResolvedImage> {
+        match self {
+            Self::Proxy(p) => p.resolve().await,
+            Self::Layout(l) => l.resolve().await,
+        }
+    }
+
+    /// Fetches the layer `desc` and imports it, verified, into `store` (not yet named there).
+    pub async fn fetch_layer<H: FsVerityHashValue>(
+        &self,
+        store: &Store<H>,
+        desc: &Descriptor,
+        diff_id: &OciDigest,
+        fetched: Arc<AtomicU64>,
+    ) -> Result<PendingLayer<H>> {
+        match self {
+            Self::Proxy(p) => p.fetch_layer(store, desc, diff_id, fetched).await,
+            Self::Layout(l) => l.fetch_layer(store, desc, diff_id, fetched).await,
+        }
+    }
+}
+
+/// Parses manifest bytes, refusing what is not a single-image manifest.
+pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<ImageManifest> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| anyhow::anyhow!("{what}: manifest is not JSON: {e}"))?;
+    let media_type = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or_default();
+    if media_type.contains("manifest.list") || media_type.contains("image.index") {
+        anyhow::bail!("{what}: expected an image manifest, found an index ({media_type})");
+    }
+    serde_json::from_value(value).map_err(|e| anyhow::anyhow!("{what}: malformed image manifest: {e}"))
+}
+
+/// Parses config bytes and checks that they name one DiffID per layer.
+pub(crate) fn parse_config(bytes: &[u8], manifest: &ImageManifest) -> Result<ImageConfiguration> {
+    let config: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("malformed image config: {e}"))?;
+    let diff_ids = config.rootfs().diff_ids().len();
+    let layers = manifest.layers().len();
+    anyhow::ensure!(
+        diff_ids == layers,
+        "the config lists {diff_ids} DiffIDs for the manifest's {layers} layers"
+    );
+    Ok(config)
+}

@@ -1,0 +1,150 @@
+//! Reading images through skopeo's image proxy (`skopeo experimental-image-proxy`).
+//!
+//! Only protocol 0.2.3 calls are used (OpenImageOptional, GetManifest, GetBlob), so Debian
+//! bookworm's skopeo 1.9.3 works. The proxy checks blob digests; skiff checks them again, and
+//! the DiffIDs, which the proxy does not.
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use containers_image_proxy::oci_spec::image::Descriptor;
+use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
+use fn_error_context::context;
+use skiff_storage::layer_import::PendingLayer;
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+
+use super::{ResolvedImage, parse_config, parse_manifest};
+use crate::imageref::ImageRef;
+use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob};
+use crate::options::{SourceNotFound, SourceOptions};
+
+/// An image opened through the proxy.
+pub struct ProxySource {
+    proxy: ImageProxy,
+    image: OpenedImage,
+    reference: String,
+}
+
+impl std::fmt::Debug for ProxySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySource").field("reference", &self.reference).finish_non_exhaustive()
+    }
+}
+
+/// The registry host of a `docker://` reference, as auth.json keys it.
+fn registry_host(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_owned(),
+        _ => "docker.io".to_owned(),
+    }
+}
+
+/// An auth.json holding `--src-creds` for the reference's registry: the proxy takes
+/// credentials only as an auth file.
+fn creds_authfile(reference: &ImageRef, user: &str, password: &str) -> Result<std::fs::File> {
+    let host = match reference {
+        ImageRef::Docker(name) => registry_host(name),
+        other => anyhow::bail!("--src-creds applies to docker:// sources, not {other}"),
+    };
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    let mut file = tempfile::tempfile()?;
+    file.write_all(json.to_string().as_bytes())?;
+    use std::io::Seek;
+    file.rewind()?;
+    Ok(file)
+}
+
+impl ProxySource {
+    /// Starts skopeo's proxy and opens `reference`.
+    #[context("Opening {reference} through skopeo")]
+    pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
+        let mut skopeo = Command::new("skopeo");
+        for (flag, value) in [
+            ("--override-arch", &options.arch),
+            ("--override-os", &options.os),
+            ("--override-variant", &options.variant),
+        ] {
+            if let Some(v) = value {
+                skopeo.arg(flag).arg(v);
+            }
+        }
+        if let Some(policy) = &options.policy {
+            skopeo.arg("--policy").arg(policy);
+        }
+        let mut config = ImageProxyConfig::default();
+        config.skopeo_cmd = Some(skopeo);
+        config.authfile = options.authfile.clone();
+        config.auth_anonymous = options.no_creds;
+        config.certificate_directory = options.cert_dir.clone();
+        config.insecure_skip_tls_verification = options.tls_verify.map(|v| !v);
+        config.insecure_policy = Some(options.insecure_policy);
+        if let Some((user, password)) = &options.creds {
+            config.authfile = None;
+            config.auth_data = Some(creds_authfile(reference, user, password)?);
+        }
+        let proxy = ImageProxy::new_with_config(config).await.context("Starting skopeo's image proxy")?;
+        let name = reference.to_string();
+        log::debug!("skopeo proxy protocol {}", proxy.protocol_version());
+        let image = proxy
+            .open_image_optional(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?
+            .ok_or_else(|| SourceNotFound(name.clone()))?;
+        Ok(Self { proxy, image, reference: name })
+    }
+
+    /// The manifest (converted to OCI by the proxy when the source has a Docker v2s2 one) and
+    /// the config.
+    #[context("Reading manifest and config of {}", self.reference)]
+    pub async fn resolve(&self) -> Result<ResolvedImage> {
+        let (_, manifest_json) = self.proxy.fetch_manifest_raw_oci(&self.image).await?;
+        let manifest = parse_manifest(&manifest_json, &self.reference)?;
+        let desc = manifest.config().clone();
+        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
+        let (config_json, driven) = tokio::join!(read_small_blob(reader, &desc, MAX_CONFIG_SIZE), driver);
+        let config_json = config_json.context("Reading the config")?;
+        driven.context("Reading the config")?;
+        let config = parse_config(&config_json, &manifest)?;
+        Ok(ResolvedImage { manifest_json, manifest, config_json, config })
+    }
+
+    /// Fetches one layer blob through the proxy and imports it.
+    pub async fn fetch_layer<H: FsVerityHashValue>(
+        &self,
+        store: &Store<H>,
+        desc: &Descriptor,
+        diff_id: &OciDigest,
+        fetched: Arc<AtomicU64>,
+    ) -> Result<PendingLayer<H>> {
+        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
+        let (imported, driven) = tokio::join!(import_blob(store, reader, desc, diff_id, fetched), driver);
+        // Our own checks explain a bad blob better than the proxy's broken pipe.
+        let pending = imported?;
+        driven.map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?;
+        Ok(pending)
+    }
+}
+
+/// skopeo's errors arrive wrapped in the proxy protocol's; keep the part a user can act on.
+fn clean_proxy_error(message: &str) -> String {
+    message.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_host_as_auth_json_keys_it() {
+        assert_eq!(registry_host("127.0.0.1:5000/app:v1"), "127.0.0.1:5000");
+        assert_eq!(registry_host("quay.io/fedora/fedora"), "quay.io");
+        assert_eq!(registry_host("localhost/app"), "localhost");
+        assert_eq!(registry_host("library/busybox"), "docker.io");
+        assert_eq!(registry_host("busybox"), "docker.io");
+    }
+}
