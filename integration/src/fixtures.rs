@@ -91,6 +91,9 @@ pub enum Compression {
     Gzip,
     /// zstd (one frame).
     Zstd,
+    /// zstd in many frames of 64 KiB input each, with a skippable frame between them, as
+    /// zstd:chunked layers are laid out.
+    ZstdFrames,
 }
 
 impl Compression {
@@ -98,7 +101,7 @@ impl Compression {
         match self {
             Self::None => "application/vnd.oci.image.layer.v1.tar",
             Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Self::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Self::Zstd | Self::ZstdFrames => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
     }
 }
@@ -173,6 +176,17 @@ fn compress(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
             e.finish()?
         }
         Compression::Zstd => zstd::encode_all(tar, 3)?,
+        Compression::ZstdFrames => {
+            let mut out = Vec::new();
+            for (i, chunk) in tar.chunks(64 * 1024).enumerate() {
+                out.extend_from_slice(&zstd::encode_all(chunk, 3)?);
+                // Skippable frame: magic 0x184D2A5?, little-endian length, payload.
+                out.extend_from_slice(&(0x184D_2A50u32 + (i as u32 % 16)).to_le_bytes());
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(b"skippabl");
+            }
+            out
+        }
     })
 }
 
@@ -204,26 +218,43 @@ fn write_blob(dir: &Path, data: &[u8]) -> Result<String> {
 /// Writes an image made of `layers` into the OCI layout `dir` (created if needed), tagged
 /// `tag`. An existing layout keeps its other images.
 pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Compression) -> Result<WrittenImage> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut blobs = Vec::new();
     let mut diff_ids = Vec::new();
-    let mut descriptors = Vec::new();
     let mut tar_bytes = 0;
     for layer in layers {
         let tar = layer_tar(layer)?;
         tar_bytes += tar.len() as u64;
         diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
-        let blob = compress(&tar, compression)?;
-        let digest = write_blob(dir, &blob)?;
-        descriptors.push(json!({ "mediaType": compression.media_type(), "digest": digest, "size": blob.len() }));
+        blobs.push((compression.media_type().to_owned(), compress(&tar, compression)?));
+    }
+    let mut written = write_image_raw(dir, tag, &blobs, &diff_ids, native_arch())?;
+    written.tar_bytes = tar_bytes;
+    Ok(written)
+}
+
+/// Writes an image from layer blobs as given (media type, bytes) and the DiffIDs the config
+/// should claim: the building block for images that are wrong on purpose.
+pub fn write_image_raw(
+    dir: &Path,
+    tag: &str,
+    blobs: &[(String, Vec<u8>)],
+    diff_ids: &[String],
+    arch: &str,
+) -> Result<WrittenImage> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut descriptors = Vec::new();
+    for (media_type, blob) in blobs {
+        let digest = write_blob(dir, blob)?;
+        descriptors.push(json!({ "mediaType": media_type, "digest": digest, "size": blob.len() }));
     }
     let config = json!({
         "created": "2024-01-01T00:00:00Z",
-        "architecture": native_arch(),
+        "architecture": arch,
         "os": "linux",
         "config": { "Env": ["PATH=/usr/bin"], "Labels": { "skiff.fixture": tag } },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": layers.iter().map(|_| json!({ "created": "2024-01-01T00:00:00Z", "created_by": "skiff fixture" })).collect::<Vec<_>>(),
+        "history": blobs.iter().map(|_| json!({ "created": "2024-01-01T00:00:00Z", "created_by": "skiff fixture" })).collect::<Vec<_>>(),
     });
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = write_blob(dir, &config_bytes)?;
@@ -235,6 +266,16 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Co
     });
     let manifest_bytes = serde_json::to_vec(&manifest)?;
     let manifest_digest = write_blob(dir, &manifest_bytes)?;
+    add_to_index(dir, tag, json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest_bytes.len(),
+    }))?;
+    Ok(WrittenImage { manifest_digest, config_digest, diff_ids: diff_ids.to_vec(), tar_bytes: 0 })
+}
+
+/// Adds `descriptor` to the layout's index.json under the tag `tag` (replacing that tag).
+pub fn add_to_index(dir: &Path, tag: &str, mut descriptor: serde_json::Value) -> Result<()> {
     let index_path = dir.join("index.json");
     let mut index: serde_json::Value = match std::fs::read(&index_path) {
         Ok(b) => serde_json::from_slice(&b)?,
@@ -242,14 +283,67 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Co
     };
     let manifests = index["manifests"].as_array_mut().context("index.json without manifests")?;
     manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
-    manifests.push(json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest,
-        "size": manifest_bytes.len(),
-        "annotations": { "org.opencontainers.image.ref.name": tag },
-    }));
+    descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+    manifests.push(descriptor);
     std::fs::write(&index_path, serde_json::to_vec(&index)?)?;
-    Ok(WrittenImage { manifest_digest, config_digest, diff_ids, tar_bytes })
+    Ok(())
+}
+
+/// Writes a multi-platform image: one image per (arch, layers), joined by an image index
+/// tagged `tag`.
+pub fn write_multi_arch(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) -> Result<String> {
+    let mut manifests = Vec::new();
+    for (arch, layers) in images {
+        let mut blobs = Vec::new();
+        let mut diff_ids = Vec::new();
+        for layer in layers {
+            let tar = layer_tar(layer)?;
+            diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
+            blobs.push((Compression::Gzip.media_type().to_owned(), compress(&tar, Compression::Gzip)?));
+        }
+        let scratch_tag = format!("{tag}-{arch}");
+        let written = write_image_raw(dir, &scratch_tag, &blobs, &diff_ids, arch)?;
+        let size = std::fs::metadata(blob_path(dir, &written.manifest_digest))?.len();
+        manifests.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": written.manifest_digest,
+            "size": size,
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))?;
+    let digest = write_blob(dir, &index)?;
+    add_to_index(dir, tag, json!({ "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": index.len() }))?;
+    Ok(digest)
+}
+
+/// Where a blob of an OCI layout lives.
+pub fn blob_path(dir: &Path, digest: &str) -> std::path::PathBuf {
+    dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+/// The uncompressed tars of `layers`.
+pub fn layer_tars(layers: &[Layer]) -> Result<Vec<Vec<u8>>> {
+    layers.iter().map(layer_tar).collect()
+}
+
+/// Compresses a tar as the fixtures do.
+pub fn compress_tar(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
+    compress(tar, compression)
+}
+
+/// The layer media type of a compression.
+pub fn media_type(compression: Compression) -> &'static str {
+    compression.media_type()
+}
+
+/// sha256 digest (`sha256:hex`) of bytes.
+pub fn digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
 }
 
 /// GOARCH of this machine.

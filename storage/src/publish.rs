@@ -3,7 +3,7 @@
 //!
 //! This is what composefs-oci's `finalize_oci_image` does, with two differences: an image
 //! without `/usr` gets a fixed root directory (0755, owner 0:0, mtime 0, no xattrs) instead of
-//! an error, and tar entry names are cleaned and confined to the root (see
+//! an error (its `/run`, if any, is emptied as usual), and tar entry names are cleaned and confined to the root (see
 //! [`crate::tree_path`]). For every image that cfsctl accepts, the EROFS is bit-for-bit
 //! cfsctl's.
 
@@ -133,8 +133,14 @@ pub fn build_filesystem<H: FsVerityHashValue>(
     if fs.root.get_directory(OsStr::new("usr")).is_ok() {
         fs.transform_for_oci(&Default::default())?;
     } else {
+        // As transform_for_oci, with the fixed root in place of /usr's metadata: /run is
+        // emptied and takes the root's mtime.
         fs.set_root_stat(default_root_stat());
-        fs.canonicalize_run()?;
+        if let Ok(run) = fs.root.get_directory_mut(OsStr::new("run")) {
+            run.stat.st_mtim_sec = 0;
+            run.stat.st_mtim_nsec = 0;
+            run.clear();
+        }
         fs.filter_xattrs(is_allowed_container_xattr);
         fs.compact();
     }

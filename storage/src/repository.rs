@@ -133,7 +133,13 @@ pub fn filesystem_supports_verity(dir: &Path) -> Result<bool> {
 #[context("Initializing repository {}", path.display())]
 pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
     if let Ok(hash) = repository_algorithm(path) {
-        let insecure = !filesystem_supports_verity(path)?;
+        // An existing repository says itself whether it is secure (verity on meta.json).
+        let insecure = match hash {
+            HashAlgorithm::Sha256 => Repository::<Sha256HashValue>::open_path(CWD, path)?.is_insecure(),
+            HashAlgorithm::Sha512 => {
+                Repository::<composefs::fsverity::Sha512HashValue>::open_path(CWD, path)?.is_insecure()
+            }
+        };
         if insecure && options.require_verity {
             return Err(StoreError::VerityUnsupported(path.to_owned()).into());
         }

@@ -66,13 +66,26 @@ pub async fn import_blob<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
-    let compression = Compression::of_layer(desc.media_type())?;
+    // The media type must name a layer; the bytes say how it is compressed, since some sources
+    // label layers wrongly (docker-archive calls plain tars gzip, deltas call everything gzip).
+    Compression::of_layer(desc.media_type())?;
     skiff_storage::digest::require_sha256(desc.digest())?;
     // One byte more than the descriptor allows, to see an oversized blob.
     let limited = Counting { inner: blob, counter: fetched }.take(desc.size().saturating_add(1));
     let mut hashed = HashingReader::new(limited);
     let pending = {
-        let buffered = BufReader::with_capacity(BLOB_BUFFER, &mut hashed);
+        let mut head = [0u8; 4];
+        let mut filled = 0;
+        while filled < head.len() {
+            let n = hashed.read(&mut head[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let compression = Compression::sniff(&head[..filled]);
+        let whole = std::io::Cursor::new(head[..filled].to_vec()).chain(&mut hashed);
+        let buffered = BufReader::with_capacity(BLOB_BUFFER, whole);
         match compression {
             Compression::None => split_layer(store, diff_id, buffered).await?,
             Compression::Gzip => {

@@ -3,6 +3,9 @@
 //! Accepted: OCI `tar`, `tar+gzip`, `tar+zstd` and their non-distributable variants; Docker
 //! v2s2 `rootfs.diff.tar.gzip`, `rootfs.foreign.diff.tar.gzip` and `rootfs.diff.tar`. zstd
 //! layers may hold many frames and skippable frames (zstd:chunked, of every generation).
+//!
+//! The media type decides whether a blob is a layer; its first bytes decide how to decompress
+//! it ([`Compression::sniff`]).
 
 use containers_image_proxy::oci_spec::image::MediaType;
 
@@ -23,6 +26,18 @@ pub enum Compression {
 pub struct UnsupportedMediaType(pub String);
 
 impl Compression {
+    /// The compression of a blob, from its first bytes: gzip and zstd by their magic numbers
+    /// (a zstd:chunked blob starts with an ordinary frame), anything else is taken as tar.
+    pub fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+
     /// The compression a layer media type names.
     pub fn of_layer(media_type: &MediaType) -> Result<Self, UnsupportedMediaType> {
         Ok(match media_type {
@@ -57,6 +72,10 @@ mod tests {
         for (mt, want) in cases {
             assert_eq!(Compression::of_layer(&MediaType::from(mt)).unwrap(), want, "{mt}");
         }
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"usr/"), Compression::None);
+        assert_eq!(Compression::sniff(b""), Compression::None);
         let err = Compression::of_layer(&MediaType::from("application/vnd.example.bzip2")).unwrap_err();
         assert!(err.to_string().contains("application/vnd.example.bzip2"));
     }

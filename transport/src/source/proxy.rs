@@ -90,11 +90,7 @@ impl ProxySource {
         let proxy = ImageProxy::new_with_config(config).await.context("Starting skopeo's image proxy")?;
         let name = reference.to_string();
         log::debug!("skopeo proxy protocol {}", proxy.protocol_version());
-        let image = proxy
-            .open_image_optional(&name)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?
-            .ok_or_else(|| SourceNotFound(name.clone()))?;
+        let image = open_image(&proxy, &name).await?;
         Ok(Self { proxy, image, reference: name })
     }
 
@@ -102,15 +98,41 @@ impl ProxySource {
     /// the config.
     #[context("Reading manifest and config of {}", self.reference)]
     pub async fn resolve(&self) -> Result<ResolvedImage> {
-        let (_, manifest_json) = self.proxy.fetch_manifest_raw_oci(&self.image).await?;
+        let (_, manifest_json) = self
+            .proxy
+            .fetch_manifest_raw_oci(&self.image)
+            .await
+            .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
         let manifest = parse_manifest(&manifest_json, &self.reference)?;
-        let desc = manifest.config().clone();
-        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
-        let (config_json, driven) = tokio::join!(read_small_blob(reader, &desc, MAX_CONFIG_SIZE), driver);
-        let config_json = config_json.context("Reading the config")?;
-        driven.context("Reading the config")?;
+        let config_json = self.config(manifest.config()).await.context("Reading the config")?;
         let config = parse_config(&config_json, &manifest)?;
         Ok(ResolvedImage { manifest_json, manifest, config_json, config })
+    }
+
+    /// The config blob, verified. The source's own blob when it has one; when the proxy
+    /// converted a Docker manifest to OCI, the config was converted with it and exists only in
+    /// the proxy (GetFullConfig), re-serialised: its digest is checked all the same.
+    async fn config(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        anyhow::ensure!(desc.size() <= MAX_CONFIG_SIZE, "the config claims {} bytes", desc.size());
+        let fetched = match self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await {
+            Ok((reader, driver)) => {
+                let (data, driven) = tokio::join!(read_small_blob(reader, desc, MAX_CONFIG_SIZE), driver);
+                driven.map_err(anyhow::Error::from).and(data)
+            }
+            Err(e) => Err(e.into()),
+        };
+        match fetched {
+            Ok(data) => Ok(data),
+            Err(e) if e.to_string().contains("Unknown blob") => {
+                let data = self.proxy.fetch_config_raw(&self.image).await?;
+                let actual = skiff_storage::digest::digest_of(&data);
+                if &actual != desc.digest() {
+                    return Err(crate::layer::BlobError::DigestMismatch { expected: desc.digest().clone(), actual }.into());
+                }
+                Ok(data)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Fetches one layer blob through the proxy and imports it.
@@ -129,6 +151,41 @@ impl ProxySource {
         Ok(pending)
     }
 }
+
+/// Opens an image, telling "no such image" apart from other failures: with OpenImageOptional
+/// where the proxy has it, else by skopeo's error text (protocol 0.2.3 has only OpenImage).
+async fn open_image(proxy: &ImageProxy, name: &str) -> Result<OpenedImage> {
+    match proxy.open_image_optional(name).await {
+        Ok(Some(image)) => return Ok(image),
+        Ok(None) => return Err(SourceNotFound(name.to_owned()).into()),
+        Err(e) if e.to_string().contains("unknown method") => {}
+        Err(e) => return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
+    }
+    proxy.open_image(name).await.map_err(|e| classify_open_error(name, &e.to_string()))
+}
+
+/// A [`SourceNotFound`] when skopeo's message says the image does not exist; else the message.
+/// Some transports (dir:) only notice at GetManifest.
+fn classify_open_error(name: &str, message: &str) -> anyhow::Error {
+    let message = clean_proxy_error(message);
+    if NOT_FOUND_MARKERS.iter().any(|m| message.contains(m)) {
+        anyhow::Error::new(SourceNotFound(name.to_owned())).context(message)
+    } else {
+        anyhow::anyhow!("{message}")
+    }
+}
+
+/// How skopeo 1.9.3 words "the image does not exist", per transport: registries answer
+/// MANIFEST_UNKNOWN / NAME_UNKNOWN; local transports fail to open their files.
+const NOT_FOUND_MARKERS: &[&str] = &[
+    "manifest unknown",
+    "name unknown",
+    "repository name not known",
+    "no such file or directory",
+    "no descriptor found for reference",
+    "does not exist",
+    "not found in",
+];
 
 /// skopeo's errors arrive wrapped in the proxy protocol's; keep the part a user can act on.
 fn clean_proxy_error(message: &str) -> String {
