@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Debian packages: skopeo (image proxy, fixtures), docker-registry (local test registry),
 # libssl-dev + pkg-config (openssl crate), zstd, xfsprogs (reflink-capable loop filesystems),
-# erofs-utils (inspecting EROFS images), openssl (test CAs), apache2-utils (htpasswd).
-packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates)
+# erofs-utils (inspecting EROFS images), openssl (test CAs), apache2-utils (htpasswd),
+# time (peak memory in benchmarks).
+packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -456,11 +456,12 @@ pub fn large_image(layers: usize, files: usize, bytes: u64, seed: u64) -> Vec<La
         if i % 100 == 0 {
             layer.add(format!("usr/share/d{:03}/", i / 100), dir());
         }
-        // Sizes vary around the mean: many small files, a few large ones.
+        // Sizes vary around the mean (6 × 1/4 + 3 × 1 + 1 × 11/2 = 10 × 1): many small files,
+        // a few large ones.
         let size = match i % 10 {
             0..=5 => per_file / 4,
             6..=8 => per_file,
-            _ => per_file * 4 - per_file / 2,
+            _ => per_file * 11 / 2,
         };
         let data = if i % 2 == 0 { text(seed ^ i as u64, size) } else { noise(seed ^ i as u64, size) };
         layer.add(format!("usr/share/d{:03}/f{i:05}", i / 100), file(data));
@@ -479,7 +480,7 @@ pub fn version_pair(files: usize, bytes: u64, changed_pct: usize) -> (Vec<Layer>
     let every = (100 / changed_pct.max(1)).max(1);
     let mut n = 0;
     for layer in &mut v2 {
-        layer.entries.retain(|(name, _)| !name.ends_with(b"7") || !name.starts_with(b"usr/share/d00"));
+        layer.entries.retain(|(name, _)| !name.ends_with(b"7") || !name.starts_with(b"usr/share/d000/"));
         for (name, node) in &mut layer.entries {
             if let Node::File { data, .. } = node {
                 n += 1;

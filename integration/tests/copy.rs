@@ -402,3 +402,21 @@ fn repository_that_is_a_file_or_read_only() {
     assert_failed(&out, 1, &["read-only"]);
     assert!(!tag_exists(&repo, "x"));
 }
+
+#[test]
+fn cfsctl_mounts_what_skiff_stored() {
+    let case = Case::new();
+    let layers = fixtures::rich_image();
+    let (layout, _) = case.layout("rich", &layers, Compression::Zstd);
+    fixtures::write_oci_layout(&layout, "scratch", &fixtures::scratch_image(), Compression::Gzip).unwrap();
+    let repo = case.path("repo");
+    for (tag, file, content) in [("rich", "usr/bin/tool", fixtures::noise(1, 200_000)), ("scratch", "app", fixtures::noise(42, 300_000))] {
+        assert_ok(&copy(&format!("oci:{}:{tag}", layout.display()), &format!("composefs:{}:{tag}", repo.display()), &[]), tag);
+        let mnt = case.path(&format!("mnt-{tag}"));
+        std::fs::create_dir(&mnt).unwrap();
+        run(cfsctl(&repo).args(["oci", "mount", tag]).arg(&mnt)).unwrap();
+        let read = std::fs::read(mnt.join(file));
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert_eq!(read.unwrap(), content, "{tag}: {file} through the mounted EROFS");
+    }
+}

@@ -1,0 +1,37 @@
+# skiff: `make demo`, `make test`, `make bench`.
+#
+# Every target installs what it needs first (contrib/install-deps.sh, idempotent) and builds the
+# workspace once, in release mode: the tests and benchmarks drive the release binaries.
+
+CARGO ?= cargo
+export SKIFF_BIN := $(CURDIR)/target/release/skiff
+# cfsctl is installed with `cargo install`.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build test demo bench clean
+
+all: build
+
+deps:
+	bash contrib/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace --all-targets
+
+# Unit tests, then the end-to-end tests against skopeo, docker-registry and cfsctl.
+test: build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --release --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --release --workspace --no-fail-fast; \
+	fi
+
+demo: build
+	./target/release/skiff-demo demo-work
+
+bench: build
+	./target/release/skiff-bench
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-work
