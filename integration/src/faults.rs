@@ -1,0 +1,115 @@
+//! A TCP forwarder on 127.0.0.1 that misbehaves on purpose: it relays to an upstream (a test
+//! registry) and cuts the first `faulty` connections once they have carried `cut_after` bytes
+//! from upstream, as a network that drops in the middle of a blob does; or it relays slowly, so
+//! that a test can stop the registry while a copy is under way.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// A running forwarder; stops accepting when dropped.
+#[derive(Debug)]
+pub struct FlakyForwarder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl FlakyForwarder {
+    /// Relays 127.0.0.1:(a free port) to `upstream`, cutting the first `faulty` connections
+    /// after `cut_after` bytes from upstream.
+    pub fn start(upstream: SocketAddr, cut_after: u64, faulty: usize) -> Result<Self> {
+        Self::spawn(upstream, Behaviour { cut_after, faulty, delay: Duration::ZERO })
+    }
+
+    /// Relays to `upstream` without cutting, sleeping `delay` after every 16 KiB from upstream.
+    pub fn start_slow(upstream: SocketAddr, delay: Duration) -> Result<Self> {
+        Self::spawn(upstream, Behaviour { cut_after: u64::MAX, faulty: 0, delay })
+    }
+
+    fn spawn(upstream: SocketAddr, behaviour: Behaviour) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (stop_flag, cut_count) = (stop.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let cut_count = cut_count.clone();
+                std::thread::spawn(move || relay(client, server, behaviour, &cut_count));
+            }
+        });
+        Ok(Self { addr, stop, cuts })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FlakyForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Behaviour {
+    cut_after: u64,
+    faulty: usize,
+    delay: Duration,
+}
+
+fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &AtomicUsize) {
+    let Behaviour { cut_after, faulty, delay } = behaviour;
+    let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone()) else { return };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_r, &mut server_w);
+        let _ = server_w.shutdown(Shutdown::Write);
+    });
+    let (mut server_r, mut client_w) = (server, client);
+    let mut carried = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match server_r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        carried += n as u64;
+        if carried > cut_after {
+            // Claim one of the faults, if any is left; then this connection's fate is settled.
+            let claimed = cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c < faulty).then_some(c + 1));
+            if claimed.is_ok() {
+                let _ = client_w.shutdown(Shutdown::Both);
+                let _ = server_r.shutdown(Shutdown::Both);
+                return;
+            }
+            let _ = client_w.write_all(&buf[..n]).and_then(|()| std::io::copy(&mut server_r, &mut client_w).map(drop));
+            break;
+        }
+        if client_w.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    }
+    let _ = client_w.shutdown(Shutdown::Write);
+}
