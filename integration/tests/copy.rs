@@ -420,3 +420,60 @@ fn cfsctl_mounts_what_skiff_stored() {
         assert_eq!(read.unwrap(), content, "{tag}: {file} through the mounted EROFS");
     }
 }
+
+#[test]
+fn signature_policy_applies_to_every_source() {
+    let case = Case::new();
+    let (layout, _) = case.layout("rich", &fixtures::rich_image(), Compression::Gzip);
+    let dir = case.path("dir-image");
+    run(skopeo().args(["copy", &format!("oci:{}:rich", layout.display()), &format!("dir:{}", dir.display())])).unwrap();
+    let reject = case.path("reject.json");
+    std::fs::write(&reject, r#"{"default":[{"type":"reject"}]}"#).unwrap();
+    let layout_only = case.path("layout-only.json");
+    std::fs::write(
+        &layout_only,
+        format!(r#"{{"default":[{{"type":"reject"}}],"transports":{{"oci":{{"{}":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#, layout.display()),
+    )
+    .unwrap();
+    let repo = case.path("repo");
+    let oci = format!("oci:{}:rich", layout.display());
+    let dir_ref = format!("dir:{}", dir.display());
+    let dest = format!("composefs:{}:rich", repo.display());
+    let with_policy = |policy: &Path, source: &str, extra: &[&str]| {
+        output(skiff().arg("--policy").arg(policy).args(extra).args(["copy", "--quiet", source, &dest])).unwrap()
+    };
+    // Directly read (oci:) and through skopeo (dir:), the policy is skiff's to apply.
+    for source in [&oci, &dir_ref] {
+        assert_failed(&with_policy(&reject, source, &[]), 1, &["refused by the signature policy", "rejects"]);
+    }
+    assert!(!tag_exists(&repo, "rich"));
+    assert_failed(&with_policy(&layout_only, &dir_ref, &[]), 1, &["refused by the signature policy"]);
+    let out = with_policy(&layout_only, &oci, &[]);
+    assert_ok(&out, "a scope that accepts the layout");
+    assert!(out.stdout.is_empty(), "--quiet prints nothing: {}", String::from_utf8_lossy(&out.stdout));
+    assert_ok(&with_policy(&reject, &dir_ref, &["--insecure-policy"]), "--insecure-policy");
+}
+
+#[test]
+fn init_detects_fs_verity() {
+    let case = Case::new();
+    let repo = case.path("repo");
+    let out = output(skiff().args(["init", "--hash", "sha256"]).arg(&repo)).unwrap();
+    assert_ok(&out, "init");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fs-verity sha256"));
+    let insecure = stderr(&out).contains("insecure mode");
+    let strict = output(skiff().args(["init", "--require-verity"]).arg(case.path("strict"))).unwrap();
+    let (layout, _) = case.layout("rich", &fixtures::rich_image(), Compression::Gzip);
+    let copy_strict = copy(&format!("oci:{}:rich", layout.display()), &format!("composefs:{}:rich", case.path("strict2").display()), &["--require-verity"]);
+    if insecure {
+        // This filesystem has no fs-verity: --require-verity refuses instead of going insecure.
+        assert_failed(&strict, 1, &["does not support fs-verity"]);
+        assert_failed(&copy_strict, 1, &["does not support fs-verity"]);
+        assert!(!case.path("strict").join("meta.json").exists());
+    } else {
+        assert_ok(&strict, "init --require-verity with fs-verity");
+        assert_ok(&copy_strict, "copy --require-verity with fs-verity");
+    }
+    // cfsctl opens the repository skiff made.
+    run(cfsctl(&repo).args(["oci", "images"])).unwrap();
+}

@@ -12,4 +12,5 @@ pub mod layer;
 pub mod media;
 pub mod options;
 pub mod platform;
+pub mod policy;
 pub mod source;

@@ -100,11 +100,11 @@ impl LayoutSource {
     /// skopeo reads instead.
     #[context("Opening {reference}")]
     pub fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Option<Self>> {
-        let (layout, path, tag) = match reference {
+        let (layout, tag) = match reference {
             ImageRef::Oci { path, reference } => {
                 let dir = Dir::open_ambient_dir(path, ambient_authority())
                     .map_err(|_| SourceNotFound(reference_string(path, reference, "oci")))?;
-                (Layout::Dir(OciDir::open(dir).with_context(|| format!("{} is not an OCI layout", path.display()))?), path, reference)
+                (Layout::Dir(OciDir::open(dir).with_context(|| format!("{} is not an OCI layout", path.display()))?), reference)
             }
             ImageRef::OciArchive { path, reference } => {
                 if !path.exists() {
@@ -113,11 +113,10 @@ impl LayoutSource {
                 if is_compressed_file(path)? {
                     return Ok(None);
                 }
-                (Layout::Archive(OciArchive::open(path).with_context(|| format!("{} is not an OCI archive", path.display()))?), path, reference)
+                (Layout::Archive(OciArchive::open(path).with_context(|| format!("{} is not an OCI archive", path.display()))?), reference)
             }
             other => bail!("{other} is not an OCI layout reference"),
         };
-        let _ = path;
         Ok(Some(Self {
             layout: Arc::new(layout),
             reference: tag.clone(),

@@ -48,6 +48,7 @@ impl Source {
     /// Opens `reference`: `oci:` and uncompressed `oci-archive:` directly, everything else
     /// through skopeo. Fails with [`crate::options::SourceNotFound`] when there is no such image.
     pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
+        crate::policy::check_reference(reference, options)?;
         match reference {
             ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
                 if let Some(layout) = layout::LayoutSource::open(reference, options)? {
