@@ -57,23 +57,28 @@ struct Row {
     rss_mib: f64,
 }
 
-fn run_tool(
-    rows: &mut Vec<Row>,
-    runs: usize,
-    scenario: &'static str,
-    tool: &'static str,
-    mut prepare: impl FnMut(usize) -> Result<Command>,
-) -> Result<()> {
-    let mut secs = Vec::new();
-    let mut rss = Vec::new();
+/// A tool of a scenario: its name and how to make the command of run `i` (preparing any
+/// fresh state first).
+type Tool<'a> = (&'static str, Box<dyn FnMut(usize) -> Result<Command> + 'a>);
+
+/// Runs every tool of a scenario `runs` times, interleaved (A B C A B C ...) so that the
+/// machine's drift hits all alike, with a `sync` before each run so that one run's writeback
+/// does not land in the next.
+fn run_scenario(rows: &mut Vec<Row>, runs: usize, scenario: &'static str, mut tools: Vec<Tool<'_>>) -> Result<()> {
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = tools.iter().map(|_| (Vec::new(), Vec::new())).collect();
     for i in 0..runs {
-        let mut cmd = prepare(i)?;
-        let s = measure(&mut cmd)?;
-        eprintln!("  {scenario:16} {tool:8} run {}: {:.2}s, {} MiB", i + 1, s.seconds, s.rss_kib / 1024);
-        secs.push(s.seconds);
-        rss.push(s.rss_kib as f64 / 1024.0);
+        for ((tool, prepare), (secs, rss)) in tools.iter_mut().zip(samples.iter_mut()) {
+            let mut cmd = prepare(i)?;
+            Command::new("sync").status()?;
+            let s = measure(&mut cmd)?;
+            eprintln!("  {scenario:16} {tool:8} run {}: {:.2}s, {} MiB", i + 1, s.seconds, s.rss_kib / 1024);
+            secs.push(s.seconds);
+            rss.push(s.rss_kib as f64 / 1024.0);
+        }
     }
-    rows.push(Row { scenario, tool, seconds: median(secs), rss_mib: median(rss) });
+    for ((tool, _), (secs, rss)) in tools.iter().zip(samples) {
+        rows.push(Row { scenario, tool, seconds: median(secs), rss_mib: median(rss) });
+    }
     Ok(())
 }
 
@@ -108,58 +113,57 @@ fn main() -> Result<()> {
     let src = format!("oci:{}:large", layout.display());
 
     eprintln!("oci-layout cold ({runs} runs each)");
-    run_tool(&mut rows, runs, "oci-layout cold", "skiff", |_| {
-        let repo = fresh(&work.join("skiff"))?;
-        let mut c = Command::new(&skiff);
-        c.args(["copy", "--quiet", &src, &format!("composefs:{}:large", repo.display())]);
-        Ok(c)
-    })?;
-    run_tool(&mut rows, runs, "oci-layout cold", "cfsctl", |_| {
-        let repo = work.join("cfsctl");
-        cfsctl_repo(&repo)?;
-        let mut c = Command::new(&cfsctl);
-        c.arg("--repo").arg(&repo).args(["oci", "pull", &src, "large"]);
-        Ok(c)
-    })?;
+    run_scenario(&mut rows, runs, "oci-layout cold", vec![
+        ("skiff", Box::new(|_| {
+            let repo = fresh(&work.join("skiff"))?;
+            let mut c = Command::new(&skiff);
+            c.args(["copy", "--quiet", &src, &format!("composefs:{}:large", repo.display())]);
+            Ok(c)
+        })),
+        ("cfsctl", Box::new(|_| {
+            let repo = work.join("cfsctl");
+            cfsctl_repo(&repo)?;
+            let mut c = Command::new(&cfsctl);
+            c.arg("--repo").arg(&repo).args(["oci", "pull", &src, "large"]);
+            Ok(c)
+        })),
+    ])?;
 
     let registry = Registry::start_plain()?;
     let remote = registry.push(&src, "bench/large:v1")?;
+    // cfsctl passes no TLS option to skopeo: the registry is declared insecure for it.
+    let home = insecure_registry_home(&root, &registry.host())?;
+    let skiff_from_registry = |fresh_repo: bool| -> Result<Command> {
+        let repo = if fresh_repo { fresh(&work.join("skiff"))? } else { work.join("skiff") };
+        let mut c = Command::new(&skiff);
+        c.args(["copy", "--quiet", "--src-tls-verify=false", &remote, &format!("composefs:{}:large", repo.display())]);
+        Ok(c)
+    };
+    let cfsctl_from_registry = |fresh_repo: bool| -> Result<Command> {
+        let repo = work.join("cfsctl");
+        if fresh_repo {
+            cfsctl_repo(&repo)?;
+        }
+        let mut c = Command::new(&cfsctl);
+        c.arg("--repo").arg(&repo).args(["oci", "pull", &remote, "large"]).env("HOME", &home);
+        Ok(c)
+    };
     eprintln!("registry cold ({runs} runs each), {remote}");
-    run_tool(&mut rows, runs, "registry cold", "skiff", |_| {
-        let repo = fresh(&work.join("skiff"))?;
-        let mut c = Command::new(&skiff);
-        c.args(["copy", "--quiet", "--src-tls-verify=false", &remote, &format!("composefs:{}:large", repo.display())]);
-        Ok(c)
-    })?;
-    run_tool(&mut rows, runs, "registry cold", "cfsctl", |_| {
-        let repo = work.join("cfsctl");
-        cfsctl_repo(&repo)?;
-        // cfsctl passes no TLS option to skopeo: the registry is declared insecure for it.
-        let mut c = Command::new(&cfsctl);
-        c.arg("--repo").arg(&repo).args(["oci", "pull", &remote, "large"]);
-        c.env("CONTAINERS_REGISTRIES_CONF", registries_conf(&root, &registry.host())?);
-        Ok(c)
-    })?;
-    run_tool(&mut rows, runs, "registry cold", "skopeo", |_| {
-        let dir = fresh(&work.join("skopeo"))?;
-        let mut c = Command::new(require("skopeo"));
-        c.args(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", &remote, &format!("oci:{}:large", dir.display())]);
-        Ok(c)
-    })?;
+    run_scenario(&mut rows, runs, "registry cold", vec![
+        ("skiff", Box::new(|_| skiff_from_registry(true))),
+        ("cfsctl", Box::new(|_| cfsctl_from_registry(true))),
+        ("skopeo", Box::new(|_| {
+            let dir = fresh(&work.join("skopeo"))?;
+            let mut c = Command::new(require("skopeo"));
+            c.args(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", &remote, &format!("oci:{}:large", dir.display())]);
+            Ok(c)
+        })),
+    ])?;
     eprintln!("registry warm ({runs} runs each)");
-    run_tool(&mut rows, runs, "registry warm", "skiff", |_| {
-        let repo = work.join("skiff");
-        let mut c = Command::new(&skiff);
-        c.args(["copy", "--quiet", "--src-tls-verify=false", &remote, &format!("composefs:{}:large", repo.display())]);
-        Ok(c)
-    })?;
-    run_tool(&mut rows, runs, "registry warm", "cfsctl", |_| {
-        let repo = work.join("cfsctl");
-        let mut c = Command::new(&cfsctl);
-        c.arg("--repo").arg(&repo).args(["oci", "pull", &remote, "large"]);
-        c.env("CONTAINERS_REGISTRIES_CONF", registries_conf(&root, &registry.host())?);
-        Ok(c)
-    })?;
+    run_scenario(&mut rows, runs, "registry warm", vec![
+        ("skiff", Box::new(|_| skiff_from_registry(false))),
+        ("cfsctl", Box::new(|_| cfsctl_from_registry(false))),
+    ])?;
     drop(registry);
 
     println!();
@@ -181,10 +185,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A registries.conf that marks the local registry insecure (plain HTTP), for tools that have
-/// no TLS flag.
-fn registries_conf(root: &Path, host: &str) -> Result<PathBuf> {
-    let path = root.join("registries.conf");
-    std::fs::write(&path, format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"))?;
-    Ok(path)
+/// A home directory whose registries.conf marks the local registry insecure (plain HTTP), for
+/// tools that have no TLS flag (skopeo 1.9.3 ignores CONTAINERS_REGISTRIES_CONF, but reads
+/// `$HOME/.config/containers/registries.conf` before the system's).
+fn insecure_registry_home(root: &Path, host: &str) -> Result<PathBuf> {
+    let home = root.join("home");
+    let dir = home.join(".config/containers");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("registries.conf"), format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"))?;
+    Ok(home)
 }
