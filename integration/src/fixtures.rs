@@ -428,11 +428,34 @@ pub fn rich_image() -> Vec<Layer> {
         .add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() })
         .add("usr/share/", dir())
         .add("usr/share/small.txt", file("replaced in the upper layer\n"))
-        .add("usr/share/dup-of-tool", file(noise(1, 200_000)));
+        .add("usr/share/dup-of-tool", file(noise(1, 200_000)))
+        // A hard link to a file of the lower layer, from another directory.
+        .add("etc/lib-link", Node::Hardlink { target: "usr/lib/libfoo.so.1".into() });
     // A hard link to a file of the same layer (the tar crate writes what we ask).
     top.entries.retain(|(n, _)| n.as_slice() != b"usr/bin/tool2");
     top.add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() });
     vec![base, top]
+}
+
+/// Thousands of small files (`count`) in a few directories, each under 4 KiB.
+pub fn many_files_image(count: usize) -> Vec<Layer> {
+    let mut l = Layer::default();
+    l.add("usr/", dir());
+    for i in 0..count {
+        if i % 500 == 0 {
+            l.add(format!("usr/d{:02}/", i / 500), dir());
+        }
+        let size = 1 + (i * 37) % 4000;
+        l.add(format!("usr/d{:02}/file-{i:05}", i / 500), file(text(i as u64, size)));
+    }
+    vec![l]
+}
+
+/// One file over 64 MiB (composefs-rs and tar-diff treat large files differently).
+pub fn big_file_image() -> Vec<Layer> {
+    let mut l = Layer::default();
+    l.add("usr/", dir()).add("usr/big.bin", file(noise(64, (64 << 20) + 12_345)));
+    vec![l]
 }
 
 /// An image without `/usr`: one static binary, as scratch-based images are.
@@ -507,12 +530,14 @@ pub fn by_name(kind: &str) -> Result<Vec<Layer>> {
     Ok(match kind {
         "rich" => rich_image(),
         "scratch" => scratch_image(),
+        "many" => many_files_image(5000),
+        "big-file" => big_file_image(),
         // The benchmark image: 320 MiB uncompressed, 6,000 files.
         "large" => version_pair(6000, 320 << 20, 5).0,
         "large-v2" => version_pair(6000, 320 << 20, 5).1,
         // The demo pair: small enough to build and copy in seconds.
         "demo-v1" => version_pair(800, 24 << 20, 5).0,
         "demo-v2" => version_pair(800, 24 << 20, 5).1,
-        other => anyhow::bail!("unknown fixture {other} (rich, scratch, large, large-v2, demo-v1, demo-v2)"),
+        other => anyhow::bail!("unknown fixture {other} (rich, scratch, many, big-file, large, large-v2, demo-v1, demo-v2)"),
     })
 }

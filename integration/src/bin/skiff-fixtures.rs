@@ -1,6 +1,7 @@
 //! Writes skiff's deterministic fixture images into an OCI layout.
 //!
-//! `skiff-fixtures DIR TAG KIND [COMPRESSION]`, KIND one of `rich`, `scratch`, `large`,
+//! `skiff-fixtures DIR TAG KIND [COMPRESSION]`, KIND one of `rich`, `scratch`, `many`,
+//! `big-file`, `large`,
 //! `large-v2`, `demo-v1`, `demo-v2`; COMPRESSION one of `gzip` (default), `zstd`, `none`.
 
 use anyhow::{Result, bail};

@@ -96,41 +96,37 @@ impl ProxySource {
     /// the config.
     #[context("Reading manifest and config of {}", self.reference)]
     pub async fn resolve(&self) -> Result<ResolvedImage> {
-        let (_, manifest_json) = self
+        let (source_digest, manifest_json) = self
             .proxy
             .fetch_manifest_raw_oci(&self.image)
             .await
             .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
         let manifest = parse_manifest(&manifest_json, &self.reference)?;
-        let config_json = self.config(manifest.config()).await.context("Reading the config")?;
+        // The proxy returns the source's manifest digest with the manifest it converted to OCI;
+        // a difference means the config was converted too.
+        let converted = skiff_storage::digest::digest_of(&manifest_json).to_string() != source_digest;
+        let config_json = self.config(manifest.config(), converted).await.context("Reading the config")?;
         let config = parse_config(&config_json, &manifest)?;
         Ok(ResolvedImage { manifest_json, manifest, config_json, config })
     }
 
-    /// The config blob, verified. The source's own blob when it has one; when the proxy
-    /// converted a Docker manifest to OCI, the config was converted with it and exists only in
-    /// the proxy (GetFullConfig), re-serialised: its digest is checked all the same.
-    async fn config(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+    /// The config blob, verified against the manifest. The source's own blob, unless the proxy
+    /// `converted` a Docker manifest to OCI: then the config was converted with it and exists
+    /// only in the proxy (GetFullConfig); its digest is checked all the same.
+    async fn config(&self, desc: &Descriptor, converted: bool) -> Result<Vec<u8>> {
         anyhow::ensure!(desc.size() <= MAX_CONFIG_SIZE, "the config claims {} bytes", desc.size());
-        let fetched = match self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await {
-            Ok((reader, driver)) => {
-                let (data, driven) = tokio::join!(read_small_blob(reader, desc, MAX_CONFIG_SIZE), driver);
-                driven.map_err(anyhow::Error::from).and(data)
+        if converted {
+            let data = self.proxy.fetch_config_raw(&self.image).await?;
+            let actual = skiff_storage::digest::digest_of(&data);
+            if &actual != desc.digest() {
+                return Err(crate::layer::BlobError::DigestMismatch { expected: desc.digest().clone(), actual }.into());
             }
-            Err(e) => Err(e.into()),
-        };
-        match fetched {
-            Ok(data) => Ok(data),
-            Err(e) if e.to_string().contains("Unknown blob") => {
-                let data = self.proxy.fetch_config_raw(&self.image).await?;
-                let actual = skiff_storage::digest::digest_of(&data);
-                if &actual != desc.digest() {
-                    return Err(crate::layer::BlobError::DigestMismatch { expected: desc.digest().clone(), actual }.into());
-                }
-                Ok(data)
-            }
-            Err(e) => Err(e),
+            return Ok(data);
         }
+        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
+        let (data, driven) = tokio::join!(read_small_blob(reader, desc, MAX_CONFIG_SIZE), driver);
+        driven?;
+        data
     }
 
     /// Fetches one layer blob through the proxy and imports it.
