@@ -23,12 +23,26 @@ impl FlakyForwarder {
     /// Relays 127.0.0.1:(a free port) to `upstream`, cutting the first `faulty` connections
     /// after `cut_after` bytes from upstream.
     pub fn start(upstream: SocketAddr, cut_after: u64, faulty: usize) -> Result<Self> {
-        Self::spawn(upstream, Behaviour { cut_after, faulty, delay: Duration::ZERO })
+        Self::spawn(
+            upstream,
+            Behaviour {
+                cut_after,
+                faulty,
+                delay: Duration::ZERO,
+            },
+        )
     }
 
     /// Relays to `upstream` without cutting, sleeping `delay` after every 16 KiB from upstream.
     pub fn start_slow(upstream: SocketAddr, delay: Duration) -> Result<Self> {
-        Self::spawn(upstream, Behaviour { cut_after: u64::MAX, faulty: 0, delay })
+        Self::spawn(
+            upstream,
+            Behaviour {
+                cut_after: u64::MAX,
+                faulty: 0,
+                delay,
+            },
+        )
     }
 
     fn spawn(upstream: SocketAddr, behaviour: Behaviour) -> Result<Self> {
@@ -43,7 +57,9 @@ impl FlakyForwarder {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
                 let cut_count = cut_count.clone();
                 std::thread::spawn(move || relay(client, server, behaviour, &cut_count));
             }
@@ -78,8 +94,14 @@ struct Behaviour {
 }
 
 fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &AtomicUsize) {
-    let Behaviour { cut_after, faulty, delay } = behaviour;
-    let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone()) else { return };
+    let Behaviour {
+        cut_after,
+        faulty,
+        delay,
+    } = behaviour;
+    let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut client_r, &mut server_w);
         let _ = server_w.shutdown(Shutdown::Write);
@@ -95,13 +117,17 @@ fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &Atom
         carried += n as u64;
         if carried > cut_after {
             // Claim one of the faults, if any is left; then this connection's fate is settled.
-            let claimed = cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c < faulty).then_some(c + 1));
+            let claimed = cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c < faulty).then_some(c + 1)
+            });
             if claimed.is_ok() {
                 let _ = client_w.shutdown(Shutdown::Both);
                 let _ = server_r.shutdown(Shutdown::Both);
                 return;
             }
-            let _ = client_w.write_all(&buf[..n]).and_then(|()| std::io::copy(&mut server_r, &mut client_w).map(drop));
+            let _ = client_w
+                .write_all(&buf[..n])
+                .and_then(|()| std::io::copy(&mut server_r, &mut client_w).map(drop));
             break;
         }
         if client_w.write_all(&buf[..n]).is_err() {

@@ -59,7 +59,13 @@ pub enum Node {
 
 /// A plain file, 0644, owned by root.
 pub fn file(data: impl Into<Vec<u8>>) -> Node {
-    Node::File { data: data.into(), mode: 0o644, uid: 0, gid: 0, xattrs: Vec::new() }
+    Node::File {
+        data: data.into(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        xattrs: Vec::new(),
+    }
 }
 
 /// A directory, 0755.
@@ -119,12 +125,20 @@ pub fn layer_tar(layer: &Layer) -> Result<Vec<u8>> {
         h.set_size(0);
         let (kind, mode, data): (tar::EntryType, u32, &[u8]) = match node {
             Node::Dir { mode } => (tar::EntryType::Directory, *mode, &[]),
-            Node::File { data, mode, uid, gid, xattrs } => {
+            Node::File {
+                data,
+                mode,
+                uid,
+                gid,
+                xattrs,
+            } => {
                 h.set_uid(*uid);
                 h.set_gid(*gid);
                 if !xattrs.is_empty() {
-                    let pax: Vec<(String, &[u8])> =
-                        xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+                    let pax: Vec<(String, &[u8])> = xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                        .collect();
                     b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))?;
                 }
                 h.set_size(data.len() as u64);
@@ -152,7 +166,8 @@ pub fn layer_tar(layer: &Layer) -> Result<Vec<u8>> {
         };
         h.set_entry_type(kind);
         h.set_mode(mode);
-        b.append_data(&mut h, path, data).with_context(|| format!("tar entry {:?}", String::from_utf8_lossy(name)))?;
+        b.append_data(&mut h, path, data)
+            .with_context(|| format!("tar entry {:?}", String::from_utf8_lossy(name)))?;
     }
     Ok(b.into_inner()?)
 }
@@ -171,7 +186,9 @@ fn compress(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
     Ok(match compression {
         Compression::None => tar.to_vec(),
         Compression::Gzip => {
-            let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::fast());
             e.write_all(tar)?;
             e.finish()?
         }
@@ -217,7 +234,12 @@ fn write_blob(dir: &Path, data: &[u8]) -> Result<String> {
 
 /// Writes an image made of `layers` into the OCI layout `dir` (created if needed), tagged
 /// `tag`. An existing layout keeps its other images.
-pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Compression) -> Result<WrittenImage> {
+pub fn write_oci_layout(
+    dir: &Path,
+    tag: &str,
+    layers: &[Layer],
+    compression: Compression,
+) -> Result<WrittenImage> {
     let mut blobs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut tar_bytes = 0;
@@ -225,7 +247,10 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], compression: Co
         let tar = layer_tar(layer)?;
         tar_bytes += tar.len() as u64;
         diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
-        blobs.push((compression.media_type().to_owned(), compress(&tar, compression)?));
+        blobs.push((
+            compression.media_type().to_owned(),
+            compress(&tar, compression)?,
+        ));
     }
     let mut written = write_image_raw(dir, tag, &blobs, &diff_ids, native_arch())?;
     written.tar_bytes = tar_bytes;
@@ -266,12 +291,21 @@ pub fn write_image_raw(
     });
     let manifest_bytes = serde_json::to_vec(&manifest)?;
     let manifest_digest = write_blob(dir, &manifest_bytes)?;
-    add_to_index(dir, tag, json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest,
-        "size": manifest_bytes.len(),
-    }))?;
-    Ok(WrittenImage { manifest_digest, config_digest, diff_ids: diff_ids.to_vec(), tar_bytes: 0 })
+    add_to_index(
+        dir,
+        tag,
+        json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_bytes.len(),
+        }),
+    )?;
+    Ok(WrittenImage {
+        manifest_digest,
+        config_digest,
+        diff_ids: diff_ids.to_vec(),
+        tar_bytes: 0,
+    })
 }
 
 /// Adds `descriptor` to the layout's index.json under the tag `tag` (replacing that tag).
@@ -281,7 +315,9 @@ pub fn add_to_index(dir: &Path, tag: &str, mut descriptor: serde_json::Value) ->
         Ok(b) => serde_json::from_slice(&b)?,
         Err(_) => json!({ "schemaVersion": 2, "manifests": [] }),
     };
-    let manifests = index["manifests"].as_array_mut().context("index.json without manifests")?;
+    let manifests = index["manifests"]
+        .as_array_mut()
+        .context("index.json without manifests")?;
     manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
     descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
     manifests.push(descriptor);
@@ -299,7 +335,10 @@ pub fn write_multi_arch(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) ->
         for layer in layers {
             let tar = layer_tar(layer)?;
             diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
-            blobs.push((Compression::Gzip.media_type().to_owned(), compress(&tar, Compression::Gzip)?));
+            blobs.push((
+                Compression::Gzip.media_type().to_owned(),
+                compress(&tar, Compression::Gzip)?,
+            ));
         }
         let scratch_tag = format!("{tag}-{arch}");
         let written = write_image_raw(dir, &scratch_tag, &blobs, &diff_ids, arch)?;
@@ -317,13 +356,18 @@ pub fn write_multi_arch(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) ->
         "manifests": manifests,
     }))?;
     let digest = write_blob(dir, &index)?;
-    add_to_index(dir, tag, json!({ "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": index.len() }))?;
+    add_to_index(
+        dir,
+        tag,
+        json!({ "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": index.len() }),
+    )?;
     Ok(digest)
 }
 
 /// Where a blob of an OCI layout lives.
 pub fn blob_path(dir: &Path, digest: &str) -> std::path::PathBuf {
-    dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    dir.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 /// The uncompressed tars of `layers`.
@@ -372,8 +416,22 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// Text-like bytes (compressible), `len` long, from `seed`.
 pub fn text(seed: u64, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "lorem ", "ipsum ", "dolor ", "sit ", "amet ", "config\n", "value=", "true\n", "usr/lib ", "libc.so.6 ",
-        "# comment\n", "path ", "0123456789 ", "skiff ", "composefs ", "layer\n",
+        "lorem ",
+        "ipsum ",
+        "dolor ",
+        "sit ",
+        "amet ",
+        "config\n",
+        "value=",
+        "true\n",
+        "usr/lib ",
+        "libc.so.6 ",
+        "# comment\n",
+        "path ",
+        "0123456789 ",
+        "skiff ",
+        "composefs ",
+        "layer\n",
     ];
     let picks = noise(seed, len / 4 + 1);
     let mut out = Vec::with_capacity(len + 16);
@@ -392,17 +450,60 @@ pub fn rich_image() -> Vec<Layer> {
     let mut base = Layer::default();
     base.add("usr/", dir())
         .add("usr/bin/", dir())
-        .add("usr/bin/tool", Node::File { data: noise(1, 200_000), mode: 0o755, uid: 0, gid: 0, xattrs: vec![("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])] })
-        .add("usr/bin/tool-link", Node::Hardlink { target: "usr/bin/tool".into() })
+        .add(
+            "usr/bin/tool",
+            Node::File {
+                data: noise(1, 200_000),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                xattrs: vec![(
+                    "security.capability".into(),
+                    vec![
+                        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ],
+                )],
+            },
+        )
+        .add(
+            "usr/bin/tool-link",
+            Node::Hardlink {
+                target: "usr/bin/tool".into(),
+            },
+        )
         .add("usr/lib/", dir())
         .add("usr/lib/libfoo.so.1", file(noise(2, 70_000)))
-        .add("usr/lib/libfoo.so", Node::Symlink { target: "libfoo.so.1".into() })
-        .add("usr/lib/abs-link", Node::Symlink { target: "/usr/lib/libfoo.so.1".into() })
-        .add("usr/lib/dangling", Node::Symlink { target: "/nonexistent/target".into() })
+        .add(
+            "usr/lib/libfoo.so",
+            Node::Symlink {
+                target: "libfoo.so.1".into(),
+            },
+        )
+        .add(
+            "usr/lib/abs-link",
+            Node::Symlink {
+                target: "/usr/lib/libfoo.so.1".into(),
+            },
+        )
+        .add(
+            "usr/lib/dangling",
+            Node::Symlink {
+                target: "/nonexistent/target".into(),
+            },
+        )
         .add("usr/share/", dir())
         .add("usr/share/small.txt", file("just a few bytes\n"))
         .add("usr/share/empty", file(Vec::new()))
-        .add("usr/share/owned", Node::File { data: text(3, 5000), mode: 0o600, uid: 1000, gid: 1000, xattrs: vec![("user.note".into(), b"hello".to_vec())] })
+        .add(
+            "usr/share/owned",
+            Node::File {
+                data: text(3, 5000),
+                mode: 0o600,
+                uid: 1000,
+                gid: 1000,
+                xattrs: vec![("user.note".into(), b"hello".to_vec())],
+            },
+        )
         .add(format!("usr/share/{}", "n".repeat(150)), file(text(4, 300)))
         .add(b"usr/share/latin1-\xe9t\xe9".as_slice(), file(text(5, 100)))
         .add("etc/", dir())
@@ -425,15 +526,31 @@ pub fn rich_image() -> Vec<Layer> {
         .add("etc/conf.d/b.conf", file(text(9, 2500)))
         .add("usr/", dir())
         .add("usr/bin/", dir())
-        .add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() })
+        .add(
+            "usr/bin/tool2",
+            Node::Hardlink {
+                target: "usr/share/small.txt".into(),
+            },
+        )
         .add("usr/share/", dir())
         .add("usr/share/small.txt", file("replaced in the upper layer\n"))
         .add("usr/share/dup-of-tool", file(noise(1, 200_000)))
         // A hard link to a file of the lower layer, from another directory.
-        .add("etc/lib-link", Node::Hardlink { target: "usr/lib/libfoo.so.1".into() });
+        .add(
+            "etc/lib-link",
+            Node::Hardlink {
+                target: "usr/lib/libfoo.so.1".into(),
+            },
+        );
     // A hard link to a file of the same layer (the tar crate writes what we ask).
-    top.entries.retain(|(n, _)| n.as_slice() != b"usr/bin/tool2");
-    top.add("usr/bin/tool2", Node::Hardlink { target: "usr/share/small.txt".into() });
+    top.entries
+        .retain(|(n, _)| n.as_slice() != b"usr/bin/tool2");
+    top.add(
+        "usr/bin/tool2",
+        Node::Hardlink {
+            target: "usr/share/small.txt".into(),
+        },
+    );
     vec![base, top]
 }
 
@@ -446,7 +563,10 @@ pub fn many_files_image(count: usize) -> Vec<Layer> {
             l.add(format!("usr/d{:02}/", i / 500), dir());
         }
         let size = 1 + (i * 37) % 4000;
-        l.add(format!("usr/d{:02}/file-{i:05}", i / 500), file(text(i as u64, size)));
+        l.add(
+            format!("usr/d{:02}/file-{i:05}", i / 500),
+            file(text(i as u64, size)),
+        );
     }
     vec![l]
 }
@@ -454,14 +574,24 @@ pub fn many_files_image(count: usize) -> Vec<Layer> {
 /// One file over 64 MiB (composefs-rs and tar-diff treat large files differently).
 pub fn big_file_image() -> Vec<Layer> {
     let mut l = Layer::default();
-    l.add("usr/", dir()).add("usr/big.bin", file(noise(64, (64 << 20) + 12_345)));
+    l.add("usr/", dir())
+        .add("usr/big.bin", file(noise(64, (64 << 20) + 12_345)));
     vec![l]
 }
 
 /// An image without `/usr`: one static binary, as scratch-based images are.
 pub fn scratch_image() -> Vec<Layer> {
     let mut l = Layer::default();
-    l.add("app", Node::File { data: noise(42, 300_000), mode: 0o755, uid: 0, gid: 0, xattrs: Vec::new() });
+    l.add(
+        "app",
+        Node::File {
+            data: noise(42, 300_000),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            xattrs: Vec::new(),
+        },
+    );
     vec![l]
 }
 
@@ -486,11 +616,18 @@ pub fn large_image(layers: usize, files: usize, bytes: u64, seed: u64) -> Vec<La
             6..=8 => per_file,
             _ => per_file * 11 / 2,
         };
-        let data = if i % 2 == 0 { text(seed ^ i as u64, size) } else { noise(seed ^ i as u64, size) };
+        let data = if i % 2 == 0 {
+            text(seed ^ i as u64, size)
+        } else {
+            noise(seed ^ i as u64, size)
+        };
         layer.add(format!("usr/share/d{:03}/f{i:05}", i / 100), file(data));
     }
     if big > 0 {
-        out[0].add("usr/share/huge.bin", file(noise(seed ^ 0xb16, big as usize)));
+        out[0].add(
+            "usr/share/huge.bin",
+            file(noise(seed ^ 0xb16, big as usize)),
+        );
     }
     out
 }
@@ -503,7 +640,9 @@ pub fn version_pair(files: usize, bytes: u64, changed_pct: usize) -> (Vec<Layer>
     let every = (100 / changed_pct.max(1)).max(1);
     let mut n = 0;
     for layer in &mut v2 {
-        layer.entries.retain(|(name, _)| !name.ends_with(b"7") || !name.starts_with(b"usr/share/d000/"));
+        layer
+            .entries
+            .retain(|(name, _)| !name.ends_with(b"7") || !name.starts_with(b"usr/share/d000/"));
         for (name, node) in &mut layer.entries {
             if let Node::File { data, .. } = node {
                 n += 1;
@@ -520,7 +659,10 @@ pub fn version_pair(files: usize, bytes: u64, changed_pct: usize) -> (Vec<Layer>
     }
     v2[0].add("usr/share/added/", dir());
     for i in 0..5 {
-        v2[0].add(format!("usr/share/added/new{i}"), file(text(1000 + i, 20_000)));
+        v2[0].add(
+            format!("usr/share/added/new{i}"),
+            file(text(1000 + i, 20_000)),
+        );
     }
     (v1, v2)
 }
@@ -538,6 +680,8 @@ pub fn by_name(kind: &str) -> Result<Vec<Layer>> {
         // The demo pair: small enough to build and copy in seconds.
         "demo-v1" => version_pair(800, 24 << 20, 5).0,
         "demo-v2" => version_pair(800, 24 << 20, 5).1,
-        other => anyhow::bail!("unknown fixture {other} (rich, scratch, many, big-file, large, large-v2, demo-v1, demo-v2)"),
+        other => anyhow::bail!(
+            "unknown fixture {other} (rich, scratch, many, big-file, large, large-v2, demo-v1, demo-v2)"
+        ),
     })
 }

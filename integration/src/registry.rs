@@ -59,20 +59,35 @@ impl Registry {
     /// for it (see [`Registry::cert_dir`]), requiring `user`/`password` (htpasswd, bcrypt).
     pub fn start_tls_auth(user: &str, password: &str) -> Result<Registry> {
         let dir = new_dir()?;
-        let tls = make_certificates(dir.path()).context("creating the test CA and server certificate")?;
+        let tls =
+            make_certificates(dir.path()).context("creating the test CA and server certificate")?;
         let htpasswd = run(Command::new(require("htpasswd")).args(["-Bbn", user, password]))?;
         std::fs::write(dir.path().join("htpasswd"), htpasswd)?;
         Self::start(dir, Some(tls), Some((user.to_owned(), password.to_owned())))
     }
 
-    fn start(dir: tempfile::TempDir, tls: Option<Tls>, creds: Option<(String, String)>) -> Result<Registry> {
-        let mut registry = Registry { dir, port: 0, child: None, tls, creds, authfile: OnceLock::new() };
+    fn start(
+        dir: tempfile::TempDir,
+        tls: Option<Tls>,
+        creds: Option<(String, String)>,
+    ) -> Result<Registry> {
+        let mut registry = Registry {
+            dir,
+            port: 0,
+            child: None,
+            tls,
+            creds,
+            authfile: OnceLock::new(),
+        };
         let mut attempt = 1;
         loop {
             match registry.launch() {
                 Ok(()) => return Ok(registry),
                 // Someone took the port between our probe and the registry's bind: retry.
-                Err(e) if attempt < START_ATTEMPTS && format!("{e:#}").contains("address already in use") => {
+                Err(e)
+                    if attempt < START_ATTEMPTS
+                        && format!("{e:#}").contains("address already in use") =>
+                {
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -84,11 +99,23 @@ impl Registry {
     fn launch(&mut self) -> Result<()> {
         self.port = free_port()?;
         let config = self.dir.path().join("config.yml");
-        std::fs::write(&config, config_yaml(self.dir.path(), self.port, self.tls.as_ref(), self.creds.is_some())?)?;
+        std::fs::write(
+            &config,
+            config_yaml(
+                self.dir.path(),
+                self.port,
+                self.tls.as_ref(),
+                self.creds.is_some(),
+            )?,
+        )?;
         let log_path = self.dir.path().join("registry.log");
         let log = std::fs::File::create(&log_path)?;
         let mut cmd = Command::new(require("docker-registry"));
-        cmd.arg("serve").arg(&config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // The environment overrides the configuration (REGISTRY_HTTP_DEBUG_ADDR, ...).
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("REGISTRY_") {
@@ -116,7 +143,10 @@ impl Registry {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     let log = std::fs::read_to_string(log_path).unwrap_or_default();
-                    bail!("docker-registry did not answer on {} within {START_TIMEOUT:?}: {e:#}\n{log}", self.host());
+                    bail!(
+                        "docker-registry did not answer on {} within {START_TIMEOUT:?}: {e:#}\n{log}",
+                        self.host()
+                    );
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -130,7 +160,10 @@ impl Registry {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let request = format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host());
+        let request = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.host()
+        );
         let mut response = Vec::new();
         match &self.tls {
             None => {
@@ -139,7 +172,8 @@ impl Registry {
                 stream.read_to_end(&mut response)?;
             }
             Some(tls) => {
-                let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())?;
+                let mut builder =
+                    openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())?;
                 builder.set_ca_file(tls.cert_dir.join("ca.crt"))?;
                 let mut stream = builder.build().connect("127.0.0.1", stream)?;
                 stream.write_all(request.as_bytes())?;
@@ -147,8 +181,16 @@ impl Registry {
                 let _ = stream.read_to_end(&mut response);
             }
         }
-        let status = String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned();
-        let expected = if self.creds.is_some() { " 401 " } else { " 200 " };
+        let status = String::from_utf8_lossy(&response)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let expected = if self.creds.is_some() {
+            " 401 "
+        } else {
+            " 200 "
+        };
         if !status.starts_with("HTTP/1.") || !status.contains(expected) {
             bail!("unexpected answer to GET /v2/: {status:?}");
         }
@@ -230,7 +272,9 @@ impl Drop for Registry {
 }
 
 fn new_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix("skiff-registry-").tempdir()?)
+    Ok(tempfile::Builder::new()
+        .prefix("skiff-registry-")
+        .tempdir()?)
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
@@ -241,7 +285,9 @@ fn free_port() -> Result<u16> {
 
 /// A YAML string (JSON strings are YAML strings).
 fn quoted(path: &Path) -> Result<String> {
-    let s = path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let s = path
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
     Ok(serde_json::to_string(s)?)
 }
 
@@ -254,10 +300,17 @@ fn config_yaml(dir: &Path, port: u16, tls: Option<&Tls>, auth: bool) -> Result<S
         quoted(&dir.join("data"))?
     );
     if let Some(tls) = tls {
-        y += &format!("  tls:\n    certificate: {}\n    key: {}\n", quoted(&tls.cert)?, quoted(&tls.key)?);
+        y += &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            quoted(&tls.cert)?,
+            quoted(&tls.key)?
+        );
     }
     if auth {
-        y += &format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", quoted(&dir.join("htpasswd"))?);
+        y += &format!(
+            "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+            quoted(&dir.join("htpasswd"))?
+        );
     }
     Ok(y)
 }
@@ -273,19 +326,63 @@ fn make_certificates(dir: &Path) -> Result<Tls> {
         run(&mut cmd)
     };
     ssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "7",
-        "-subj", "/CN=skiff test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "7",
+        "-subj",
+        "/CN=skiff test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ])?;
-    ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
-    std::fs::write(pki.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
     ssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "7", "-extfile", "server.ext",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(
+        pki.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "7",
+        "-extfile",
+        "server.ext",
     ])?;
     let cert_dir = dir.join("certs.d");
     std::fs::create_dir_all(&cert_dir)?;
     std::fs::copy(pki.join("ca.crt"), cert_dir.join("ca.crt"))?;
-    Ok(Tls { cert: pki.join("server.crt"), key: pki.join("server.key"), cert_dir })
+    Ok(Tls {
+        cert: pki.join("server.crt"),
+        key: pki.join("server.key"),
+        cert_dir,
+    })
 }

@@ -18,16 +18,22 @@ pub fn skiff_bin() -> PathBuf {
             return p;
         }
     }
-    panic!("the skiff binary is not built: run `cargo build --release` (make test does) or set SKIFF_BIN");
+    panic!(
+        "the skiff binary is not built: run `cargo build --release` (make test does) or set SKIFF_BIN"
+    );
 }
 
 /// Finds `program` on PATH; panics with an install hint when it is missing (tests must not
 /// silently pass without the real program).
 pub fn require(program: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
     });
-    found.unwrap_or_else(|| panic!("{program} is not installed: run contrib/install-deps.sh (make test does)"))
+    found.unwrap_or_else(|| {
+        panic!("{program} is not installed: run contrib/install-deps.sh (make test does)")
+    })
 }
 
 /// A `Command` for skiff.

@@ -66,12 +66,18 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// Linux's `makedev`.
 pub fn makedev(major: u64, minor: u64) -> u64 {
-    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
 }
 
 fn clean(name: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    for part in name.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".") {
+    for part in name
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+    {
         out.push(b'/');
         out.extend_from_slice(part);
     }
@@ -96,7 +102,8 @@ impl Tree {
                 if path.is_empty() {
                     continue;
                 }
-                let (parent, base) = path.split_at(path.iter().rposition(|&b| b == b'/').unwrap_or(0));
+                let (parent, base) =
+                    path.split_at(path.iter().rposition(|&b| b == b'/').unwrap_or(0));
                 let base = &base[1..];
                 if base == b".wh..wh..opq" {
                     files.retain(|p, _| !is_below(p, parent));
@@ -124,7 +131,9 @@ impl Tree {
                         item.read_to_end(&mut data)?;
                         Kind::File(data.len() as u64, sha256_hex(&data))
                     }
-                    tar::EntryType::Symlink => Kind::Symlink(item.link_name_bytes().context("symlink target")?.to_vec()),
+                    tar::EntryType::Symlink => {
+                        Kind::Symlink(item.link_name_bytes().context("symlink target")?.to_vec())
+                    }
                     tar::EntryType::Char => Kind::CharDev(makedev(
                         header.device_major()?.unwrap_or(0).into(),
                         header.device_minor()?.unwrap_or(0).into(),
@@ -137,7 +146,11 @@ impl Tree {
                     tar::EntryType::Link => {
                         let target = clean(&item.link_name_bytes().context("link target")?);
                         let linked = files.get(&target).cloned().with_context(|| {
-                            format!("hard link {:?} to missing {:?}", String::from_utf8_lossy(&path), String::from_utf8_lossy(&target))
+                            format!(
+                                "hard link {:?} to missing {:?}",
+                                String::from_utf8_lossy(&path),
+                                String::from_utf8_lossy(&target)
+                            )
                         })?;
                         files.insert(path, linked);
                         continue;
@@ -187,12 +200,18 @@ impl Tree {
     fn from_stored<H: FsVerityHashValue>(repo_path: &Path, tag: &str) -> Result<Self> {
         let repo = Repository::<H>::open_path(rustix::fs::CWD, repo_path)?;
         let image = composefs_oci::oci_image::OciImage::open_ref(&repo, tag)?;
-        let erofs = image.image_ref(repo.erofs_version()).context("the image has no EROFS")?;
-        let fs: FileSystem<H> = composefs::erofs::reader::erofs_to_filesystem(&repo.read_object(erofs)?)?;
+        let erofs = image
+            .image_ref(repo.erofs_version())
+            .context("the image has no EROFS")?;
+        let fs: FileSystem<H> =
+            composefs::erofs::reader::erofs_to_filesystem(&repo.read_object(erofs)?)?;
         let mut tree = Tree::default();
         let mut paths_of_leaf: HashMap<usize, BTreeSet<Vec<u8>>> = HashMap::new();
         walk(&repo, &fs, &fs.root, b"", &mut tree, &mut paths_of_leaf)?;
-        tree.hardlinks = paths_of_leaf.into_values().filter(|g| g.len() > 1).collect();
+        tree.hardlinks = paths_of_leaf
+            .into_values()
+            .filter(|g| g.len() > 1)
+            .collect();
         Ok(tree)
     }
 
@@ -203,13 +222,23 @@ impl Tree {
         for k in keys {
             let (a, b) = (self.entries.get(k), other.entries.get(k));
             if a != b {
-                diffs.push(format!("{}:\n  expected {a:?}\n  stored   {b:?}", String::from_utf8_lossy(k)));
+                diffs.push(format!(
+                    "{}:\n  expected {a:?}\n  stored   {b:?}",
+                    String::from_utf8_lossy(k)
+                ));
             }
         }
         if self.hardlinks != other.hardlinks {
-            diffs.push(format!("hard links: expected {:?}, stored {:?}", self.hardlinks, other.hardlinks));
+            diffs.push(format!(
+                "hard links: expected {:?}, stored {:?}",
+                self.hardlinks, other.hardlinks
+            ));
         }
-        assert!(diffs.is_empty(), "{what}: the stored tree differs from the layers:\n{}", diffs.join("\n"));
+        assert!(
+            diffs.is_empty(),
+            "{what}: the stored tree differs from the layers:\n{}",
+            diffs.join("\n")
+        );
     }
 }
 
@@ -231,13 +260,22 @@ fn walk<H: FsVerityHashValue>(
             Inode::Leaf(id, _) => {
                 let leaf = &fs.leaves[id.0];
                 let kind = match &leaf.content {
-                    LeafContent::Regular(RegularFile::Inline(data)) => Kind::File(data.len() as u64, sha256_hex(data)),
-                    LeafContent::Regular(RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size)) => {
+                    LeafContent::Regular(RegularFile::Inline(data)) => {
+                        Kind::File(data.len() as u64, sha256_hex(data))
+                    }
+                    LeafContent::Regular(
+                        RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size),
+                    ) => {
                         let data = repo.read_object(obj)?;
-                        anyhow::ensure!(data.len() as u64 == *size, "object size differs from the EROFS's");
+                        anyhow::ensure!(
+                            data.len() as u64 == *size,
+                            "object size differs from the EROFS's"
+                        );
                         Kind::File(*size, sha256_hex(&data))
                     }
-                    LeafContent::Regular(RegularFile::Sparse(size)) => bail!("sparse file of {size} bytes"),
+                    LeafContent::Regular(RegularFile::Sparse(size)) => {
+                        bail!("sparse file of {size} bytes")
+                    }
                     LeafContent::Symlink(t) => Kind::Symlink(t.as_bytes().to_vec()),
                     LeafContent::CharacterDevice(rdev) => Kind::CharDev(*rdev),
                     LeafContent::BlockDevice(rdev) => Kind::BlockDev(*rdev),
@@ -258,6 +296,10 @@ fn entry(kind: Kind, stat: &composefs::tree::Stat) -> Entry {
         mode: stat.st_mode & 0o7777,
         uid: stat.st_uid.into(),
         gid: stat.st_gid.into(),
-        xattrs: stat.xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect(),
+        xattrs: stat
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect(),
     }
 }

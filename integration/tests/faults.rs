@@ -18,14 +18,26 @@ fn registry_with_rich(dir: &Path) -> (Registry, Tree) {
     let layout = dir.join("layout");
     fixtures::write_oci_layout(&layout, "rich", &layers, Compression::Gzip).unwrap();
     let registry = Registry::start_plain().unwrap();
-    registry.push(&format!("oci:{}:rich", layout.display()), "rich:v1").unwrap();
-    (registry, Tree::from_layers(&fixtures::layer_tars(&layers).unwrap()).unwrap())
+    registry
+        .push(&format!("oci:{}:rich", layout.display()), "rich:v1")
+        .unwrap();
+    (
+        registry,
+        Tree::from_layers(&fixtures::layer_tars(&layers).unwrap()).unwrap(),
+    )
 }
 
 fn copy(host: &str, repo: &Path, extra: &[&str]) -> Output {
     let mut cmd = skiff();
-    cmd.args(["--insecure-policy", "copy", "--progress=plain", "--src-tls-verify=false"]).args(extra);
-    cmd.arg(format!("docker://{host}/rich:v1")).arg(format!("composefs:{}:rich", repo.display()));
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--progress=plain",
+        "--src-tls-verify=false",
+    ])
+    .args(extra);
+    cmd.arg(format!("docker://{host}/rich:v1"))
+        .arg(format!("composefs:{}:rich", repo.display()));
     output(&mut cmd).unwrap()
 }
 
@@ -36,8 +48,14 @@ fn upstream(registry: &Registry) -> SocketAddr {
 fn assert_untouched(repo: &Path, out: &Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "expected a failure: {stderr}");
-    assert!(stderr.contains("rich"), "the error names the image: {stderr}");
-    assert!(!repo.join("streams/refs/oci/rich").exists(), "no tag after a failed copy");
+    assert!(
+        stderr.contains("rich"),
+        "the error names the image: {stderr}"
+    );
+    assert!(
+        !repo.join("streams/refs/oci/rich").exists(),
+        "no tag after a failed copy"
+    );
     run(skiff().arg("fsck").arg(repo)).unwrap();
     run(cfsctl(repo).args(["oci", "fsck"])).unwrap();
 }
@@ -51,9 +69,15 @@ fn dropped_connection_is_retried() {
     let repo = dir.path().join("repo");
     let out = copy(&flaky.host(), &repo, &["--retry-times", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(flaky.cuts(), 1, "the fault was injected");
-    Tree::from_stored_image(&repo, "rich").unwrap().assert_same(&expected, "after a retry");
+    Tree::from_stored_image(&repo, "rich")
+        .unwrap()
+        .assert_same(&expected, "after a retry");
     run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
 }
 
@@ -69,7 +93,11 @@ fn dropped_connection_without_retries_fails_cleanly() {
     assert_untouched(&repo, &out);
     // With retries, a fault that never goes away still fails, after the retries.
     let out = copy(&flaky.host(), &repo, &["--retry-times", "2"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Retrying blob"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Retrying blob"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_untouched(&repo, &out);
 }
 
@@ -79,18 +107,32 @@ fn registry_stopped_during_a_copy() {
     // 48 MiB of incompressible data: more than the sockets between registry and skiff buffer,
     // so the registry is still sending when it is stopped.
     let mut layer = fixtures::Layer::default();
-    layer.add("usr/", fixtures::dir()).add("usr/big", fixtures::file(fixtures::noise(77, 48 << 20)));
+    layer
+        .add("usr/", fixtures::dir())
+        .add("usr/big", fixtures::file(fixtures::noise(77, 48 << 20)));
     let layout = dir.path().join("layout");
     fixtures::write_oci_layout(&layout, "rich", &[layer], Compression::Gzip).unwrap();
     let mut registry = Registry::start_plain().unwrap();
-    registry.push(&format!("oci:{}:rich", layout.display()), "rich:v1").unwrap();
+    registry
+        .push(&format!("oci:{}:rich", layout.display()), "rich:v1")
+        .unwrap();
     // 2 ms per 16 KiB: about 6 s for the layer.
     let slow = FlakyForwarder::start_slow(upstream(&registry), Duration::from_millis(2)).unwrap();
     let repo = dir.path().join("repo");
     let mut cmd = skiff();
-    cmd.args(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false"]);
-    cmd.arg(format!("docker://{}/rich:v1", slow.host())).arg(format!("composefs:{}:rich", repo.display()));
-    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+    ]);
+    cmd.arg(format!("docker://{}/rich:v1", slow.host()))
+        .arg(format!("composefs:{}:rich", repo.display()));
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     registry.stop();
     let out = child.wait_with_output().unwrap();

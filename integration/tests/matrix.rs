@@ -41,7 +41,8 @@ fn check_fixture(kind: &str, compression: Compression) {
     for (format, skopeo_args) in FORMATS.iter().filter(|(f, _)| applies(f, compression)) {
         let repo_tag = format!("{kind}:{format}");
         let mut push = skiff_integration::tools::skopeo();
-        push.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(*skopeo_args);
+        push.args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(*skopeo_args);
         push.arg(&source).arg(registry.docker_ref(&repo_tag));
         run(&mut push).unwrap();
 
@@ -53,12 +54,22 @@ fn check_fixture(kind: &str, compression: Compression) {
                 .arg(format!("composefs:{}:{kind}", repo.display())),
         )
         .unwrap();
-        assert!(out.status.success(), "{kind} as {format}: {}", String::from_utf8_lossy(&out.stderr));
-        Tree::from_stored_image(&repo, kind).unwrap().assert_same(&expected, &format!("{kind} as {format}"));
+        assert!(
+            out.status.success(),
+            "{kind} as {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tree::from_stored_image(&repo, kind)
+            .unwrap()
+            .assert_same(&expected, &format!("{kind} as {format}"));
         run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
         run(skiff().arg("fsck").arg(&repo)).unwrap();
         if let Some(id) = &reference_id {
-            assert_eq!(&run(cfsctl(&repo).args(["oci", "compute-id", kind])).unwrap(), id, "{kind} as {format}");
+            assert_eq!(
+                &run(cfsctl(&repo).args(["oci", "compute-id", kind])).unwrap(),
+                id,
+                "{kind} as {format}"
+            );
         }
     }
 }

@@ -19,8 +19,17 @@ struct Work {
 
 impl Work {
     fn new() -> Work {
-        let dir = tempfile::Builder::new().prefix("skiff-registry-test-").tempdir().unwrap();
-        write_oci_layout(&dir.path().join("layout"), "rich", &rich_image(), Compression::Gzip).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-registry-test-")
+            .tempdir()
+            .unwrap();
+        write_oci_layout(
+            &dir.path().join("layout"),
+            "rich",
+            &rich_image(),
+            Compression::Gzip,
+        )
+        .unwrap();
         Work { dir }
     }
 
@@ -38,7 +47,9 @@ impl Work {
 /// `skiff --insecure-policy copy ARGS... SOURCE composefs:REPO:rich`.
 fn copy(args: &[&str], source: &str, repo: &Path) -> Output {
     let mut cmd = skiff();
-    cmd.args(["--insecure-policy", "copy", "--quiet"]).args(args).arg(source);
+    cmd.args(["--insecure-policy", "copy", "--quiet"])
+        .args(args)
+        .arg(source);
     cmd.arg(format!("composefs:{}:rich", repo.display()));
     output(&mut cmd).unwrap()
 }
@@ -57,9 +68,16 @@ fn assert_success(out: &Output, what: &str) {
 /// Checks the exit code and that stderr contains one of `words` (case-insensitive); returns stderr.
 fn assert_failure(out: &Output, code: i32, words: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "expected exit code {code}; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit code {code}; stderr: {stderr}"
+    );
     let lower = stderr.to_lowercase();
-    assert!(words.iter().any(|w| lower.contains(w)), "stderr mentions none of {words:?}: {stderr}");
+    assert!(
+        words.iter().any(|w| lower.contains(w)),
+        "stderr mentions none of {words:?}: {stderr}"
+    );
     stderr
 }
 
@@ -74,17 +92,30 @@ fn compute_id(repo: &Path) -> String {
 /// Checks that `repo` holds a complete `rich` that cfsctl accepts.
 fn assert_stored(repo: &Path) {
     run(cfsctl(repo).args(["oci", "fsck"])).unwrap();
-    assert!(repo.join("streams/refs/oci/rich").exists(), "no tag rich in {}", repo.display());
+    assert!(
+        repo.join("streams/refs/oci/rich").exists(),
+        "no tag rich in {}",
+        repo.display()
+    );
 }
 
 /// Checks that `repo` (if skiff created it) has no image tagged `rich`.
 fn assert_no_tag(repo: &Path) {
-    assert!(!repo.join("streams/refs/oci/rich").exists(), "a tag rich was left in {}", repo.display());
+    assert!(
+        !repo.join("streams/refs/oci/rich").exists(),
+        "a tag rich was left in {}",
+        repo.display()
+    );
     if repo.join("meta.json").exists() {
         let json = run(skiff().arg("images").arg(repo).arg("--json")).unwrap();
         let list: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let list = list.as_array().expect("skiff images --json prints an array");
-        assert!(list.iter().all(|i| i["name"] != "rich"), "skiff images lists rich: {json}");
+        let list = list
+            .as_array()
+            .expect("skiff images --json prints an array");
+        assert!(
+            list.iter().all(|i| i["name"] != "rich"),
+            "skiff images lists rich: {json}"
+        );
     }
 }
 
@@ -96,21 +127,38 @@ fn plain_registry_copy_matches_layout_copy_and_cfsctl_pull() {
     assert_eq!(source, format!("docker://{}/rich:v1", registry.host()));
 
     let repo = work.repo("from-registry");
-    assert_success(&copy(&["--src-tls-verify=false"], &source, &repo), "skiff copy from the registry");
+    assert_success(
+        &copy(&["--src-tls-verify=false"], &source, &repo),
+        "skiff copy from the registry",
+    );
     assert_stored(&repo);
     let from_registry = compute_id(&repo);
 
     // The same image straight from the layout: same composefs image.
     let repo = work.repo("from-layout");
-    assert_success(&copy(&[], &work.layout_ref(), &repo), "skiff copy from the layout");
+    assert_success(
+        &copy(&[], &work.layout_ref(), &repo),
+        "skiff copy from the layout",
+    );
     assert_stored(&repo);
-    assert_eq!(compute_id(&repo), from_registry, "registry and layout copies differ");
+    assert_eq!(
+        compute_id(&repo),
+        from_registry,
+        "registry and layout copies differ"
+    );
 
     // cfsctl's own pull of the layout: same composefs image.
     let repo = work.repo("cfsctl-pull");
-    run(Command::new(require("cfsctl")).args(["init", "--insecure"]).arg(&repo)).unwrap();
+    run(Command::new(require("cfsctl"))
+        .args(["init", "--insecure"])
+        .arg(&repo))
+    .unwrap();
     run(cfsctl(&repo).args(["oci", "pull", &work.layout_ref(), "rich"])).unwrap();
-    assert_eq!(compute_id(&repo), from_registry, "skiff and cfsctl pull differ");
+    assert_eq!(
+        compute_id(&repo),
+        from_registry,
+        "skiff and cfsctl pull differ"
+    );
 }
 
 #[test]
@@ -125,18 +173,33 @@ fn tls_auth_registry_with_creds_authfile_and_no_verify() {
     let authfile = authfile.to_str().unwrap();
 
     let cases: [(&str, Vec<&str>); 3] = [
-        ("creds", vec!["--src-creds", &creds, "--src-cert-dir", &cert_dir]),
-        ("authfile", vec!["--authfile", authfile, "--src-cert-dir", &cert_dir]),
-        ("no-verify", vec!["--src-tls-verify=false", "--src-creds", &creds]),
+        (
+            "creds",
+            vec!["--src-creds", &creds, "--src-cert-dir", &cert_dir],
+        ),
+        (
+            "authfile",
+            vec!["--authfile", authfile, "--src-cert-dir", &cert_dir],
+        ),
+        (
+            "no-verify",
+            vec!["--src-tls-verify=false", "--src-creds", &creds],
+        ),
     ];
     let mut ids = Vec::new();
     for (name, args) in &cases {
         let repo = work.repo(name);
-        assert_success(&copy(args, &source, &repo), &format!("skiff copy with {name}"));
+        assert_success(
+            &copy(args, &source, &repo),
+            &format!("skiff copy with {name}"),
+        );
         assert_stored(&repo);
         ids.push(compute_id(&repo));
     }
-    assert!(ids.iter().all(|id| *id == ids[0]), "the copies differ: {ids:?}");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "the copies differ: {ids:?}"
+    );
 }
 
 #[test]
@@ -147,7 +210,11 @@ fn wrong_password_fails_without_tag() {
     let cert_dir = registry.cert_dir().unwrap().to_str().unwrap().to_owned();
     let repo = work.repo("repo");
     let creds = format!("{USER}:not-the-password");
-    let out = copy(&["--src-creds", &creds, "--src-cert-dir", &cert_dir], &source, &repo);
+    let out = copy(
+        &["--src-creds", &creds, "--src-cert-dir", &cert_dir],
+        &source,
+        &repo,
+    );
     assert_failure(&out, 1, &["unauthorized", "authentication required"]);
     assert_no_tag(&repo);
 
@@ -164,10 +231,21 @@ fn unknown_ca_fails() {
     let source = registry.push(&work.layout_ref(), "rich:v1").unwrap();
     let repo = work.repo("repo");
     let creds = format!("{USER}:{PASSWORD}");
-    let stderr = assert_failure(&copy(&["--src-creds", &creds], &source, &repo), 1, &["x509", "certificate"]);
-    assert!(!stderr.contains(PASSWORD), "stderr shows the password: {stderr}");
+    let stderr = assert_failure(
+        &copy(&["--src-creds", &creds], &source, &repo),
+        1,
+        &["x509", "certificate"],
+    );
+    assert!(
+        !stderr.contains(PASSWORD),
+        "stderr shows the password: {stderr}"
+    );
     // --src-tls-verify=true is the default made explicit.
-    let out = copy(&["--src-creds", &creds, "--src-tls-verify=true"], &source, &repo);
+    let out = copy(
+        &["--src-creds", &creds, "--src-tls-verify=true"],
+        &source,
+        &repo,
+    );
     assert_failure(&out, 1, &["x509", "certificate"]);
     assert_no_tag(&repo);
 }
@@ -179,9 +257,17 @@ fn missing_image_exits_2() {
     registry.push(&work.layout_ref(), "rich:v1").unwrap();
     let repo = work.repo("repo");
     for missing in ["nope:v1", "rich:nope"] {
-        let out = copy(&["--src-tls-verify=false"], &registry.docker_ref(missing), &repo);
+        let out = copy(
+            &["--src-tls-verify=false"],
+            &registry.docker_ref(missing),
+            &repo,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{missing}: expected exit code 2; stderr: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{missing}: expected exit code 2; stderr: {stderr}"
+        );
         assert_no_tag(&repo);
     }
 }

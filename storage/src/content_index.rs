@@ -74,7 +74,7 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     /// Builds an index from entries in any order. Equal content has equal object ids, so
     /// entries are unique by sha256; repeats are dropped.
     pub fn new(mut entries: Vec<IndexEntry<H>>) -> Self {
-        entries.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        entries.sort_by_key(|e| e.sha256);
         entries.dedup_by(|a, b| a.sha256 == b.sha256);
         Self { entries }
     }
@@ -108,7 +108,11 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
 
     /// Parses a serialised index, checking every field.
     pub fn from_bytes(data: &[u8]) -> Result<Self> {
-        ensure!(data.len() >= HEADER_LEN, "content index truncated ({} bytes)", data.len());
+        ensure!(
+            data.len() >= HEADER_LEN,
+            "content index truncated ({} bytes)",
+            data.len()
+        );
         ensure!(&data[..8] == MAGIC, "content index has a bad magic");
         let id_len = data[8] as usize;
         ensure!(
@@ -116,7 +120,10 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
             "content index object ids are {id_len} bytes, the repository's are {}",
             self::id_len::<H>()
         );
-        ensure!(data[9..16].iter().all(|&b| b == 0), "content index reserved bytes are not zero");
+        ensure!(
+            data[9..16].iter().all(|&b| b == 0),
+            "content index reserved bytes are not zero"
+        );
         let count = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
         ensure!(count <= MAX_RECORDS, "content index claims {count} records");
         let record = 32 + id_len + 8;
@@ -132,7 +139,11 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
             let object = H::from_hex(hex::encode(&chunk[32..32 + id_len]))
                 .map_err(|_| anyhow::anyhow!("content index holds a malformed object id"))?;
             let size = u64::from_le_bytes(chunk[32 + id_len..].try_into().expect("8 bytes"));
-            entries.push(IndexEntry { sha256, object, size });
+            entries.push(IndexEntry {
+                sha256,
+                object,
+                size,
+            });
         }
         if !entries.is_sorted_by(|a, b| a.sha256 < b.sha256) {
             bail!("content index records are not sorted by digest and unique");
@@ -152,7 +163,10 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     /// Reads the index of the layer with DiffID `diff_id`; `None` when the layer is not stored
     /// or was imported without an index.
     #[context("Reading content index of layer {diff_id}")]
-    pub fn read_for_layer(repo: &Repository<H>, diff_id: &composefs_oci::OciDigest) -> Result<Option<Self>> {
+    pub fn read_for_layer(
+        repo: &Repository<H>,
+        diff_id: &composefs_oci::OciDigest,
+    ) -> Result<Option<Self>> {
         let Some(layer) = repo.has_stream(&composefs_oci::layer_content_id(diff_id))? else {
             return Ok(None);
         };
@@ -175,26 +189,41 @@ mod tests {
     use composefs::fsverity::{Sha256HashValue, Sha512HashValue, compute_verity};
 
     fn entry<H: FsVerityHashValue>(n: u8) -> IndexEntry<H> {
-        IndexEntry { sha256: [n; 32], object: compute_verity::<H>(&[n]), size: n as u64 * 1000 }
+        IndexEntry {
+            sha256: [n; 32],
+            object: compute_verity::<H>(&[n]),
+            size: n as u64 * 1000,
+        }
     }
 
     #[test]
     fn round_trip_and_lookup() {
-        let idx = ContentIndex::new(vec![entry::<Sha256HashValue>(3), entry(1), entry(2), entry(1)]);
+        let idx = ContentIndex::new(vec![
+            entry::<Sha256HashValue>(3),
+            entry(1),
+            entry(2),
+            entry(1),
+        ]);
         assert_eq!(idx.entries().len(), 3);
         let parsed = ContentIndex::<Sha256HashValue>::from_bytes(&idx.to_bytes()).unwrap();
         assert_eq!(parsed, idx);
         assert_eq!(parsed.lookup(&[2; 32]).unwrap().size, 2000);
         assert!(parsed.lookup(&[4; 32]).is_none());
         let idx512 = ContentIndex::new(vec![entry::<Sha512HashValue>(9)]);
-        assert_eq!(ContentIndex::<Sha512HashValue>::from_bytes(&idx512.to_bytes()).unwrap(), idx512);
+        assert_eq!(
+            ContentIndex::<Sha512HashValue>::from_bytes(&idx512.to_bytes()).unwrap(),
+            idx512
+        );
     }
 
     #[test]
     fn rejects_malformed_input() {
         let good = ContentIndex::new(vec![entry::<Sha256HashValue>(1), entry(2)]).to_bytes();
         assert!(ContentIndex::<Sha256HashValue>::from_bytes(&good[..good.len() - 1]).is_err());
-        assert!(ContentIndex::<Sha512HashValue>::from_bytes(&good).is_err(), "wrong id length");
+        assert!(
+            ContentIndex::<Sha512HashValue>::from_bytes(&good).is_err(),
+            "wrong id length"
+        );
         let mut bad = good.clone();
         bad[0] = b'X';
         assert!(ContentIndex::<Sha256HashValue>::from_bytes(&bad).is_err());

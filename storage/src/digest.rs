@@ -62,7 +62,10 @@ impl<R> HashingReader<R> {
 
     /// The digest of everything read so far. Can be called once.
     pub fn finish(&mut self) -> OciDigest {
-        let hasher = self.hasher.take().expect("HashingReader::finish called twice");
+        let hasher = self
+            .hasher
+            .take()
+            .expect("HashingReader::finish called twice");
         sha256_digest(&hasher.finish())
     }
 }

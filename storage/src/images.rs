@@ -47,7 +47,10 @@ pub struct ImageSummary {
 
 /// Finds the manifest `reference` names.
 #[context("Resolving {reference} in the repository")]
-pub fn resolve<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<(OciDigest, H)> {
+pub fn resolve<H: FsVerityHashValue>(
+    store: &Store<H>,
+    reference: &StoredRef,
+) -> Result<(OciDigest, H)> {
     let repo = store.repo();
     match reference {
         StoredRef::Tag(name) => match oci_image::resolve_ref(repo, name) {
@@ -65,7 +68,10 @@ pub fn resolve<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) ->
 }
 
 /// Opens the image `reference` names, re-hashing its manifest and config.
-pub fn open_image<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<OciImage<H>> {
+pub fn open_image<H: FsVerityHashValue>(
+    store: &Store<H>,
+    reference: &StoredRef,
+) -> Result<OciImage<H>> {
     let (digest, _) = resolve(store, reference)?;
     OciImage::open(store.repo(), &digest, None)
 }
@@ -78,7 +84,8 @@ pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSu
         let image = OciImage::open(store.repo(), &digest, None)
             .with_context(|| format!("Opening image {name}"))?;
         let manifest = image.manifest();
-        let size = manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+        let size =
+            manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
         out.push(ImageSummary {
             name,
             digest: digest.to_string(),
@@ -96,13 +103,19 @@ pub fn raw_manifest_and_config<H: FsVerityHashValue>(
     reference: &StoredRef,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let image = open_image(store, reference)?;
-    Ok((image.read_manifest_json(store.repo())?, image.read_config_json(store.repo())?))
+    Ok((
+        image.read_manifest_json(store.repo())?,
+        image.read_config_json(store.repo())?,
+    ))
 }
 
 /// Removes the tag `reference` names; for a digest, every tag that names that manifest.
 /// The image's data goes at the next garbage collection. Returns the removed tags.
 #[context("Removing {reference}")]
-pub fn remove<H: FsVerityHashValue>(store: &Store<H>, reference: &StoredRef) -> Result<Vec<String>> {
+pub fn remove<H: FsVerityHashValue>(
+    store: &Store<H>,
+    reference: &StoredRef,
+) -> Result<Vec<String>> {
     store.repo().ensure_writable()?;
     let (digest, _) = resolve(store, reference)?;
     let tags: Vec<String> = match reference {

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry};
 use crate::digest::HashingReader;
 use crate::repository::Store;
-use crate::tree_path::{normalize_entry_path, PathError};
+use crate::tree_path::{PathError, normalize_entry_path};
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
 const IO_BUF_CAPACITY: usize = 64 * 1024;
@@ -103,7 +103,10 @@ pub enum LayerError {
 }
 
 /// Returns the layer's splitstream id when the store already holds the layer.
-pub fn stored_layer<H: FsVerityHashValue>(store: &Store<H>, diff_id: &OciDigest) -> Result<Option<H>> {
+pub fn stored_layer<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &OciDigest,
+) -> Result<Option<H>> {
     store.repo().has_stream(&layer_content_id(diff_id))
 }
 
@@ -129,7 +132,11 @@ pub async fn split_layer<H: FsVerityHashValue>(
 
     let actual = tar.finish();
     if &actual != diff_id {
-        return Err(LayerError::DiffIdMismatch { expected: diff_id.clone(), actual }.into());
+        return Err(LayerError::DiffIdMismatch {
+            expected: diff_id.clone(),
+            actual,
+        }
+        .into());
     }
     let tar_size = tar.count();
 
@@ -145,7 +152,11 @@ pub async fn split_layer<H: FsVerityHashValue>(
     builder.add_named_stream_ref(CONTENT_INDEX_REF, &index_id);
     let (verity, ss_stats) = builder.finish().await?;
 
-    let mut stats = LayerStats { tar_size, bytes_inline: ss_stats.inline_bytes, ..Default::default() };
+    let mut stats = LayerStats {
+        tar_size,
+        bytes_inline: ss_stats.inline_bytes,
+        ..Default::default()
+    };
     for (size, method) in &ss_stats.external_objects {
         if matches!(method, ObjectStoreMethod::AlreadyPresent) {
             stats.objects_reused += 1;
@@ -155,7 +166,12 @@ pub async fn split_layer<H: FsVerityHashValue>(
             stats.bytes_written += size;
         }
     }
-    Ok(PendingLayer { store: store.clone(), diff_id: diff_id.clone(), verity, stats })
+    Ok(PendingLayer {
+        store: store.clone(),
+        diff_id: diff_id.clone(),
+        verity,
+        stats,
+    })
 }
 
 /// Parses tar entries from `tar` into `builder`.
@@ -172,7 +188,9 @@ async fn split_entries<H: FsVerityHashValue>(
     loop {
         while buf.len() < need {
             if need > MAX_HEADER_BYTES {
-                bail!("tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed");
+                bail!(
+                    "tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed"
+                );
             }
             buf.reserve(need - buf.len());
             if tar.read_buf(&mut buf).await? == 0 {
@@ -183,7 +201,10 @@ async fn split_entries<H: FsVerityHashValue>(
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        match parser.parse(&buf).context("Parsing the layer's tar stream")? {
+        match parser
+            .parse(&buf)
+            .context("Parsing the layer's tar stream")?
+        {
             ParseEvent::NeedData { min_bytes } => need = min_bytes,
             ParseEvent::GlobalExtensions { consumed, .. } => {
                 builder.push_inline(&buf.split_to(consumed));
@@ -210,7 +231,10 @@ async fn split_entries<H: FsVerityHashValue>(
                 );
             }
             ParseEvent::Entry { consumed, entry } => {
-                let link = entry.link_target.as_deref().filter(|_| entry.entry_type.is_hard_link());
+                let link = entry
+                    .link_target
+                    .as_deref()
+                    .filter(|_| entry.entry_type.is_hard_link());
                 check_entry_paths(&entry.path, link)?;
                 let size = usize::try_from(entry.size).context("tar entry size")?;
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
@@ -251,7 +275,11 @@ async fn split_entries<H: FsVerityHashValue>(
 fn check_entry_paths(name: &[u8], link: Option<&[u8]>) -> Result<()> {
     for p in std::iter::once(name).chain(link) {
         if let Err(reason) = normalize_entry_path(p) {
-            return Err(LayerError::BadPath { name: String::from_utf8_lossy(p).into_owned(), reason }.into());
+            return Err(LayerError::BadPath {
+                name: String::from_utf8_lossy(p).into_owned(),
+                reason,
+            }
+            .into());
         }
     }
     Ok(())
@@ -287,7 +315,9 @@ async fn send_file(
             }
         }
         let n = remaining.min(buf.len());
-        tx.send(buf.split_to(n).freeze()).await.map_err(|_| SendError::WriterGone)?;
+        tx.send(buf.split_to(n).freeze())
+            .await
+            .map_err(|_| SendError::WriterGone)?;
         remaining -= n;
     }
     Ok(())
@@ -337,6 +367,10 @@ fn write_object<H: FsVerityHashValue>(
     let file = out.into_inner().map_err(|e| e.into_error())?;
     let (id, method) = repo.finalize_object_tmpfile(file, size)?;
     // The receiver only goes away when the import has already failed.
-    let _ = index.send(IndexEntry { sha256: sha.finish(), object: id.clone(), size });
+    let _ = index.send(IndexEntry {
+        sha256: sha.finish(),
+        object: id.clone(),
+        size,
+    });
     Ok((id, method))
 }

@@ -55,21 +55,32 @@ impl FsckReport {
 pub async fn fsck<H: FsVerityHashValue>(store: &Store<H>) -> Result<FsckReport> {
     let result = oci_image::oci_fsck(store.repo()).await?;
     let mut report = FsckReport {
-        errors: result.repo_result().errors().iter().map(|e| e.to_string()).collect(),
+        errors: result
+            .repo_result()
+            .errors()
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
         images_checked: result.images_checked(),
         indexes_checked: 0,
     };
-    report.errors.extend(result.errors().iter().map(|e| e.to_string()));
+    report
+        .errors
+        .extend(result.errors().iter().map(|e| e.to_string()));
     for (_, digest) in oci_image::list_refs(store.repo())? {
         let Ok(image) = oci_image::OciImage::open(store.repo(), &digest, None) else {
             continue; // already reported by oci_fsck
         };
         for diff_id in image.layer_diff_ids() {
-            let Ok(diff_id) = diff_id.parse() else { continue };
+            let Ok(diff_id) = diff_id.parse() else {
+                continue;
+            };
             match check_index(store, &diff_id) {
                 Ok(true) => report.indexes_checked += 1,
                 Ok(false) => {}
-                Err(e) => report.errors.push(format!("content index of layer {diff_id}: {e:#}")),
+                Err(e) => report
+                    .errors
+                    .push(format!("content index of layer {diff_id}: {e:#}")),
             }
         }
     }
@@ -78,15 +89,19 @@ pub async fn fsck<H: FsVerityHashValue>(store: &Store<H>) -> Result<FsckReport> 
 
 /// Checks that a layer's index parses and names only objects of that layer. Returns whether
 /// the layer has an index.
-fn check_index<H: FsVerityHashValue>(store: &Store<H>, diff_id: &composefs_oci::OciDigest) -> Result<bool> {
+fn check_index<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &composefs_oci::OciDigest,
+) -> Result<bool> {
     let Some(index) = ContentIndex::<H>::read_for_layer(store.repo(), diff_id)? else {
         return Ok(false);
     };
     let layer = crate::layer_import::stored_layer(store, diff_id)?
         .ok_or_else(|| anyhow::anyhow!("layer vanished"))?;
-    let mut reader = store
-        .repo()
-        .open_stream("", Some(&layer), Some(composefs_oci::LAYER_CONTENT_TYPE))?;
+    let mut reader =
+        store
+            .repo()
+            .open_stream("", Some(&layer), Some(composefs_oci::LAYER_CONTENT_TYPE))?;
     let mut objects = std::collections::HashSet::new();
     reader.get_object_refs(|id| {
         objects.insert(id.clone());

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 
 use anyhow::{Context, Result};
+use composefs::erofs::format::FormatVersion;
 use composefs::fsverity::FsVerityHashValue;
 use composefs::generic_tree::is_allowed_container_xattr;
 use composefs::repository::Repository;
 use composefs::tree::{FileSystem, Stat};
 use composefs_oci::OciDigest;
-use composefs::erofs::format::FormatVersion;
 use composefs_oci::oci_image::{OciImage, manifest_identifier, tag_image};
 use composefs_oci::tar::{TarItem, get_entry};
 use fn_error_context::context;
@@ -30,7 +30,10 @@ const MANIFEST_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"ocimanif");
 
 /// The root directory of an image that has no `/usr` to copy it from.
 fn default_root_stat() -> Stat {
-    Stat { st_mode: 0o755, ..Stat::uninitialized() }
+    Stat {
+        st_mode: 0o755,
+        ..Stat::uninitialized()
+    }
 }
 
 /// What [`publish_image`] stored.
@@ -93,11 +96,18 @@ pub fn publish_image<H: FsVerityHashValue>(
     if let Some(tag) = tag {
         tag_image(repo, &manifest_digest, tag)?;
     }
-    Ok(PublishedImage { manifest_digest, config_digest, erofs })
+    Ok(PublishedImage {
+        manifest_digest,
+        config_digest,
+        erofs,
+    })
 }
 
 /// The EROFS image of a stored manifest, if both exist.
-fn existing_erofs<H: FsVerityHashValue>(repo: &Repository<H>, manifest: &OciDigest) -> Result<Option<H>> {
+fn existing_erofs<H: FsVerityHashValue>(
+    repo: &Repository<H>,
+    manifest: &OciDigest,
+) -> Result<Option<H>> {
     let Some(verity) = repo.has_stream(&manifest_identifier(manifest))? else {
         return Ok(None);
     };
@@ -117,7 +127,9 @@ pub fn build_filesystem<H: FsVerityHashValue>(
         let mut stream = repo
             .open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))
             .with_context(|| format!("Opening layer {diff_id}"))?;
-        while let Some(mut entry) = get_entry(&mut stream).with_context(|| format!("Reading layer {diff_id}"))? {
+        while let Some(mut entry) =
+            get_entry(&mut stream).with_context(|| format!("Reading layer {diff_id}"))?
+        {
             let name = entry.path.clone();
             entry.path = absolute_entry_path(name.as_os_str().as_encoded_bytes())
                 .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue, enable_verity_raw};
 use composefs::fsverity::EnableVerityError;
+use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue, enable_verity_raw};
 use composefs::repository::{Repository, RepositoryConfig, read_repo_algorithm};
 use fn_error_context::context;
 use rustix::fs::{CWD, Mode, OFlags};
@@ -100,7 +100,11 @@ pub fn repository_algorithm(path: &Path) -> Result<HashAlgorithm> {
     if !meta.is_dir() {
         return Err(StoreError::NotADirectory(path.to_owned()).into());
     }
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     match read_repo_algorithm(&fd)? {
         Some(alg) => Ok(HashAlgorithm::from_composefs(alg)),
         None => Err(StoreError::NotARepository(path.to_owned()).into()),
@@ -135,15 +139,22 @@ pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
     if let Ok(hash) = repository_algorithm(path) {
         // An existing repository says itself whether it is secure (verity on meta.json).
         let insecure = match hash {
-            HashAlgorithm::Sha256 => Repository::<Sha256HashValue>::open_path(CWD, path)?.is_insecure(),
+            HashAlgorithm::Sha256 => {
+                Repository::<Sha256HashValue>::open_path(CWD, path)?.is_insecure()
+            }
             HashAlgorithm::Sha512 => {
-                Repository::<composefs::fsverity::Sha512HashValue>::open_path(CWD, path)?.is_insecure()
+                Repository::<composefs::fsverity::Sha512HashValue>::open_path(CWD, path)?
+                    .is_insecure()
             }
         };
         if insecure && options.require_verity {
             return Err(StoreError::VerityUnsupported(path.to_owned()).into());
         }
-        return Ok(InitOutcome { created: false, insecure, hash });
+        return Ok(InitOutcome {
+            created: false,
+            insecure,
+            hash,
+        });
     }
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(path.to_owned()).into()),
@@ -171,7 +182,11 @@ pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
             Repository::<composefs::fsverity::Sha512HashValue>::init_path(CWD, path, config)?;
         }
     }
-    Ok(InitOutcome { created: true, insecure, hash: options.hash })
+    Ok(InitOutcome {
+        created: true,
+        insecure,
+        hash: options.hash,
+    })
 }
 
 /// An open store: a composefs-rs repository whose object names use the hash `H`.
@@ -191,7 +206,10 @@ impl<H: FsVerityHashValue> std::fmt::Debug for Store<H> {
 
 impl<H: FsVerityHashValue> Clone for Store<H> {
     fn clone(&self) -> Self {
-        Self { repo: self.repo.clone(), path: self.path.clone() }
+        Self {
+            repo: self.repo.clone(),
+            path: self.path.clone(),
+        }
     }
 }
 
@@ -202,7 +220,10 @@ impl<H: FsVerityHashValue> Store<H> {
     pub fn open(path: &Path) -> Result<Self> {
         repository_algorithm(path)?;
         let repo = Repository::<H>::open_path(CWD, path)?;
-        Ok(Self { repo: Arc::new(repo), path: path.to_owned() })
+        Ok(Self {
+            repo: Arc::new(repo),
+            path: path.to_owned(),
+        })
     }
 
     /// Opens an existing repository for writing: fails with [`StoreError::ReadOnly`] when the
@@ -247,7 +268,14 @@ mod tests {
     fn init_is_idempotent_and_reports_algorithm() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
-        let out = init(&path, InitOptions { hash: HashAlgorithm::Sha256, require_verity: false }).unwrap();
+        let out = init(
+            &path,
+            InitOptions {
+                hash: HashAlgorithm::Sha256,
+                require_verity: false,
+            },
+        )
+        .unwrap();
         assert!(out.created);
         assert_eq!(repository_algorithm(&path).unwrap(), HashAlgorithm::Sha256);
         let again = init(&path, InitOptions::default()).unwrap();
@@ -263,10 +291,22 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         let err = init(&file, InitOptions::default()).unwrap_err();
-        assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotADirectory(_))), "{err:#}");
+        assert!(
+            matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::NotADirectory(_))
+            ),
+            "{err:#}"
+        );
         let err = Store::<Sha256HashValue>::open(&file).unwrap_err();
         assert!(format!("{err:#}").contains("is not a directory"), "{err:#}");
         let err = Store::<Sha256HashValue>::open(&dir.path().join("missing")).unwrap_err();
-        assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))), "{err:#}");
+        assert!(
+            matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::NotFound(_))
+            ),
+            "{err:#}"
+        );
     }
 }

@@ -61,10 +61,18 @@ mod tests {
             (b"/", ""),
         ];
         for (input, want) in ok {
-            assert_eq!(absolute_entry_path(input).unwrap().to_str().unwrap(), *want, "{input:?}");
+            assert_eq!(
+                absolute_entry_path(input).unwrap().to_str().unwrap(),
+                *want,
+                "{input:?}"
+            );
         }
         for bad in [&b"../x"[..], b"/../etc/passwd", b"a/../../b", b".."] {
-            assert_eq!(normalize_entry_path(bad), Err(PathError::EscapesRoot), "{bad:?}");
+            assert_eq!(
+                normalize_entry_path(bad),
+                Err(PathError::EscapesRoot),
+                "{bad:?}"
+            );
         }
         assert_eq!(normalize_entry_path(b"a\0b"), Err(PathError::Nul));
     }

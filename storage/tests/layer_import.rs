@@ -17,7 +17,11 @@ fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
     let mut add = |name: &str, data: &[u8], kind: tar::EntryType| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
-        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         h.set_size(data.len() as u64);
         h.set_mtime(1_700_000_000);
         b.append_data(&mut h, name, data).unwrap();
@@ -25,7 +29,13 @@ fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
     add("usr/", b"", tar::EntryType::Directory);
     add("usr/small", b"tiny", tar::EntryType::Regular);
     add("usr/big", &vec![0xabu8; 300_000], tar::EntryType::Regular);
-    add("usr/other", &(0..100_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>(), tar::EntryType::Regular);
+    add(
+        "usr/other",
+        &(0..100_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<_>>(),
+        tar::EntryType::Regular,
+    );
     add("usr/dup", &vec![0xabu8; 300_000], tar::EntryType::Regular);
     if let Some((name, data)) = extra {
         add(name, data, tar::EntryType::Regular);
@@ -35,7 +45,14 @@ fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
 
 fn store(dir: &Path) -> Store<Sha256HashValue> {
     let path = dir.join("repo");
-    skiff_storage::repository::init(&path, InitOptions { hash: HashAlgorithm::Sha256, require_verity: false }).unwrap();
+    skiff_storage::repository::init(
+        &path,
+        InitOptions {
+            hash: HashAlgorithm::Sha256,
+            require_verity: false,
+        },
+    )
+    .unwrap();
     Store::open_writable(&path).unwrap()
 }
 
@@ -64,10 +81,16 @@ async fn same_tar_and_objects_as_composefs_oci() {
     let diff_id = digest_of(&tar);
 
     let pending = split_layer(&store, &diff_id, &tar[..]).await.unwrap();
-    assert!(stored_layer(&store, &diff_id).unwrap().is_none(), "not named before register");
+    assert!(
+        stored_layer(&store, &diff_id).unwrap().is_none(),
+        "not named before register"
+    );
     let (ours, stats) = pending.register().await.unwrap();
     assert_eq!(stats.tar_size, tar.len() as u64);
-    assert_eq!(stats.objects_written, 2, "big and other; dup is deduplicated");
+    assert_eq!(
+        stats.objects_written, 2,
+        "big and other; dup is deduplicated"
+    );
     assert_eq!(stats.objects_reused, 1);
     assert_eq!(stored_layer(&store, &diff_id).unwrap(), Some(ours.clone()));
     assert_eq!(cat(store.repo(), &ours), tar);
@@ -80,16 +103,26 @@ async fn same_tar_and_objects_as_composefs_oci() {
     )
     .unwrap();
     let theirs = Arc::new(theirs);
-    let (their_layer, _) = composefs_oci::import_layer(&theirs, &diff_id, None, &tar[..]).await.unwrap();
-    assert_eq!(object_refs(store.repo(), &ours), object_refs(&theirs, &their_layer));
+    let (their_layer, _) = composefs_oci::import_layer(&theirs, &diff_id, None, &tar[..])
+        .await
+        .unwrap();
+    assert_eq!(
+        object_refs(store.repo(), &ours),
+        object_refs(&theirs, &their_layer)
+    );
     assert_eq!(cat(&theirs, &their_layer), tar);
 
-    let index = ContentIndex::<Sha256HashValue>::read_for_layer(store.repo(), &diff_id).unwrap().unwrap();
+    let index = ContentIndex::<Sha256HashValue>::read_for_layer(store.repo(), &diff_id)
+        .unwrap()
+        .unwrap();
     assert_eq!(index.entries().len(), 2);
     let big = openssl::sha::sha256(&vec![0xabu8; 300_000]);
     let entry = index.lookup(&big).unwrap();
     assert_eq!(entry.size, 300_000);
-    assert_eq!(store.repo().read_object(&entry.object).unwrap(), vec![0xabu8; 300_000]);
+    assert_eq!(
+        store.repo().read_object(&entry.object).unwrap(),
+        vec![0xabu8; 300_000]
+    );
 }
 
 #[tokio::test]
@@ -100,8 +133,17 @@ async fn diff_id_mismatch_names_both_digests_and_stores_nothing() {
     let wrong = digest_of(b"not this layer");
     let err = split_layer(&store, &wrong, &tar[..]).await.unwrap_err();
     let msg = format!("{err:#}");
-    assert!(matches!(err.downcast_ref::<LayerError>(), Some(LayerError::DiffIdMismatch { .. })), "{msg}");
-    assert!(msg.contains(&wrong.to_string()) && msg.contains(&digest_of(&tar).to_string()), "{msg}");
+    assert!(
+        matches!(
+            err.downcast_ref::<LayerError>(),
+            Some(LayerError::DiffIdMismatch { .. })
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&wrong.to_string()) && msg.contains(&digest_of(&tar).to_string()),
+        "{msg}"
+    );
     assert!(stored_layer(&store, &wrong).unwrap().is_none());
 }
 
@@ -126,10 +168,17 @@ async fn entries_leaving_the_root_are_refused() {
     // Fix the header checksum.
     let start = pos - pos % 512;
     let mut header = tar::Header::new_old();
-    header.as_mut_bytes().copy_from_slice(&tar[start..start + 512]);
+    header
+        .as_mut_bytes()
+        .copy_from_slice(&tar[start..start + 512]);
     header.set_cksum();
     tar[start..start + 512].copy_from_slice(header.as_bytes());
-    let err = split_layer(&store, &digest_of(&tar), &tar[..]).await.unwrap_err();
+    let err = split_layer(&store, &digest_of(&tar), &tar[..])
+        .await
+        .unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("../escape") && msg.contains("leaves the image root"), "{msg}");
+    assert!(
+        msg.contains("../escape") && msg.contains("leaves the image root"),
+        "{msg}"
+    );
 }

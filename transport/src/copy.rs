@@ -152,9 +152,15 @@ pub async fn copy_image<H: FsVerityHashValue>(
         .rootfs()
         .diff_ids()
         .iter()
-        .map(|d| d.parse().with_context(|| format!("the config lists a malformed DiffID {d:?}")))
+        .map(|d| {
+            d.parse()
+                .with_context(|| format!("the config lists a malformed DiffID {d:?}"))
+        })
         .collect::<Result<_>>()?;
-    let mut summary = CopySummary { manifest_digest: manifest_digest.to_string(), ..Default::default() };
+    let mut summary = CopySummary {
+        manifest_digest: manifest_digest.to_string(),
+        ..Default::default()
+    };
 
     // Plan: what is stored is skipped; each remaining DiffID is fetched once.
     let mut wanted = Vec::new();
@@ -167,7 +173,10 @@ pub async fn copy_image<H: FsVerityHashValue>(
         }
         if stored_layer(store, diff_id)?.is_some() {
             summary.layers_skipped += 1;
-            observer.event(&CopyEvent::LayerSkipped { digest: desc.digest().to_string(), diff_id: diff_id.to_string() });
+            observer.event(&CopyEvent::LayerSkipped {
+                digest: desc.digest().to_string(),
+                diff_id: diff_id.to_string(),
+            });
         } else {
             wanted.push((desc.clone(), diff_id.clone()));
         }
@@ -181,11 +190,24 @@ pub async fn copy_image<H: FsVerityHashValue>(
         let permit = semaphore.clone().acquire_owned().await?;
         let (source, store, observer) = (source.clone(), store.clone(), observer.clone());
         let retry_times = options.retry_times;
-        let index = image.manifest.layers().iter().position(|l| l.digest() == desc.digest()).unwrap_or(0) + 1;
+        let index = image
+            .manifest
+            .layers()
+            .iter()
+            .position(|l| l.digest() == desc.digest())
+            .unwrap_or(0)
+            + 1;
         tasks.spawn(async move {
-            let result = fetch_with_retries(&source, &store, &desc, &diff_id, retry_times, observer.as_ref())
-                .await
-                .with_context(|| format!("Layer {index}/{total} {} (DiffID {diff_id})", desc.digest()));
+            let result = fetch_with_retries(
+                &source,
+                &store,
+                &desc,
+                &diff_id,
+                retry_times,
+                observer.as_ref(),
+            )
+            .await
+            .with_context(|| format!("Layer {index}/{total} {} (DiffID {diff_id})", desc.digest()));
             drop(permit);
             result
         });
@@ -209,10 +231,19 @@ pub async fn copy_image<H: FsVerityHashValue>(
     let (publish_store, tag_owned) = (store.clone(), tag.to_owned());
     let (manifest_json, config_json) = (image.manifest_json, image.config_json);
     tokio::task::spawn_blocking(move || {
-        publish_image(&publish_store, &manifest_json, &config_json, &layers, Some(&tag_owned))
+        publish_image(
+            &publish_store,
+            &manifest_json,
+            &config_json,
+            &layers,
+            Some(&tag_owned),
+        )
     })
     .await??;
-    observer.event(&CopyEvent::Published { manifest_digest: manifest_digest.to_string(), tag: tag.to_owned() });
+    observer.event(&CopyEvent::Published {
+        manifest_digest: manifest_digest.to_string(),
+        tag: tag.to_owned(),
+    });
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -230,8 +261,11 @@ fn add_layer(summary: &mut CopySummary, (fetched, stats): (u64, LayerStats)) {
 fn is_final(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         e.is::<UnsupportedMediaType>()
-            || matches!(e.downcast_ref::<LayerError>(), Some(_))
-            || matches!(e.downcast_ref::<BlobError>(), Some(BlobError::DigestMismatch { .. }))
+            || e.downcast_ref::<LayerError>().is_some()
+            || matches!(
+                e.downcast_ref::<BlobError>(),
+                Some(BlobError::DigestMismatch { .. })
+            )
     })
 }
 
@@ -246,8 +280,15 @@ async fn fetch_with_retries<H: FsVerityHashValue>(
     let mut attempt = 1;
     loop {
         let fetched = Arc::new(AtomicU64::new(0));
-        observer.event(&CopyEvent::LayerStarted { digest: desc.digest().to_string(), size: desc.size(), fetched: fetched.clone() });
-        let result = match source.fetch_layer(store, desc, diff_id, fetched.clone()).await {
+        observer.event(&CopyEvent::LayerStarted {
+            digest: desc.digest().to_string(),
+            size: desc.size(),
+            fetched: fetched.clone(),
+        });
+        let result = match source
+            .fetch_layer(store, desc, diff_id, fetched.clone())
+            .await
+        {
             Ok(pending) => pending.register().await,
             Err(e) => Err(e),
         };
@@ -264,7 +305,11 @@ async fn fetch_with_retries<H: FsVerityHashValue>(
             }
             Err(e) if attempt <= retry_times && !is_final(&e) => {
                 attempt += 1;
-                observer.event(&CopyEvent::LayerRetry { digest: desc.digest().to_string(), attempt, error: format!("{e:#}") });
+                observer.event(&CopyEvent::LayerRetry {
+                    digest: desc.digest().to_string(),
+                    attempt,
+                    error: format!("{e:#}"),
+                });
                 tokio::time::sleep(RETRY_BASE_DELAY * 2u32.pow(attempt - 2)).await;
             }
             Err(e) => return Err(e),

@@ -22,10 +22,14 @@ use skiff_storage::images::StoredRef;
 #[derive(Debug, thiserror::Error)]
 pub enum RefError {
     /// No `transport:` prefix.
-    #[error("invalid image reference {0:?}: expected TRANSPORT:DETAILS (for example docker://quay.io/fedora/fedora:41 or composefs:/srv/cfs:fedora)")]
+    #[error(
+        "invalid image reference {0:?}: expected TRANSPORT:DETAILS (for example docker://quay.io/fedora/fedora:41 or composefs:/srv/cfs:fedora)"
+    )]
     NoTransport(String),
     /// A transport skopeo does not know either.
-    #[error("invalid image reference {reference:?}: unknown transport {transport:?} (known: docker, oci, oci-archive, docker-archive, dir, containers-storage, composefs)")]
+    #[error(
+        "invalid image reference {reference:?}: unknown transport {transport:?} (known: docker, oci, oci-archive, docker-archive, dir, containers-storage, composefs)"
+    )]
     UnknownTransport {
         /// The whole reference.
         reference: String,
@@ -80,8 +84,13 @@ impl std::str::FromStr for ImageRef {
     type Err = RefError;
 
     fn from_str(s: &str) -> Result<Self, RefError> {
-        let invalid = |problem: &str| RefError::Invalid { reference: s.to_owned(), problem: problem.to_owned() };
-        let (transport, rest) = s.split_once(':').ok_or_else(|| RefError::NoTransport(s.to_owned()))?;
+        let invalid = |problem: &str| RefError::Invalid {
+            reference: s.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let (transport, rest) = s
+            .split_once(':')
+            .ok_or_else(|| RefError::NoTransport(s.to_owned()))?;
         match transport {
             "docker" => {
                 let name = rest
@@ -130,24 +139,39 @@ impl std::str::FromStr for ImageRef {
                 Ok(Self::ContainersStorage(rest.to_owned()))
             }
             "composefs" => parse_composefs(rest).map_err(|p| invalid(&p)),
-            other => Err(RefError::UnknownTransport { reference: s.to_owned(), transport: other.to_owned() }),
+            other => Err(RefError::UnknownTransport {
+                reference: s.to_owned(),
+                transport: other.to_owned(),
+            }),
         }
     }
 }
 
 fn parse_composefs(rest: &str) -> Result<ImageRef, String> {
     // A digest reference: PATH@sha256:HEX (PATH may be empty for the default repository).
-    if let Some(at) = rest.find("@sha256:").filter(|&at| !rest[..at].contains(':')) {
+    if let Some(at) = rest
+        .find("@sha256:")
+        .filter(|&at| !rest[..at].contains(':'))
+    {
         let (path, digest) = (&rest[..at], &rest[at + 1..]);
         let digest = digest
             .parse()
             .map_err(|e| format!("bad manifest digest {digest:?}: {e}"))?;
         let hex = &rest[at + 8..];
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Err(format!("bad manifest digest {digest}: expected 64 lower-case hex digits"));
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "bad manifest digest {digest}: expected 64 lower-case hex digits"
+            ));
         }
         let repo = (!path.is_empty()).then(|| PathBuf::from(path));
-        return Ok(ImageRef::Composefs { repo, image: StoredRef::Digest(digest) });
+        return Ok(ImageRef::Composefs {
+            repo,
+            image: StoredRef::Digest(digest),
+        });
     }
     let (path, name) = rest
         .split_once(':')
@@ -156,13 +180,18 @@ fn parse_composefs(rest: &str) -> Result<ImageRef, String> {
         return Err("no image name after the repository path".into());
     }
     if name.starts_with('@') {
-        return Err(format!("image name {name:?} cannot start with '@' (digests are written PATH@sha256:HEX)"));
+        return Err(format!(
+            "image name {name:?} cannot start with '@' (digests are written PATH@sha256:HEX)"
+        ));
     }
     if name.chars().any(|c| c.is_control()) {
         return Err(format!("image name {name:?} contains control characters"));
     }
     let repo = (!path.is_empty()).then(|| PathBuf::from(path));
-    Ok(ImageRef::Composefs { repo, image: StoredRef::Tag(name.to_owned()) })
+    Ok(ImageRef::Composefs {
+        repo,
+        image: StoredRef::Tag(name.to_owned()),
+    })
 }
 
 /// Checks a docker reference's shape: name components, tag, digest.
@@ -188,7 +217,9 @@ fn validate_docker_name(name: &str) -> Result<(), String> {
     if let Some(tag) = tag {
         let ok = !tag.is_empty()
             && tag.len() <= 128
-            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && !tag.starts_with(['.', '-']);
         if !ok {
             return Err(format!("bad tag {tag:?}"));
@@ -199,15 +230,23 @@ fn validate_docker_name(name: &str) -> Result<(), String> {
     }
     for (i, component) in repo.split('/').enumerate() {
         // The first component may be a registry host[:port].
-        let host_like = i == 0 && repo.contains('/') && (component.contains('.') || component.contains(':') || component == "localhost");
+        let host_like = i == 0
+            && repo.contains('/')
+            && (component.contains('.') || component.contains(':') || component == "localhost");
         let ok = if host_like {
-            component.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            component
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         } else {
             !component.is_empty()
-                && component.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && component
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         };
         if !ok {
-            return Err(format!("bad repository name component {component:?} (lower case letters, digits and . _ - only)"));
+            return Err(format!(
+                "bad repository name component {component:?} (lower case letters, digits and . _ - only)"
+            ));
         }
     }
     Ok(())
@@ -215,10 +254,11 @@ fn validate_docker_name(name: &str) -> Result<(), String> {
 
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let with_ref = |f: &mut std::fmt::Formatter<'_>, t: &str, p: &PathBuf, r: &Option<String>| match r {
-            Some(r) => write!(f, "{t}:{}:{r}", p.display()),
-            None => write!(f, "{t}:{}", p.display()),
-        };
+        let with_ref =
+            |f: &mut std::fmt::Formatter<'_>, t: &str, p: &PathBuf, r: &Option<String>| match r {
+                Some(r) => write!(f, "{t}:{}:{r}", p.display()),
+                None => write!(f, "{t}:{}", p.display()),
+            };
         match self {
             Self::Docker(n) => write!(f, "docker://{n}"),
             Self::Oci { path, reference } => with_ref(f, "oci", path, reference),
@@ -227,7 +267,10 @@ impl std::fmt::Display for ImageRef {
             Self::Dir(p) => write!(f, "dir:{}", p.display()),
             Self::ContainersStorage(r) => write!(f, "containers-storage:{r}"),
             Self::Composefs { repo, image } => {
-                let path = repo.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                let path = repo
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 match image {
                     StoredRef::Tag(t) => write!(f, "composefs:{path}:{t}"),
                     StoredRef::Digest(d) => write!(f, "composefs:{path}@{d}"),
@@ -245,7 +288,11 @@ pub fn default_repository() -> anyhow::Result<PathBuf> {
     }
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("neither SKIFF_REPO nor HOME is set: cannot find the default repository"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "neither SKIFF_REPO nor HOME is set: cannot find the default repository"
+            )
+        })?;
     Ok(PathBuf::from(home).join(".var/lib/composefs"))
 }
 
@@ -285,14 +332,23 @@ mod tests {
         }
         assert_eq!(
             ok("composefs:/srv/cfs:quay.io/fedora/fedora:41"),
-            ImageRef::Composefs { repo: Some("/srv/cfs".into()), image: StoredRef::Tag("quay.io/fedora/fedora:41".into()) }
+            ImageRef::Composefs {
+                repo: Some("/srv/cfs".into()),
+                image: StoredRef::Tag("quay.io/fedora/fedora:41".into())
+            }
         );
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(
             ok(&format!("composefs:/srv/cfs@{d}")),
-            ImageRef::Composefs { repo: Some("/srv/cfs".into()), image: StoredRef::Digest(d.parse().unwrap()) }
+            ImageRef::Composefs {
+                repo: Some("/srv/cfs".into()),
+                image: StoredRef::Digest(d.parse().unwrap())
+            }
         );
-        assert!(matches!(ok(&format!("composefs:@{d}")), ImageRef::Composefs { repo: None, .. }));
+        assert!(matches!(
+            ok(&format!("composefs:@{d}")),
+            ImageRef::Composefs { repo: None, .. }
+        ));
     }
 
     #[test]
@@ -301,7 +357,10 @@ mod tests {
             ("fedora", "expected TRANSPORT:DETAILS"),
             ("ftp://x/y", "unknown transport \"ftp\""),
             ("docker:busybox", "docker://"),
-            ("docker://Fedora/App", "bad repository name component \"Fedora\""),
+            (
+                "docker://Fedora/App",
+                "bad repository name component \"Fedora\"",
+            ),
             ("docker://app:bad tag", "bad tag"),
             ("docker://app@sha256:zz", "bad digest"),
             ("oci:", "no path"),

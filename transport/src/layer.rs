@@ -47,11 +47,16 @@ struct Counting<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if res.is_ready() {
-            self.counter.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+            self.counter
+                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         }
         res
     }
@@ -71,7 +76,11 @@ pub async fn import_blob<H: FsVerityHashValue>(
     Compression::of_layer(desc.media_type())?;
     skiff_storage::digest::require_sha256(desc.digest())?;
     // One byte more than the descriptor allows, to see an oversized blob.
-    let limited = Counting { inner: blob, counter: fetched }.take(desc.size().saturating_add(1));
+    let limited = Counting {
+        inner: blob,
+        counter: fetched,
+    }
+    .take(desc.size().saturating_add(1));
     let mut hashed = HashingReader::new(limited);
     let pending = {
         let mut head = [0u8; 4];
@@ -111,19 +120,34 @@ const BLOB_BUFFER: usize = 128 * 1024;
 
 fn check_blob<R>(hashed: &mut HashingReader<R>, desc: &Descriptor) -> Result<(), BlobError> {
     if hashed.count() != desc.size() {
-        return Err(BlobError::SizeMismatch { expected: desc.size(), actual: hashed.count() });
+        return Err(BlobError::SizeMismatch {
+            expected: desc.size(),
+            actual: hashed.count(),
+        });
     }
     let actual = hashed.finish();
     if &actual != desc.digest() {
-        return Err(BlobError::DigestMismatch { expected: desc.digest().clone(), actual });
+        return Err(BlobError::DigestMismatch {
+            expected: desc.digest().clone(),
+            actual,
+        });
     }
     Ok(())
 }
 
 /// Reads a small blob (manifest, config) whole and checks it against its descriptor.
 /// `max` bounds the allocation.
-pub async fn read_small_blob(mut blob: impl AsyncBufRead + Unpin, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
-    anyhow::ensure!(desc.size() <= max, "blob {} claims {} bytes, more than the {max} allowed", desc.digest(), desc.size());
+pub async fn read_small_blob(
+    mut blob: impl AsyncBufRead + Unpin,
+    desc: &Descriptor,
+    max: u64,
+) -> Result<Vec<u8>> {
+    anyhow::ensure!(
+        desc.size() <= max,
+        "blob {} claims {} bytes, more than the {max} allowed",
+        desc.digest(),
+        desc.size()
+    );
     let mut hashed = HashingReader::new((&mut blob).take(desc.size() + 1));
     let mut out = Vec::with_capacity(desc.size() as usize);
     hashed.read_to_end(&mut out).await?;

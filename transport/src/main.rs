@@ -6,7 +6,10 @@ mod cli;
 
 fn main() -> ExitCode {
     cli::logger::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: cannot start the async runtime: {e}");

@@ -62,21 +62,47 @@ mod tests {
     fn media_types() {
         let cases = [
             ("application/vnd.oci.image.layer.v1.tar", Compression::None),
-            ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
-            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Compression::Gzip),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Compression::Zstd),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
-            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Compression::Gzip),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Compression::Gzip,
+            ),
         ];
         for (mt, want) in cases {
-            assert_eq!(Compression::of_layer(&MediaType::from(mt)).unwrap(), want, "{mt}");
+            assert_eq!(
+                Compression::of_layer(&MediaType::from(mt)).unwrap(),
+                want,
+                "{mt}"
+            );
         }
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"usr/"), Compression::None);
         assert_eq!(Compression::sniff(b""), Compression::None);
-        let err = Compression::of_layer(&MediaType::from("application/vnd.example.bzip2")).unwrap_err();
+        let err =
+            Compression::of_layer(&MediaType::from("application/vnd.example.bzip2")).unwrap_err();
         assert!(err.to_string().contains("application/vnd.example.bzip2"));
     }
 }

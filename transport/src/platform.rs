@@ -76,7 +76,11 @@ mod tests {
               {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":1,"platform":{"os":"linux","architecture":"arm","variant":"v7"}},
               {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":1,"platform":{"os":"linux","architecture":"amd64"}}
             ]}"#).unwrap();
-        let pick = |arch, variant| WantedPlatform::new(Some("linux"), Some(arch), variant).choose(&index).map(|d| d.digest().to_string());
+        let pick = |arch, variant| {
+            WantedPlatform::new(Some("linux"), Some(arch), variant)
+                .choose(&index)
+                .map(|d| d.digest().to_string())
+        };
         assert!(pick("amd64", None).unwrap().contains("cccc"));
         assert!(pick("arm", Some("v7")).unwrap().contains("bbbb"));
         assert!(pick("arm", None).unwrap().contains("aaaa"));

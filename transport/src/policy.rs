@@ -44,7 +44,9 @@ pub fn policy_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if system.exists() {
         return Ok(system);
     }
-    bail!("no signature policy file found (looked for ~/.config/containers/policy.json and /etc/containers/policy.json); use --policy or --insecure-policy")
+    bail!(
+        "no signature policy file found (looked for ~/.config/containers/policy.json and /etc/containers/policy.json); use --policy or --insecure-policy"
+    )
 }
 
 /// Checks the policy for `reference`, unless `options` say `--insecure-policy`.
@@ -61,7 +63,12 @@ pub fn check_reference(reference: &ImageRef, options: &SourceOptions) -> Result<
 fn scopes_of(reference: &ImageRef) -> Result<(&'static str, Vec<String>)> {
     let path_scopes = |p: &Path| -> Result<Vec<String>> {
         let abs = std::path::absolute(p)?;
-        Ok(abs.ancestors().filter_map(|a| a.to_str()).filter(|a| !a.is_empty()).map(str::to_owned).collect())
+        Ok(abs
+            .ancestors()
+            .filter_map(|a| a.to_str())
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect())
     };
     Ok(match reference {
         ImageRef::Docker(name) => ("docker", docker_scopes(name)),
@@ -111,13 +118,24 @@ fn docker_scopes(name: &str) -> Vec<String> {
 /// Checks that the policy at `path` accepts an image of `transport` whose scopes, most
 /// specific first, are `scopes`.
 pub fn check(path: &Path, transport: &str, scopes: &[String], reference: &str) -> Result<()> {
-    let text = std::fs::read(path).with_context(|| format!("Reading the signature policy {}", path.display()))?;
+    let text = std::fs::read(path)
+        .with_context(|| format!("Reading the signature policy {}", path.display()))?;
     let policy: Value = serde_json::from_slice(&text)
         .with_context(|| format!("Parsing the signature policy {}", path.display()))?;
-    let requirements = requirements_for(&policy, transport, scopes)
-        .with_context(|| format!("The signature policy {} has no requirements for {reference}", path.display()))?;
-    let refuse = |reason: String| PolicyRefused { reference: reference.to_owned(), policy: path.display().to_string(), reason };
-    let list = requirements.as_array().ok_or_else(|| refuse("its requirements are not a list".into()))?;
+    let requirements = requirements_for(&policy, transport, scopes).with_context(|| {
+        format!(
+            "The signature policy {} has no requirements for {reference}",
+            path.display()
+        )
+    })?;
+    let refuse = |reason: String| PolicyRefused {
+        reference: reference.to_owned(),
+        policy: path.display().to_string(),
+        reason,
+    };
+    let list = requirements
+        .as_array()
+        .ok_or_else(|| refuse("its requirements are not a list".into()))?;
     if list.is_empty() {
         return Err(refuse("its requirement list is empty".into()).into());
     }
@@ -138,7 +156,11 @@ pub fn check(path: &Path, transport: &str, scopes: &[String], reference: &str) -
 }
 
 /// The requirement list that applies: most specific scope, transport default, global default.
-fn requirements_for<'a>(policy: &'a Value, transport: &str, scopes: &[String]) -> Option<&'a Value> {
+fn requirements_for<'a>(
+    policy: &'a Value,
+    transport: &str,
+    scopes: &[String],
+) -> Option<&'a Value> {
     if let Some(table) = policy["transports"][transport].as_object() {
         let best = scopes.iter().find_map(|s| table.get(s.as_str()));
         if let Some(found) = best.or_else(|| table.get("")) {
@@ -164,10 +186,29 @@ mod tests {
     fn docker_scopes_most_specific_first() {
         assert_eq!(
             docker_scopes("quay.io/fedora/fedora:41"),
-            ["quay.io/fedora/fedora:41", "quay.io/fedora/fedora", "quay.io/fedora", "quay.io"]
+            [
+                "quay.io/fedora/fedora:41",
+                "quay.io/fedora/fedora",
+                "quay.io/fedora",
+                "quay.io"
+            ]
         );
-        assert_eq!(docker_scopes("busybox"), ["docker.io/library/busybox", "docker.io/library", "docker.io"]);
-        assert_eq!(docker_scopes("127.0.0.1:5000/app:v1"), ["127.0.0.1:5000/app:v1", "127.0.0.1:5000/app", "127.0.0.1:5000"]);
+        assert_eq!(
+            docker_scopes("busybox"),
+            [
+                "docker.io/library/busybox",
+                "docker.io/library",
+                "docker.io"
+            ]
+        );
+        assert_eq!(
+            docker_scopes("127.0.0.1:5000/app:v1"),
+            [
+                "127.0.0.1:5000/app:v1",
+                "127.0.0.1:5000/app",
+                "127.0.0.1:5000"
+            ]
+        );
     }
 
     #[test]
@@ -182,7 +223,12 @@ mod tests {
         assert!(eval(scoped, "/srv/layout").is_ok());
         assert!(eval(scoped, "/other/layout").is_err());
         let signed = r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}"#;
-        assert!(eval(signed, "/srv").unwrap_err().to_string().contains("signedBy"));
+        assert!(
+            eval(signed, "/srv")
+                .unwrap_err()
+                .to_string()
+                .contains("signedBy")
+        );
         assert!(eval(r#"{"default":[]}"#, "/srv").is_err());
         assert!(eval("not json", "/srv").is_err());
     }

@@ -26,7 +26,13 @@ struct Sample {
 fn measure(cmd: &mut Command) -> Result<Sample> {
     let report = tempfile::NamedTempFile::new()?;
     let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%e %M").arg("-o").arg(report.path()).arg(cmd.get_program()).args(cmd.get_args());
+    timed
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => timed.env(k, v),
@@ -47,7 +53,11 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct Row {
@@ -64,20 +74,36 @@ type Tool<'a> = (&'static str, Box<dyn FnMut(usize) -> Result<Command> + 'a>);
 /// Runs every tool of a scenario `runs` times, interleaved (A B C A B C ...) so that the
 /// machine's drift hits all alike, with a `sync` before each run so that one run's writeback
 /// does not land in the next.
-fn run_scenario(rows: &mut Vec<Row>, runs: usize, scenario: &'static str, mut tools: Vec<Tool<'_>>) -> Result<()> {
-    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = tools.iter().map(|_| (Vec::new(), Vec::new())).collect();
+fn run_scenario(
+    rows: &mut Vec<Row>,
+    runs: usize,
+    scenario: &'static str,
+    mut tools: Vec<Tool<'_>>,
+) -> Result<()> {
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> =
+        tools.iter().map(|_| (Vec::new(), Vec::new())).collect();
     for i in 0..runs {
         for ((tool, prepare), (secs, rss)) in tools.iter_mut().zip(samples.iter_mut()) {
             let mut cmd = prepare(i)?;
             Command::new("sync").status()?;
             let s = measure(&mut cmd)?;
-            eprintln!("  {scenario:16} {tool:8} run {}: {:.2}s, {} MiB", i + 1, s.seconds, s.rss_kib / 1024);
+            eprintln!(
+                "  {scenario:16} {tool:8} run {}: {:.2}s, {} MiB",
+                i + 1,
+                s.seconds,
+                s.rss_kib / 1024
+            );
             secs.push(s.seconds);
             rss.push(s.rss_kib as f64 / 1024.0);
         }
     }
     for ((tool, _), (secs, rss)) in tools.iter().zip(samples) {
-        rows.push(Row { scenario, tool, seconds: median(secs), rss_mib: median(rss) });
+        rows.push(Row {
+            scenario,
+            tool,
+            seconds: median(secs),
+            rss_mib: median(rss),
+        });
     }
     Ok(())
 }
@@ -90,7 +116,13 @@ fn fresh(dir: &Path) -> Result<PathBuf> {
 
 fn cfsctl_repo(path: &Path) -> Result<()> {
     fresh(path)?;
-    let ok = Command::new(require("cfsctl")).arg("init").arg("--insecure").arg(path).output()?.status.success();
+    let ok = Command::new(require("cfsctl"))
+        .arg("init")
+        .arg("--insecure")
+        .arg(path)
+        .output()?
+        .status
+        .success();
     if !ok {
         bail!("cfsctl init {} failed", path.display());
     }
@@ -98,13 +130,27 @@ fn cfsctl_repo(path: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::var("SKIFF_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("SKIFF_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let layout = root.join("layout");
     if !layout.join("index.json").exists() {
-        eprintln!("building the benchmark image (once) in {}", layout.display());
-        let written = fixtures::write_oci_layout(&layout, "large", &fixtures::by_name("large")?, Compression::Gzip)?;
-        eprintln!("  {} bytes uncompressed, manifest {}", written.tar_bytes, written.manifest_digest);
+        eprintln!(
+            "building the benchmark image (once) in {}",
+            layout.display()
+        );
+        let written = fixtures::write_oci_layout(
+            &layout,
+            "large",
+            &fixtures::by_name("large")?,
+            Compression::Gzip,
+        )?;
+        eprintln!(
+            "  {} bytes uncompressed, manifest {}",
+            written.tar_bytes, written.manifest_digest
+        );
     }
     let skiff = skiff_bin();
     let cfsctl = require("cfsctl");
@@ -113,30 +159,58 @@ fn main() -> Result<()> {
     let src = format!("oci:{}:large", layout.display());
 
     eprintln!("oci-layout cold ({runs} runs each)");
-    run_scenario(&mut rows, runs, "oci-layout cold", vec![
-        ("skiff", Box::new(|_| {
-            let repo = fresh(&work.join("skiff"))?;
-            let mut c = Command::new(&skiff);
-            c.args(["copy", "--quiet", &src, &format!("composefs:{}:large", repo.display())]);
-            Ok(c)
-        })),
-        ("cfsctl", Box::new(|_| {
-            let repo = work.join("cfsctl");
-            cfsctl_repo(&repo)?;
-            let mut c = Command::new(&cfsctl);
-            c.arg("--repo").arg(&repo).args(["oci", "pull", &src, "large"]);
-            Ok(c)
-        })),
-    ])?;
+    run_scenario(
+        &mut rows,
+        runs,
+        "oci-layout cold",
+        vec![
+            (
+                "skiff",
+                Box::new(|_| {
+                    let repo = fresh(&work.join("skiff"))?;
+                    let mut c = Command::new(&skiff);
+                    c.args([
+                        "copy",
+                        "--quiet",
+                        &src,
+                        &format!("composefs:{}:large", repo.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+            (
+                "cfsctl",
+                Box::new(|_| {
+                    let repo = work.join("cfsctl");
+                    cfsctl_repo(&repo)?;
+                    let mut c = Command::new(&cfsctl);
+                    c.arg("--repo")
+                        .arg(&repo)
+                        .args(["oci", "pull", &src, "large"]);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
 
     let registry = Registry::start_plain()?;
     let remote = registry.push(&src, "bench/large:v1")?;
     // cfsctl passes no TLS option to skopeo: the registry is declared insecure for it.
     let home = insecure_registry_home(&root, &registry.host())?;
     let skiff_from_registry = |fresh_repo: bool| -> Result<Command> {
-        let repo = if fresh_repo { fresh(&work.join("skiff"))? } else { work.join("skiff") };
+        let repo = if fresh_repo {
+            fresh(&work.join("skiff"))?
+        } else {
+            work.join("skiff")
+        };
         let mut c = Command::new(&skiff);
-        c.args(["copy", "--quiet", "--src-tls-verify=false", &remote, &format!("composefs:{}:large", repo.display())]);
+        c.args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &remote,
+            &format!("composefs:{}:large", repo.display()),
+        ]);
         Ok(c)
     };
     let cfsctl_from_registry = |fresh_repo: bool| -> Result<Command> {
@@ -145,32 +219,60 @@ fn main() -> Result<()> {
             cfsctl_repo(&repo)?;
         }
         let mut c = Command::new(&cfsctl);
-        c.arg("--repo").arg(&repo).args(["oci", "pull", &remote, "large"]).env("HOME", &home);
+        c.arg("--repo")
+            .arg(&repo)
+            .args(["oci", "pull", &remote, "large"])
+            .env("HOME", &home);
         Ok(c)
     };
     eprintln!("registry cold ({runs} runs each), {remote}");
-    run_scenario(&mut rows, runs, "registry cold", vec![
-        ("skiff", Box::new(|_| skiff_from_registry(true))),
-        ("cfsctl", Box::new(|_| cfsctl_from_registry(true))),
-        ("skopeo", Box::new(|_| {
-            let dir = fresh(&work.join("skopeo"))?;
-            let mut c = Command::new(require("skopeo"));
-            c.args(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", &remote, &format!("oci:{}:large", dir.display())]);
-            Ok(c)
-        })),
-    ])?;
+    run_scenario(
+        &mut rows,
+        runs,
+        "registry cold",
+        vec![
+            ("skiff", Box::new(|_| skiff_from_registry(true))),
+            ("cfsctl", Box::new(|_| cfsctl_from_registry(true))),
+            (
+                "skopeo",
+                Box::new(|_| {
+                    let dir = fresh(&work.join("skopeo"))?;
+                    let mut c = Command::new(require("skopeo"));
+                    c.args([
+                        "--insecure-policy",
+                        "copy",
+                        "--quiet",
+                        "--src-tls-verify=false",
+                        &remote,
+                        &format!("oci:{}:large", dir.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
     eprintln!("registry warm ({runs} runs each)");
-    run_scenario(&mut rows, runs, "registry warm", vec![
-        ("skiff", Box::new(|_| skiff_from_registry(false))),
-        ("cfsctl", Box::new(|_| cfsctl_from_registry(false))),
-    ])?;
+    run_scenario(
+        &mut rows,
+        runs,
+        "registry warm",
+        vec![
+            ("skiff", Box::new(|_| skiff_from_registry(false))),
+            ("cfsctl", Box::new(|_| cfsctl_from_registry(false))),
+        ],
+    )?;
     drop(registry);
 
     println!();
-    println!("| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |");
+    println!(
+        "| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |"
+    );
     println!("|---|---|---:|---:|---:|---:|");
     for row in &rows {
-        let base = rows.iter().find(|r| r.scenario == row.scenario && r.tool == "skiff").expect("skiff row");
+        let base = rows
+            .iter()
+            .find(|r| r.scenario == row.scenario && r.tool == "skiff")
+            .expect("skiff row");
         println!(
             "| {} | {} | {:.2} | {:.0} | {:.2}x | {:.2}x |",
             row.scenario,
@@ -181,7 +283,9 @@ fn main() -> Result<()> {
             row.rss_mib / base.rss_mib
         );
     }
-    println!("\n{runs} runs each; image: 320 MiB uncompressed, 6,000 files + one 65 MiB file, gzip layers.");
+    println!(
+        "\n{runs} runs each; image: 320 MiB uncompressed, 6,000 files + one 65 MiB file, gzip layers."
+    );
     Ok(())
 }
 
@@ -192,6 +296,9 @@ fn insecure_registry_home(root: &Path, host: &str) -> Result<PathBuf> {
     let home = root.join("home");
     let dir = home.join(".config/containers");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("registries.conf"), format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"))?;
+    std::fs::write(
+        dir.join("registries.conf"),
+        format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
+    )?;
     Ok(home)
 }

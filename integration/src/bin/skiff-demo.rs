@@ -14,24 +14,38 @@ fn human(bytes: u64) -> String {
 }
 
 fn main() -> Result<()> {
-    let work = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "demo-work".into()));
+    let work = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "demo-work".into()),
+    );
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let work = work.canonicalize()?;
     let layout = work.join("layout");
     let repo = work.join("repo");
 
-    println!("==> Building the example images app:v1 and app:v2 (v2 changes 5% of the files, adds 5, deletes 10)");
+    println!(
+        "==> Building the example images app:v1 and app:v2 (v2 changes 5% of the files, adds 5, deletes 10)"
+    );
     for (tag, kind) in [("v1", "demo-v1"), ("v2", "demo-v2")] {
-        let w = fixtures::write_oci_layout(&layout, tag, &fixtures::by_name(kind)?, Compression::Gzip)?;
-        println!("    {tag}: {} uncompressed, manifest {}", human(w.tar_bytes), w.manifest_digest);
+        let w =
+            fixtures::write_oci_layout(&layout, tag, &fixtures::by_name(kind)?, Compression::Gzip)?;
+        println!(
+            "    {tag}: {} uncompressed, manifest {}",
+            human(w.tar_bytes),
+            w.manifest_digest
+        );
     }
 
     println!("==> Starting a local registry on 127.0.0.1 and pushing both with skopeo");
     let registry = Registry::start_plain()?;
     let mut refs = Vec::new();
     for tag in ["v1", "v2"] {
-        refs.push(registry.push(&format!("oci:{}:{tag}", layout.display()), &format!("demo/app:{tag}"))?);
+        refs.push(registry.push(
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("demo/app:{tag}"),
+        )?);
     }
 
     let mut summaries = Vec::new();
@@ -39,11 +53,20 @@ fn main() -> Result<()> {
         let dest = format!("composefs:{}:app:{tag}", repo.display());
         println!("==> skiff copy --src-tls-verify=false {source} {dest}");
         let out = skiff()
-            .args(["copy", "--progress=json", "--src-tls-verify=false", source, &dest])
+            .args([
+                "copy",
+                "--progress=json",
+                "--src-tls-verify=false",
+                source,
+                &dest,
+            ])
             .output()
             .context("running skiff")?;
         if !out.status.success() {
-            bail!("skiff copy failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "skiff copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let summary = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -67,12 +90,15 @@ fn main() -> Result<()> {
     println!("==> skiff images {}", repo.display());
     print!("{}", run(skiff().arg("images").arg(&repo))?);
     println!("==> cfsctl --repo {} oci images", repo.display());
-    print!("{}", run(&mut cfsctl(&repo).args(["oci", "images"]))?);
+    print!("{}", run(cfsctl(&repo).args(["oci", "images"]))?);
     println!("==> skiff fsck {}", repo.display());
     print!("{}", run(skiff().arg("fsck").arg(&repo))?);
 
     let v2 = &summaries[1];
-    let (fetched, reused) = (v2["bytes_fetched"].as_u64().unwrap_or(0), v2["bytes_reused"].as_u64().unwrap_or(0));
+    let (fetched, reused) = (
+        v2["bytes_fetched"].as_u64().unwrap_or(0),
+        v2["bytes_reused"].as_u64().unwrap_or(0),
+    );
     println!(
         "==> The update to v2 fetched {} (whole changed layers: zstd:chunked partial pulls and deltas will cut this) and found {} of file content already in the store.",
         human(fetched),

@@ -20,6 +20,9 @@ fn main() -> Result<()> {
     };
     let layers = fixtures::by_name(kind)?;
     let written = fixtures::write_oci_layout(dir.as_ref(), tag, &layers, compression)?;
-    println!("{} {} ({} bytes uncompressed)", tag, written.manifest_digest, written.tar_bytes);
+    println!(
+        "{} {} ({} bytes uncompressed)",
+        tag, written.manifest_digest, written.tar_bytes
+    );
     Ok(())
 }

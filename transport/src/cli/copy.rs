@@ -154,12 +154,21 @@ impl RejectedFlags {
             (self.dest_cert_dir.is_some(), "--dest-cert-dir"),
             (self.dest_registry_token.is_some(), "--dest-registry-token"),
             (self.dest_compress, "--dest-compress"),
-            (self.dest_compress_format.is_some(), "--dest-compress-format"),
+            (
+                self.dest_compress_format.is_some(),
+                "--dest-compress-format",
+            ),
             (self.dest_compress_level.is_some(), "--dest-compress-level"),
             (self.dest_decompress, "--dest-decompress"),
-            (self.dest_oci_accept_uncompressed_layers, "--dest-oci-accept-uncompressed-layers"),
+            (
+                self.dest_oci_accept_uncompressed_layers,
+                "--dest-oci-accept-uncompressed-layers",
+            ),
             (self.dest_precompute_digests, "--dest-precompute-digests"),
-            (self.dest_shared_blob_dir.is_some(), "--dest-shared-blob-dir"),
+            (
+                self.dest_shared_blob_dir.is_some(),
+                "--dest-shared-blob-dir",
+            ),
             (self.dest_daemon_host.is_some(), "--dest-daemon-host"),
             (self.format.is_some(), "--format"),
             (self.all, "--all"),
@@ -168,15 +177,24 @@ impl RejectedFlags {
             (self.remove_signatures, "--remove-signatures"),
             (self.sign_by.is_some(), "--sign-by"),
             (self.sign_by_sigstore.is_some(), "--sign-by-sigstore"),
-            (self.sign_by_sigstore_private_key.is_some(), "--sign-by-sigstore-private-key"),
-            (self.sign_passphrase_file.is_some(), "--sign-passphrase-file"),
+            (
+                self.sign_by_sigstore_private_key.is_some(),
+                "--sign-by-sigstore-private-key",
+            ),
+            (
+                self.sign_passphrase_file.is_some(),
+                "--sign-passphrase-file",
+            ),
             (self.sign_identity.is_some(), "--sign-identity"),
             (self.additional_tag.is_some(), "--additional-tag"),
             (self.encryption_key.is_some(), "--encryption-key"),
             (self.encrypt_layer.is_some(), "--encrypt-layer"),
             (self.decryption_key.is_some(), "--decryption-key"),
             (self.src_shared_blob_dir.is_some(), "--src-shared-blob-dir"),
-            (self.src_daemon_host.is_some() || self.src_registry_token.is_some(), "--src-daemon-host/--src-registry-token"),
+            (
+                self.src_daemon_host.is_some() || self.src_registry_token.is_some(),
+                "--src-daemon-host/--src-registry-token",
+            ),
         ];
         given.iter().find(|(g, _)| *g).map(|(_, name)| *name)
     }
@@ -225,10 +243,14 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     let source_ref: ImageRef = args.source.parse()?;
     let dest_ref: ImageRef = args.destination.parse()?;
     let ImageRef::Composefs { repo, image } = &dest_ref else {
-        bail!("destination {dest_ref}: skiff copies into composefs storage; use composefs:PATH:NAME");
+        bail!(
+            "destination {dest_ref}: skiff copies into composefs storage; use composefs:PATH:NAME"
+        );
     };
     let StoredRef::Tag(tag) = image else {
-        bail!("destination {dest_ref}: name the image (composefs:PATH:NAME); a digest cannot be a destination");
+        bail!(
+            "destination {dest_ref}: name the image (composefs:PATH:NAME); a digest cannot be a destination"
+        );
     };
     if matches!(source_ref, ImageRef::Composefs { .. }) {
         bail!("source {source_ref}: copying out of composefs storage is not supported yet");
@@ -237,7 +259,10 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     let repo_path = repository_path(repo)?;
     let outcome = skiff_storage::repository::init(
         &repo_path,
-        InitOptions { hash: Default::default(), require_verity: args.require_verity },
+        InitOptions {
+            hash: Default::default(),
+            require_verity: args.require_verity,
+        },
     )
     .with_context(|| format!("Destination {dest_ref}"))?;
     let output = Output::new(args.progress, args.quiet);
@@ -259,15 +284,27 @@ async fn copy_into<H: FsVerityHashValue>(
     tag: &str,
     output: Output,
 ) -> Result<()> {
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut store = Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut store =
+        Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
     store.set_write_concurrency(jobs);
     let source = Arc::new(Source::open(source_ref, options).await?);
     log::info!("reading {source_ref} via {}", source.kind());
     let observer = output.observer();
-    let summary = copy_image(source, &store, tag, &CopyOptions { jobs, retry_times: args.retry_times }, observer.clone())
-        .await
-        .with_context(|| format!("Copying {source_ref} to {dest_ref}"))?;
+    let summary = copy_image(
+        source,
+        &store,
+        tag,
+        &CopyOptions {
+            jobs,
+            retry_times: args.retry_times,
+        },
+        observer.clone(),
+    )
+    .await
+    .with_context(|| format!("Copying {source_ref} to {dest_ref}"))?;
     observer.finish();
     if let Some(path) = &args.digestfile {
         std::fs::write(path, &summary.manifest_digest)

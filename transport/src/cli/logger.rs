@@ -26,7 +26,10 @@ impl Log for StderrLogger {
 
 /// Installs the logger.
 pub fn init() {
-    let level = std::env::var("SKIFF_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(LevelFilter::Warn);
+    let level = std::env::var("SKIFF_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(LevelFilter::Warn);
     if log::set_boxed_logger(Box::new(StderrLogger(level))).is_ok() {
         log::set_max_level(level);
     }

@@ -61,7 +61,7 @@ pub(crate) struct GlobalOptions {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME.
-    Copy(copy::CopyArgs),
+    Copy(Box<copy::CopyArgs>),
     /// Create a composefs repository (insecure mode, with a notice, where there is no fs-verity).
     Init {
         /// Where to create it.
@@ -128,8 +128,12 @@ impl From<HashArg> for HashAlgorithm {
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Copy(args) => copy::run(args, &cli.global).await,
-        Command::Init { path, hash, require_verity } => store::init(&path, hash.into(), require_verity),
+        Command::Copy(args) => copy::run(*args, &cli.global).await,
+        Command::Init {
+            path,
+            hash,
+            require_verity,
+        } => store::init(&path, hash.into(), require_verity),
         Command::Images { path, json } => store::images(path, json),
         Command::Inspect { image, raw, config } => store::inspect(&image, raw, config),
         Command::Rm { image } => store::rm(&image),
@@ -140,5 +144,12 @@ pub async fn run() -> Result<()> {
 
 /// Exit status for an error: 2 when the source image does not exist, as skopeo does.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|e| e.is::<skiff_transport::options::SourceNotFound>()) { 2 } else { 1 }
+    if error
+        .chain()
+        .any(|e| e.is::<skiff_transport::options::SourceNotFound>())
+    {
+        2
+    } else {
+        1
+    }
 }

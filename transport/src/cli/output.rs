@@ -46,7 +46,10 @@ impl Output {
     /// A one-line notice (stderr, also under --quiet: it concerns the repository's safety).
     pub(crate) fn notice(&self, message: &str) {
         if self.mode == ProgressMode::Json {
-            println!("{}", serde_json::json!({ "event": "notice", "message": message }));
+            println!(
+                "{}",
+                serde_json::json!({ "event": "notice", "message": message })
+            );
         } else {
             eprintln!("skiff: note: {message}");
         }
@@ -55,9 +58,17 @@ impl Output {
     pub(crate) fn observer(&self) -> Arc<Renderer> {
         let bars = (self.mode == ProgressMode::Bars && !self.quiet).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            Bars { multi, active: Mutex::new(Vec::new()) }
+            Bars {
+                multi,
+                active: Mutex::new(Vec::new()),
+            }
         });
-        let renderer = Arc::new(Renderer { mode: self.mode, quiet: self.quiet, bars, stop: AtomicBool::new(false) });
+        let renderer = Arc::new(Renderer {
+            mode: self.mode,
+            quiet: self.quiet,
+            bars,
+            stop: AtomicBool::new(false),
+        });
         if renderer.bars.is_some() {
             let r = renderer.clone();
             std::thread::spawn(move || {
@@ -147,7 +158,11 @@ pub(crate) fn human(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 impl Observer for Renderer {
@@ -166,22 +181,44 @@ impl Observer for Renderer {
             ProgressMode::Bars => self.bar_event(event),
             _ => {
                 let line = match event {
-                    CopyEvent::Resolved { manifest_digest, layers } => {
+                    CopyEvent::Resolved {
+                        manifest_digest,
+                        layers,
+                    } => {
                         format!("Resolved image {manifest_digest} ({layers} layers)")
                     }
-                    CopyEvent::LayerSkipped { digest, .. } => format!("Skipping blob {} (already stored)", short(digest)),
-                    CopyEvent::LayerStarted { digest, size, .. } => format!("Copying blob {} ({})", short(digest), human(*size)),
-                    CopyEvent::LayerRetry { digest, attempt, error } => {
-                        format!("Retrying blob {} (attempt {attempt}): {error}", short(digest))
+                    CopyEvent::LayerSkipped { digest, .. } => {
+                        format!("Skipping blob {} (already stored)", short(digest))
                     }
-                    CopyEvent::LayerDone { digest, fetched, written, reused } => format!(
+                    CopyEvent::LayerStarted { digest, size, .. } => {
+                        format!("Copying blob {} ({})", short(digest), human(*size))
+                    }
+                    CopyEvent::LayerRetry {
+                        digest,
+                        attempt,
+                        error,
+                    } => {
+                        format!(
+                            "Retrying blob {} (attempt {attempt}): {error}",
+                            short(digest)
+                        )
+                    }
+                    CopyEvent::LayerDone {
+                        digest,
+                        fetched,
+                        written,
+                        reused,
+                    } => format!(
                         "Stored blob {}: fetched {}, written {}, reused {}",
                         short(digest),
                         human(*fetched),
                         human(*written),
                         human(*reused)
                     ),
-                    CopyEvent::Published { manifest_digest, tag } => {
+                    CopyEvent::Published {
+                        manifest_digest,
+                        tag,
+                    } => {
                         format!("Writing manifest {manifest_digest} and tagging {tag}")
                     }
                     _ => return,
@@ -196,15 +233,24 @@ impl Renderer {
     fn bar_event(&self, event: &CopyEvent) {
         let Some(bars) = &self.bars else { return };
         match event {
-            CopyEvent::LayerStarted { digest, size, fetched } => {
+            CopyEvent::LayerStarted {
+                digest,
+                size,
+                fetched,
+            } => {
                 let bar = bars.multi.add(ProgressBar::new(*size));
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 bar.set_prefix(format!("blob {}", short(digest)));
-                bars.active.lock().expect("bars lock").push((digest.clone(), bar, fetched.clone()));
+                bars.active
+                    .lock()
+                    .expect("bars lock")
+                    .push((digest.clone(), bar, fetched.clone()));
             }
             CopyEvent::LayerDone { digest, .. } | CopyEvent::LayerRetry { digest, .. } => {
                 let mut active = bars.active.lock().expect("bars lock");
@@ -215,7 +261,9 @@ impl Renderer {
                 }
             }
             CopyEvent::LayerSkipped { digest, .. } => {
-                let _ = bars.multi.println(format!("blob {} already stored", short(digest)));
+                let _ = bars
+                    .multi
+                    .println(format!("blob {} already stored", short(digest)));
             }
             _ => {}
         }

@@ -18,21 +18,39 @@ fn repo_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
 /// Splits a `composefs:` reference into repository and image.
 fn stored_image(reference: &str) -> Result<(PathBuf, StoredRef)> {
     match reference.parse::<ImageRef>()? {
-        ImageRef::Composefs { repo, image } => Ok((skiff_transport::imageref::repository_path(&repo)?, image)),
+        ImageRef::Composefs { repo, image } => {
+            Ok((skiff_transport::imageref::repository_path(&repo)?, image))
+        }
         other => bail!("{other}: expected an image of composefs storage (composefs:PATH:NAME)"),
     }
 }
 
 pub(crate) fn init(path: &Path, hash: HashAlgorithm, require_verity: bool) -> Result<()> {
-    let outcome = skiff_storage::repository::init(path, InitOptions { hash, require_verity })?;
+    let outcome = skiff_storage::repository::init(
+        path,
+        InitOptions {
+            hash,
+            require_verity,
+        },
+    )?;
     let alg = match outcome.hash {
         HashAlgorithm::Sha256 => "sha256",
         HashAlgorithm::Sha512 => "sha512",
     };
-    let what = if outcome.created { "Initialized" } else { "Already initialized:" };
-    println!("{what} composefs repository {} (fs-verity {alg})", path.display());
+    let what = if outcome.created {
+        "Initialized"
+    } else {
+        "Already initialized:"
+    };
+    println!(
+        "{what} composefs repository {} (fs-verity {alg})",
+        path.display()
+    );
     if outcome.insecure {
-        eprintln!("skiff: note: {} has no fs-verity: the repository runs in insecure mode", path.display());
+        eprintln!(
+            "skiff: note: {} has no fs-verity: the repository runs in insecure mode",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -47,9 +65,16 @@ pub(crate) fn images(path: Option<PathBuf>, json: bool) -> Result<()> {
         return Ok(());
     }
     let width = list.iter().map(|i| i.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:width$}  {:19}  {:>10}  CREATED", "NAME", "DIGEST", "SIZE")?;
+    writeln!(
+        out,
+        "{:width$}  {:19}  {:>10}  CREATED",
+        "NAME", "DIGEST", "SIZE"
+    )?;
     for i in &list {
-        let digest = i.digest.split_once(':').map_or(i.digest.as_str(), |(_, h)| &h[..12]);
+        let digest = i
+            .digest
+            .split_once(':')
+            .map_or(i.digest.as_str(), |(_, h)| &h[..12]);
         writeln!(
             out,
             "{:width$}  sha256:{:12}  {:>10}  {}",
@@ -64,7 +89,8 @@ pub(crate) fn images(path: Option<PathBuf>, json: bool) -> Result<()> {
 
 pub(crate) fn inspect(reference: &str, raw: bool, config: bool) -> Result<()> {
     let (path, image) = stored_image(reference)?;
-    let text = with_repo_hash!(&path, H => inspect_text::<H>(&Store::open(&path)?, &image, raw, config)?);
+    let text =
+        with_repo_hash!(&path, H => inspect_text::<H>(&Store::open(&path)?, &image, raw, config)?);
     let mut out = std::io::stdout().lock();
     out.write_all(&text)?;
     if !raw {
@@ -74,7 +100,12 @@ pub(crate) fn inspect(reference: &str, raw: bool, config: bool) -> Result<()> {
 }
 
 /// `skopeo inspect`'s output shape for a stored image.
-fn inspect_text<H: FsVerityHashValue>(store: &Store<H>, image: &StoredRef, raw: bool, config: bool) -> Result<Vec<u8>> {
+fn inspect_text<H: FsVerityHashValue>(
+    store: &Store<H>,
+    image: &StoredRef,
+    raw: bool,
+    config: bool,
+) -> Result<Vec<u8>> {
     let (manifest_json, config_json) = images::raw_manifest_and_config(store, image)?;
     if raw {
         return Ok(if config { config_json } else { manifest_json });
@@ -111,7 +142,8 @@ fn inspect_text<H: FsVerityHashValue>(store: &Store<H>, image: &StoredRef, raw: 
 
 pub(crate) fn rm(reference: &str) -> Result<()> {
     let (path, image) = stored_image(reference)?;
-    let removed = with_repo_hash!(&path, H => images::remove(&Store::<H>::open_writable(&path)?, &image)?);
+    let removed =
+        with_repo_hash!(&path, H => images::remove(&Store::<H>::open_writable(&path)?, &image)?);
     for tag in removed {
         println!("Untagged {tag}");
     }
@@ -138,7 +170,11 @@ pub(crate) async fn fsck(path: Option<PathBuf>) -> Result<()> {
         println!("{e}");
     }
     if !report.is_ok() {
-        bail!("{} problem(s) found in {}", report.errors.len(), path.display());
+        bail!(
+            "{} problem(s) found in {}",
+            report.errors.len(),
+            path.display()
+        );
     }
     println!(
         "{}: ok ({} images, {} content indexes checked)",

@@ -16,9 +16,9 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
-use ocidir::cap_std::{ambient_authority, fs::Dir};
 use containers_image_proxy::oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use fn_error_context::context;
+use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::{OciArchive, OciDir, OciRead};
 use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
@@ -52,7 +52,9 @@ pub struct LayoutSource {
 
 impl std::fmt::Debug for LayoutSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayoutSource").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("LayoutSource")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,12 @@ impl Layout {
     /// Reads a small blob whole, verified.
     fn read_verified(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
         skiff_storage::digest::require_sha256(desc.digest())?;
-        anyhow::ensure!(desc.size() <= max, "blob {} claims {} bytes, more than the {max} allowed", desc.digest(), desc.size());
+        anyhow::ensure!(
+            desc.size() <= max,
+            "blob {} claims {} bytes, more than the {max} allowed",
+            desc.digest(),
+            desc.size()
+        );
         let mut data = Vec::with_capacity(desc.size() as usize);
         self.read_blob(desc)
             .with_context(|| format!("Opening blob {}", desc.digest()))?
@@ -82,7 +89,12 @@ impl Layout {
             .read_to_end(&mut data)?;
         let actual = skiff_storage::digest::digest_of(&data);
         if data.len() as u64 != desc.size() || &actual != desc.digest() {
-            bail!("blob {} is corrupt: it has {} bytes and digest {actual} (the descriptor says {} bytes)", desc.digest(), data.len(), desc.size());
+            bail!(
+                "blob {} is corrupt: it has {} bytes and digest {actual} (the descriptor says {} bytes)",
+                desc.digest(),
+                data.len(),
+                desc.size()
+            );
         }
         Ok(data)
     }
@@ -104,16 +116,30 @@ impl LayoutSource {
             ImageRef::Oci { path, reference } => {
                 let dir = Dir::open_ambient_dir(path, ambient_authority())
                     .map_err(|_| SourceNotFound(reference_string(path, reference, "oci")))?;
-                (Layout::Dir(OciDir::open(dir).with_context(|| format!("{} is not an OCI layout", path.display()))?), reference)
+                (
+                    Layout::Dir(
+                        OciDir::open(dir)
+                            .with_context(|| format!("{} is not an OCI layout", path.display()))?,
+                    ),
+                    reference,
+                )
             }
             ImageRef::OciArchive { path, reference } => {
                 if !path.exists() {
-                    return Err(SourceNotFound(reference_string(path, reference, "oci-archive")).into());
+                    return Err(
+                        SourceNotFound(reference_string(path, reference, "oci-archive")).into(),
+                    );
                 }
                 if is_compressed_file(path)? {
                     return Ok(None);
                 }
-                (Layout::Archive(OciArchive::open(path).with_context(|| format!("{} is not an OCI archive", path.display()))?), reference)
+                (
+                    Layout::Archive(
+                        OciArchive::open(path)
+                            .with_context(|| format!("{} is not an OCI archive", path.display()))?,
+                    ),
+                    reference,
+                )
             }
             other => bail!("{other} is not an OCI layout reference"),
         };
@@ -121,7 +147,11 @@ impl LayoutSource {
             layout: Arc::new(layout),
             reference: tag.clone(),
             name: reference.to_string(),
-            platform: WantedPlatform::new(options.os.as_deref(), options.arch.as_deref(), options.variant.as_deref()),
+            platform: WantedPlatform::new(
+                options.os.as_deref(),
+                options.arch.as_deref(),
+                options.variant.as_deref(),
+            ),
         }))
     }
 
@@ -136,18 +166,25 @@ impl LayoutSource {
             let index = layout.read_index()?;
             let mut desc = pick_descriptor(&index, reference.as_deref(), &name)?;
             if is_index(desc.media_type()) {
-                let nested: ImageIndex = serde_json::from_slice(&layout.read_verified(&desc, MAX_MANIFEST_SIZE)?)
-                    .context("Parsing the image index")?;
-                desc = platform
-                    .choose(&nested)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("{name}: no image for platform {platform} in the index"))?;
+                let nested: ImageIndex =
+                    serde_json::from_slice(&layout.read_verified(&desc, MAX_MANIFEST_SIZE)?)
+                        .context("Parsing the image index")?;
+                desc = platform.choose(&nested).cloned().ok_or_else(|| {
+                    anyhow::anyhow!("{name}: no image for platform {platform} in the index")
+                })?;
             }
             let manifest_json = layout.read_verified(&desc, MAX_MANIFEST_SIZE)?;
             let manifest = parse_manifest(&manifest_json, &name)?;
-            let config_json = layout.read_verified(manifest.config(), MAX_CONFIG_SIZE).context("Reading the config")?;
+            let config_json = layout
+                .read_verified(manifest.config(), MAX_CONFIG_SIZE)
+                .context("Reading the config")?;
             let config = parse_config(&config_json, &manifest)?;
-            Ok(ResolvedImage { manifest_json, manifest, config_json, config })
+            Ok(ResolvedImage {
+                manifest_json,
+                manifest,
+                config_json,
+                config,
+            })
         })
         .await?
     }
@@ -160,19 +197,35 @@ impl LayoutSource {
         diff_id: &OciDigest,
         fetched: Arc<AtomicU64>,
     ) -> Result<PendingLayer<H>> {
-        let reader = self.layout.read_blob(desc).with_context(|| format!("Opening blob {}", desc.digest()))?;
+        let reader = self
+            .layout
+            .read_blob(desc)
+            .with_context(|| format!("Opening blob {}", desc.digest()))?;
         let (tx, rx) = mpsc::channel(4);
         let pump = tokio::task::spawn_blocking(move || pump_blob(reader, tx));
-        let result = import_blob(store, ChannelReader { rx, current: Bytes::new() }, desc, diff_id, fetched).await;
+        let result = import_blob(
+            store,
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+            desc,
+            diff_id,
+            fetched,
+        )
+        .await;
         pump.await?;
         result
     }
 }
 
 fn reference_string(path: &Path, reference: &Option<String>, transport: &str) -> String {
-    ImageRef::Oci { path: path.to_owned(), reference: reference.clone() }
-        .to_string()
-        .replacen("oci", transport, 1)
+    ImageRef::Oci {
+        path: path.to_owned(),
+        reference: reference.clone(),
+    }
+    .to_string()
+    .replacen("oci", transport, 1)
 }
 
 fn is_index(media_type: &MediaType) -> bool {
@@ -194,13 +247,21 @@ fn pick_descriptor(index: &ImageIndex, reference: Option<&str>, name: &str) -> R
         }
         Some(tag) => manifests
             .iter()
-            .find(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME_ANNOTATION)).is_some_and(|t| t == tag))
+            .find(|d| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME_ANNOTATION))
+                    .is_some_and(|t| t == tag)
+            })
             .cloned()
             .ok_or_else(|| SourceNotFound(name.to_owned()).into()),
         None => match manifests.as_slice() {
             [only] => Ok(only.clone()),
             [] => Err(SourceNotFound(name.to_owned()).into()),
-            _ => bail!("{name}: the layout holds {} images; name one as oci:PATH:TAG", manifests.len()),
+            _ => bail!(
+                "{name}: the layout holds {} images; name one as oci:PATH:TAG",
+                manifests.len()
+            ),
         },
     }
 }
@@ -233,7 +294,11 @@ struct ChannelReader {
 }
 
 impl AsyncRead for ChannelReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         while self.current.is_empty() {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(chunk))) => self.current = chunk,

@@ -54,12 +54,16 @@ impl Source {
                 if let Some(layout) = layout::LayoutSource::open(reference, options)? {
                     return Ok(Self::Layout(layout));
                 }
-                Ok(Self::Proxy(proxy::ProxySource::open(reference, options).await?))
+                Ok(Self::Proxy(
+                    proxy::ProxySource::open(reference, options).await?,
+                ))
             }
             ImageRef::Composefs { .. } => {
                 anyhow::bail!("copying out of composefs storage ({reference}) is not supported yet")
             }
-            _ => Ok(Self::Proxy(proxy::ProxySource::open(reference, options).await?)),
+            _ => Ok(Self::Proxy(
+                proxy::ProxySource::open(reference, options).await?,
+            )),
         }
     }
 
@@ -98,17 +102,21 @@ impl Source {
 pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<ImageManifest> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| anyhow::anyhow!("{what}: manifest is not JSON: {e}"))?;
-    let media_type = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or_default();
+    let media_type = value
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default();
     if media_type.contains("manifest.list") || media_type.contains("image.index") {
         anyhow::bail!("{what}: expected an image manifest, found an index ({media_type})");
     }
-    serde_json::from_value(value).map_err(|e| anyhow::anyhow!("{what}: malformed image manifest: {e}"))
+    serde_json::from_value(value)
+        .map_err(|e| anyhow::anyhow!("{what}: malformed image manifest: {e}"))
 }
 
 /// Parses config bytes and checks that they name one DiffID per layer.
 pub(crate) fn parse_config(bytes: &[u8], manifest: &ImageManifest) -> Result<ImageConfiguration> {
-    let config: ImageConfiguration =
-        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("malformed image config: {e}"))?;
+    let config: ImageConfiguration = serde_json::from_slice(bytes)
+        .map_err(|e| anyhow::anyhow!("malformed image config: {e}"))?;
     let diff_ids = config.rootfs().diff_ids().len();
     let layers = manifest.layers().len();
     anyhow::ensure!(

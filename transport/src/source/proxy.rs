@@ -31,7 +31,9 @@ pub struct ProxySource {
 
 impl std::fmt::Debug for ProxySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxySource").field("reference", &self.reference).finish_non_exhaustive()
+        f.debug_struct("ProxySource")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,45 +87,71 @@ impl ProxySource {
             config.authfile = None;
             config.auth_data = Some(creds_authfile(reference, user, password)?);
         }
-        let proxy = ImageProxy::new_with_config(config).await.context("Starting skopeo's image proxy")?;
+        let proxy = ImageProxy::new_with_config(config)
+            .await
+            .context("Starting skopeo's image proxy")?;
         let name = reference.to_string();
         log::debug!("skopeo proxy protocol {}", proxy.protocol_version());
         let image = open_image(&proxy, &name).await?;
-        Ok(Self { proxy, image, reference: name })
+        Ok(Self {
+            proxy,
+            image,
+            reference: name,
+        })
     }
 
     /// The manifest (converted to OCI by the proxy when the source has a Docker v2s2 one) and
     /// the config.
     #[context("Reading manifest and config of {}", self.reference)]
     pub async fn resolve(&self) -> Result<ResolvedImage> {
-        let (source_digest, manifest_json) = self
-            .proxy
-            .fetch_manifest_raw_oci(&self.image)
-            .await
-            .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
+        let (source_digest, manifest_json) =
+            self.proxy
+                .fetch_manifest_raw_oci(&self.image)
+                .await
+                .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
         let manifest = parse_manifest(&manifest_json, &self.reference)?;
         // The proxy returns the source's manifest digest with the manifest it converted to OCI;
         // a difference means the config was converted too.
-        let converted = skiff_storage::digest::digest_of(&manifest_json).to_string() != source_digest;
-        let config_json = self.config(manifest.config(), converted).await.context("Reading the config")?;
+        let converted =
+            skiff_storage::digest::digest_of(&manifest_json).to_string() != source_digest;
+        let config_json = self
+            .config(manifest.config(), converted)
+            .await
+            .context("Reading the config")?;
         let config = parse_config(&config_json, &manifest)?;
-        Ok(ResolvedImage { manifest_json, manifest, config_json, config })
+        Ok(ResolvedImage {
+            manifest_json,
+            manifest,
+            config_json,
+            config,
+        })
     }
 
     /// The config blob, verified against the manifest. The source's own blob, unless the proxy
     /// `converted` a Docker manifest to OCI: then the config was converted with it and exists
     /// only in the proxy (GetFullConfig); its digest is checked all the same.
     async fn config(&self, desc: &Descriptor, converted: bool) -> Result<Vec<u8>> {
-        anyhow::ensure!(desc.size() <= MAX_CONFIG_SIZE, "the config claims {} bytes", desc.size());
+        anyhow::ensure!(
+            desc.size() <= MAX_CONFIG_SIZE,
+            "the config claims {} bytes",
+            desc.size()
+        );
         if converted {
             let data = self.proxy.fetch_config_raw(&self.image).await?;
             let actual = skiff_storage::digest::digest_of(&data);
             if &actual != desc.digest() {
-                return Err(crate::layer::BlobError::DigestMismatch { expected: desc.digest().clone(), actual }.into());
+                return Err(crate::layer::BlobError::DigestMismatch {
+                    expected: desc.digest().clone(),
+                    actual,
+                }
+                .into());
             }
             return Ok(data);
         }
-        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
+        let (reader, driver) = self
+            .proxy
+            .get_blob(&self.image, desc.digest(), desc.size())
+            .await?;
         let (data, driven) = tokio::join!(read_small_blob(reader, desc, MAX_CONFIG_SIZE), driver);
         driven?;
         data
@@ -137,8 +165,12 @@ impl ProxySource {
         diff_id: &OciDigest,
         fetched: Arc<AtomicU64>,
     ) -> Result<PendingLayer<H>> {
-        let (reader, driver) = self.proxy.get_blob(&self.image, desc.digest(), desc.size()).await?;
-        let (imported, driven) = tokio::join!(import_blob(store, reader, desc, diff_id, fetched), driver);
+        let (reader, driver) = self
+            .proxy
+            .get_blob(&self.image, desc.digest(), desc.size())
+            .await?;
+        let (imported, driven) =
+            tokio::join!(import_blob(store, reader, desc, diff_id, fetched), driver);
         // Our own checks explain a bad blob better than the proxy's broken pipe.
         let pending = imported?;
         driven.map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?;
@@ -155,7 +187,10 @@ async fn open_image(proxy: &ImageProxy, name: &str) -> Result<OpenedImage> {
         Err(e) if e.to_string().contains("unknown method") => {}
         Err(e) => return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
     }
-    proxy.open_image(name).await.map_err(|e| classify_open_error(name, &e.to_string()))
+    proxy
+        .open_image(name)
+        .await
+        .map_err(|e| classify_open_error(name, &e.to_string()))
 }
 
 /// A [`SourceNotFound`] when skopeo's message says the image does not exist; else the message.
