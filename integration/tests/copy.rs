@@ -850,3 +850,70 @@ fn init_detects_fs_verity() {
     // cfsctl opens the repository skiff made.
     run(cfsctl(&repo).args(["oci", "images"])).unwrap();
 }
+
+#[test]
+fn usage_errors_and_directories_that_are_not_repositories() {
+    let case = Case::new();
+    let (layout, _) = case.layout("rich", &fixtures::rich_image(), Compression::Gzip);
+    let source = format!("oci:{}:rich", layout.display());
+    // Usage errors exit 1 (2 means "no such image"); help exits 0.
+    assert_failed(
+        &output(skiff().args(["copy", "--no-such-flag", &source, "composefs::x"])).unwrap(),
+        1,
+        &["--no-such-flag"],
+    );
+    assert_failed(&output(skiff().args(["copy", &source])).unwrap(), 1, &[]);
+    assert!(output(skiff().arg("--help")).unwrap().status.success());
+    // A bare --src-tls-verify means true, as in skopeo, and does not swallow the source.
+    let repo = case.path("repo");
+    assert_ok(
+        &copy(
+            &source,
+            &format!("composefs:{}:rich", repo.display()),
+            &[
+                "--src-tls-verify",
+                "--remove-signatures",
+                "--multi-arch",
+                "system",
+            ],
+        ),
+        "skopeo-compatible flags",
+    );
+    assert_failed(
+        &copy(
+            &source,
+            &format!("composefs:{}:rich", repo.display()),
+            &["--multi-arch", "all"],
+        ),
+        1,
+        &["--multi-arch all"],
+    );
+    // A directory with other files is not turned into a repository by a copy.
+    let home = case.path("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(home.join("notes.txt"), b"mine").unwrap();
+    assert_failed(
+        &copy(&source, &format!("composefs:{}:rich", home.display()), &[]),
+        1,
+        &["not a composefs repository", "skiff init"],
+    );
+    assert_eq!(std::fs::read_dir(&home).unwrap().count(), 1);
+    // Names that cannot be tags are refused before any work.
+    assert_failed(
+        &copy(&source, &format!("composefs:{}:..", repo.display()), &[]),
+        1,
+        &["is not a name"],
+    );
+    // An OCI layout path that exists but is not a directory is an error, not "no such image".
+    let file = case.path("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert_failed(
+        &copy(
+            &format!("oci:{}:rich", file.display()),
+            &format!("composefs:{}:y", repo.display()),
+            &[],
+        ),
+        1,
+        &[],
+    );
+}

@@ -172,10 +172,32 @@ fn tls_auth_registry_with_creds_authfile_and_no_verify() {
     let authfile = registry.authfile().unwrap();
     let authfile = authfile.to_str().unwrap();
 
-    let cases: [(&str, Vec<&str>); 3] = [
+    let cases: [(&str, Vec<&str>); 5] = [
         (
             "creds",
             vec!["--src-creds", &creds, "--src-cert-dir", &cert_dir],
+        ),
+        (
+            "username",
+            vec![
+                "--src-username",
+                &user,
+                "--src-password",
+                &password,
+                "--src-cert-dir",
+                &cert_dir,
+            ],
+        ),
+        (
+            "src-authfile",
+            vec![
+                "--authfile",
+                "/nonexistent/auth.json",
+                "--src-authfile",
+                authfile,
+                "--src-cert-dir",
+                &cert_dir,
+            ],
         ),
         (
             "authfile",
@@ -200,6 +222,26 @@ fn tls_auth_registry_with_creds_authfile_and_no_verify() {
         ids.iter().all(|id| *id == ids[0]),
         "the copies differ: {ids:?}"
     );
+    // Anonymous access to a registry that requires credentials is refused.
+    let repo = work.repo("anonymous");
+    let out = copy(
+        &[
+            "--src-no-creds",
+            "--authfile",
+            authfile,
+            "--src-cert-dir",
+            &cert_dir,
+        ],
+        &source,
+        &repo,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!repo.join("streams/refs/oci/rich").exists());
 }
 
 #[test]

@@ -15,13 +15,17 @@
 //! reserved   7 bytes   zero
 //! count      u64 LE    number of records
 //! records    count × (sha256 [32 bytes] | object id [id_len bytes] | size u64 LE),
-//!            sorted by sha256, then object id; no duplicates
+//!            sorted by sha256, one record per sha256 (equal content has one object)
 //! ```
 //!
 //! Files of at most 64 bytes are stored inline in the layer splitstream, have no object, and are
 //! not indexed.
 //!
 //! # Lifetime
+//!
+//! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
+//! treated as having none.)
+//!
 //!
 //! The layer splitstream that skiff writes carries a named reference
 //! [`CONTENT_INDEX_REF`] to its index. Garbage collection (skiff's or cfsctl's) follows named

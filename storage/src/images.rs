@@ -68,6 +68,7 @@ pub fn resolve<H: FsVerityHashValue>(
 }
 
 /// Opens the image `reference` names, re-hashing its manifest and config.
+#[context("Opening image {reference}")]
 pub fn open_image<H: FsVerityHashValue>(
     store: &Store<H>,
     reference: &StoredRef,
@@ -98,6 +99,7 @@ pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSu
 }
 
 /// The raw manifest and config bytes of an image.
+#[context("Reading manifest and config of {reference}")]
 pub fn raw_manifest_and_config<H: FsVerityHashValue>(
     store: &Store<H>,
     reference: &StoredRef,

@@ -1,8 +1,9 @@
 //! Importing one uncompressed layer tar into the store, verified against its DiffID.
 //!
-//! The tar is split as composefs-oci splits it (headers, padding and files of at most 64 bytes
-//! inline; larger regular files as objects), so the layer splitstream rebuilds the exact tar and
-//! the objects are the ones `cfsctl oci pull` stores. While the bytes of each file go into its
+//! The tar is split as composefs-oci 0.9.4's `tar::split_async` splits it (headers, padding and
+//! files of at most 64 bytes inline; larger regular files as objects), so the layer splitstream
+//! rebuilds the exact tar and the objects are the ones `cfsctl oci pull` stores
+//! (`tests/layer_import.rs` compares the two; re-check it when the composefs pin moves). While the bytes of each file go into its
 //! object, their sha256 goes into the layer's [content index](crate::content_index).
 //!
 //! Import is two-phase: [`split_layer`] writes the objects and the splitstream and checks the
@@ -14,7 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::{Bytes, BytesMut};
 use composefs::INLINE_CONTENT_MAX_V0;
 use composefs::fsverity::FsVerityHashValue;
@@ -41,6 +42,15 @@ const FILE_CHANNEL_DEPTH: usize = 4;
 /// Largest run of tar header bytes (with its PAX and GNU long-name extensions) accepted before
 /// one entry: far above any real header, and bounds what a hostile tar can make us buffer.
 const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes accepted after the end-of-archive blocks. They count in the DiffID, so they are kept;
+/// real tars carry at most a record's padding there (GNU tar: 10 KiB by default).
+const MAX_TRAILING_BYTES: u64 = 1024 * 1024;
+
+/// Bytes kept inline in one layer's splitstream (headers, padding, files of at most 64 bytes),
+/// which composefs holds in memory until the layer is complete. Real layers need about 1 KiB a
+/// file; this allows a million files and stops a hostile tar from exhausting memory.
+const MAX_INLINE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Counts for one imported layer.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +110,34 @@ pub enum LayerError {
         /// What is wrong with it.
         reason: PathError,
     },
+    /// The tar is malformed or exceeds a limit (not a transfer problem: trying again gives the
+    /// same result).
+    #[error("malformed layer tar: {0}")]
+    Malformed(String),
+}
+
+fn malformed(message: impl Into<String>) -> anyhow::Error {
+    LayerError::Malformed(message.into()).into()
+}
+
+/// The splitstream being built, with the inline bytes it holds counted against
+/// [`MAX_INLINE_BYTES`].
+struct Split<'a, H: FsVerityHashValue> {
+    builder: &'a mut SplitStreamBuilder<H>,
+    inline: u64,
+}
+
+impl<H: FsVerityHashValue> Split<'_, H> {
+    fn inline(&mut self, data: &[u8]) -> Result<()> {
+        self.inline += data.len() as u64;
+        if self.inline > MAX_INLINE_BYTES {
+            return Err(malformed(format!(
+                "more than {MAX_INLINE_BYTES} bytes of headers and small files"
+            )));
+        }
+        self.builder.push_inline(data);
+        Ok(())
+    }
 }
 
 /// Returns the layer's splitstream id when the store already holds the layer.
@@ -127,7 +165,11 @@ pub async fn split_layer<H: FsVerityHashValue>(
     // channel closes once every task has finished.
     let (index_tx, mut index_rx) = mpsc::unbounded_channel();
 
-    split_entries(&repo, &mut tar, &mut builder, &index_tx).await?;
+    let mut split = Split {
+        builder: &mut builder,
+        inline: 0,
+    };
+    split_entries(&repo, &mut tar, &mut split, &index_tx).await?;
     drop(index_tx);
 
     let actual = tar.finish();
@@ -178,7 +220,7 @@ pub async fn split_layer<H: FsVerityHashValue>(
 async fn split_entries<H: FsVerityHashValue>(
     repo: &Arc<Repository<H>>,
     tar: &mut (impl AsyncRead + Unpin),
-    builder: &mut SplitStreamBuilder<H>,
+    split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
@@ -188,9 +230,9 @@ async fn split_entries<H: FsVerityHashValue>(
     loop {
         while buf.len() < need {
             if need > MAX_HEADER_BYTES {
-                bail!(
-                    "tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed"
-                );
+                return Err(malformed(format!(
+                    "a tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed"
+                )));
             }
             buf.reserve(need - buf.len());
             if tar.read_buf(&mut buf).await? == 0 {
@@ -201,34 +243,38 @@ async fn split_entries<H: FsVerityHashValue>(
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        match parser
-            .parse(&buf)
-            .context("Parsing the layer's tar stream")?
-        {
+        let event = parser.parse(&buf).map_err(|e| malformed(e.to_string()))?;
+        match event {
             ParseEvent::NeedData { min_bytes } => need = min_bytes,
             ParseEvent::GlobalExtensions { consumed, .. } => {
-                builder.push_inline(&buf.split_to(consumed));
+                split.inline(&buf.split_to(consumed))?;
                 need = HEADER_SIZE;
             }
             ParseEvent::End { consumed } => {
-                builder.push_inline(&buf.split_to(consumed));
+                split.inline(&buf.split_to(consumed))?;
                 // Record padding and anything else up to EOF is part of the DiffID.
-                if !buf.is_empty() {
-                    builder.push_inline(&buf.split());
-                }
+                let mut trailing = 0u64;
                 loop {
+                    trailing += buf.len() as u64;
+                    if trailing > MAX_TRAILING_BYTES {
+                        return Err(malformed(format!(
+                            "more than {MAX_TRAILING_BYTES} bytes after the end-of-archive blocks"
+                        )));
+                    }
+                    if !buf.is_empty() {
+                        split.inline(&buf.split())?;
+                    }
                     buf.reserve(IO_BUF_CAPACITY);
                     if tar.read_buf(&mut buf).await? == 0 {
                         return Ok(());
                     }
-                    builder.push_inline(&buf.split());
                 }
             }
             ParseEvent::SparseEntry { entry, .. } => {
-                bail!(
+                return Err(malformed(format!(
                     "tar entry {:?}: sparse files are not supported",
                     String::from_utf8_lossy(&entry.path)
-                );
+                )));
             }
             ParseEvent::Entry { consumed, entry } => {
                 let link = entry
@@ -236,10 +282,17 @@ async fn split_entries<H: FsVerityHashValue>(
                     .as_deref()
                     .filter(|_| entry.entry_type.is_hard_link());
                 check_entry_paths(&entry.path, link)?;
-                let size = usize::try_from(entry.size).context("tar entry size")?;
+                let padded = usize::try_from(entry.size)
+                    .ok()
+                    .and_then(|s| s.checked_next_multiple_of(512).map(|p| (s, p)));
+                let Some((size, padded)) = padded else {
+                    return Err(malformed(format!(
+                        "tar entry size {} is too large",
+                        entry.size
+                    )));
+                };
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
-                builder.push_inline(&buf.split_to(consumed));
-                let padded = size.next_multiple_of(512);
+                split.inline(&buf.split_to(consumed))?;
                 if external {
                     let permit = semaphore.clone().acquire_owned().await?;
                     let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
@@ -261,10 +314,10 @@ async fn split_entries<H: FsVerityHashValue>(
                         }
                         Err(SendError::Read(e)) => return Err(e),
                     }
-                    builder.push_external(handle, size as u64);
-                    copy_inline(builder, &mut buf, tar, padded - size).await?;
+                    split.builder.push_external(handle, size as u64);
+                    copy_inline(split, &mut buf, tar, padded - size).await?;
                 } else {
-                    copy_inline(builder, &mut buf, tar, padded).await?;
+                    copy_inline(split, &mut buf, tar, padded).await?;
                 }
                 need = HEADER_SIZE;
             }
@@ -325,7 +378,7 @@ async fn send_file(
 
 /// Copies `len` bytes inline, from `buf` first, then from `tar`.
 async fn copy_inline<H: FsVerityHashValue>(
-    builder: &mut SplitStreamBuilder<H>,
+    split: &mut Split<'_, H>,
     buf: &mut BytesMut,
     tar: &mut (impl AsyncRead + Unpin),
     len: usize,
@@ -339,7 +392,7 @@ async fn copy_inline<H: FsVerityHashValue>(
             }
         }
         let n = remaining.min(buf.len());
-        builder.push_inline(&buf.split_to(n));
+        split.inline(&buf.split_to(n))?;
         remaining -= n;
     }
     Ok(())

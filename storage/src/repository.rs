@@ -21,8 +21,13 @@ use rustix::fs::{CWD, Mode, OFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Nothing exists at the path.
-    #[error("no composefs repository at {0} (create one with `skiff init {0}`)")]
+    #[error("no composefs repository at {0}")]
     NotFound(PathBuf),
+    /// A directory with other content, where a repository was to be created implicitly.
+    #[error(
+        "{0} is a directory with other content, not a composefs repository (create a repository there with `skiff init`, or name another path)"
+    )]
+    NotEmpty(PathBuf),
     /// The path exists but is not a directory.
     #[error("{0} is not a directory, so it cannot be a composefs repository")]
     NotADirectory(PathBuf),
@@ -74,6 +79,9 @@ pub struct InitOptions {
     pub hash: HashAlgorithm,
     /// Refuse to create an insecure repository on a filesystem without fs-verity.
     pub require_verity: bool,
+    /// Create the repository in a directory that holds other files (`skiff init` does; a copy
+    /// only creates repositories where nothing, or an empty directory, is).
+    pub allow_non_empty: bool,
 }
 
 /// What [`init`] did.
@@ -158,7 +166,11 @@ pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
     }
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(path.to_owned()).into()),
-        Ok(_) => {}
+        Ok(_) => {
+            if !options.allow_non_empty && std::fs::read_dir(path)?.next().is_some() {
+                return Err(StoreError::NotEmpty(path.to_owned()).into());
+            }
+        }
         Err(_) => std::fs::create_dir_all(path)
             .with_context(|| format!("Creating directory {}", path.display()))?,
     }
@@ -228,6 +240,7 @@ impl<H: FsVerityHashValue> Store<H> {
 
     /// Opens an existing repository for writing: fails with [`StoreError::ReadOnly`] when the
     /// repository cannot be written, before any work is done.
+    #[context("Opening repository {} for writing", path.display())]
     pub fn open_writable(path: &Path) -> Result<Self> {
         let store = Self::open(path)?;
         if store.repo.ensure_writable().is_err() {
@@ -237,11 +250,13 @@ impl<H: FsVerityHashValue> Store<H> {
     }
 
     /// Limits how many objects are written at once across all layers. Must be called before
-    /// the first write.
-    pub fn set_write_concurrency(&mut self, jobs: usize) {
-        if let Some(repo) = Arc::get_mut(&mut self.repo) {
-            repo.set_write_concurrency(jobs.max(1));
-        }
+    /// the store is cloned or written to.
+    pub fn set_write_concurrency(&mut self, jobs: usize) -> Result<()> {
+        let repo = Arc::get_mut(&mut self.repo).ok_or_else(|| {
+            anyhow::anyhow!("write concurrency must be set before the store is shared")
+        })?;
+        repo.set_write_concurrency(jobs.max(1));
+        Ok(())
     }
 
     /// The composefs repository.
@@ -272,7 +287,7 @@ mod tests {
             &path,
             InitOptions {
                 hash: HashAlgorithm::Sha256,
-                require_verity: false,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -49,7 +49,7 @@ fn store(dir: &Path) -> Store<Sha256HashValue> {
         &path,
         InitOptions {
             hash: HashAlgorithm::Sha256,
-            require_verity: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -180,5 +180,38 @@ async fn entries_leaving_the_root_are_refused() {
     assert!(
         msg.contains("../escape") && msg.contains("leaves the image root"),
         "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn data_after_the_archive_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    // Some record padding is fine (it counts in the DiffID)...
+    let mut padded = sample_tar(None);
+    padded.extend_from_slice(&[0u8; 10240]);
+    let (_, stats) = split_layer(&store, &digest_of(&padded), &padded[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(stats.tar_size, padded.len() as u64);
+    // ...a gigabyte of it is not held in memory.
+    let mut hostile = sample_tar(None);
+    hostile.extend(std::iter::repeat_n(0u8, 2 << 20));
+    let err = split_layer(&store, &digest_of(&hostile), &hostile[..])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<LayerError>(),
+            Some(LayerError::Malformed(_))
+        ),
+        "{err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("after the end-of-archive"),
+        "{err:#}"
     );
 }

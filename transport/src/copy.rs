@@ -128,8 +128,11 @@ pub struct CopySummary {
     pub seconds: f64,
 }
 
-/// First retry waits this long; each later one twice as long as the one before.
+/// First retry waits this long; each later one twice as long as the one before, up to
+/// [`RETRY_MAX_DELAY`].
 const RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
+/// Longest wait between two tries.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Copies the image `source` names into `store`, tagged `tag`.
 pub async fn copy_image<H: FsVerityHashValue>(
@@ -310,7 +313,8 @@ async fn fetch_with_retries<H: FsVerityHashValue>(
                     attempt,
                     error: format!("{e:#}"),
                 });
-                tokio::time::sleep(RETRY_BASE_DELAY * 2u32.pow(attempt - 2)).await;
+                let delay = RETRY_BASE_DELAY.saturating_mul(2u32.saturating_pow(attempt - 2));
+                tokio::time::sleep(delay.min(RETRY_MAX_DELAY)).await;
             }
             Err(e) => return Err(e),
         }

@@ -147,6 +147,9 @@ impl std::str::FromStr for ImageRef {
     }
 }
 
+/// Longest file name Linux filesystems accept: a tag is stored as one.
+const MAX_TAG_FILE_NAME: usize = 255;
+
 fn parse_composefs(rest: &str) -> Result<ImageRef, String> {
     // A digest reference: PATH@sha256:HEX (PATH may be empty for the default repository).
     if let Some(at) = rest
@@ -187,11 +190,31 @@ fn parse_composefs(rest: &str) -> Result<ImageRef, String> {
     if name.chars().any(|c| c.is_control()) {
         return Err(format!("image name {name:?} contains control characters"));
     }
+    if name == "." || name == ".." {
+        return Err(format!("image name {name:?} is not a name"));
+    }
+    // Tags are files under streams/refs/oci/, with '/' and '%' percent-encoded.
+    let encoded_len = name.len() + 2 * name.matches(['/', '%']).count();
+    if encoded_len > MAX_TAG_FILE_NAME {
+        return Err(format!(
+            "image name is {} bytes long once encoded; at most {MAX_TAG_FILE_NAME} are possible",
+            encoded_len
+        ));
+    }
     let repo = (!path.is_empty()).then(|| PathBuf::from(path));
     Ok(ImageRef::Composefs {
         repo,
         image: StoredRef::Tag(name.to_owned()),
     })
+}
+
+/// The registry host a `docker://` name spells out (`quay.io`, `127.0.0.1:5000`,
+/// `localhost`), or `None` for a Docker Hub name without one (`busybox`, `library/busybox`).
+pub fn docker_host(name: &str) -> Option<&str> {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => Some(first),
+        _ => None,
+    }
 }
 
 /// Checks a docker reference's shape: name components, tag, digest.
@@ -368,10 +391,19 @@ mod tests {
             ("composefs:/srv/cfs", "expected composefs:PATH:NAME"),
             ("composefs:/srv/cfs:", "no image name"),
             ("composefs:/srv/cfs@sha256:abc", "bad manifest digest"),
+            ("composefs:/srv/cfs:..", "is not a name"),
+            ("composefs:/srv/cfs:.", "is not a name"),
         ];
         for (input, want) in cases {
             let err = input.parse::<ImageRef>().unwrap_err().to_string();
             assert!(err.contains(want), "{input}: {err}");
         }
+        let long = format!("composefs:/r:{}", "a/".repeat(90));
+        assert!(
+            long.parse::<ImageRef>()
+                .unwrap_err()
+                .to_string()
+                .contains("once encoded")
+        );
     }
 }

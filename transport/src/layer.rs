@@ -118,6 +118,24 @@ pub async fn import_blob<H: FsVerityHashValue>(
 /// Buffer between the blob and the decompressor.
 const BLOB_BUFFER: usize = 128 * 1024;
 
+/// Checks whole blob bytes against their descriptor.
+pub fn verify_blob(data: &[u8], desc: &Descriptor) -> Result<(), BlobError> {
+    if data.len() as u64 != desc.size() {
+        return Err(BlobError::SizeMismatch {
+            expected: desc.size(),
+            actual: data.len() as u64,
+        });
+    }
+    let actual = skiff_storage::digest::digest_of(data);
+    if &actual != desc.digest() {
+        return Err(BlobError::DigestMismatch {
+            expected: desc.digest().clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 fn check_blob<R>(hashed: &mut HashingReader<R>, desc: &Descriptor) -> Result<(), BlobError> {
     if hashed.count() != desc.size() {
         return Err(BlobError::SizeMismatch {

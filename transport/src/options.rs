@@ -25,8 +25,6 @@ pub struct SourceOptions {
     pub policy: Option<PathBuf>,
     /// `--insecure-policy`: accept any image.
     pub insecure_policy: bool,
-    /// `--retry-times`: how often a failed fetch is tried again.
-    pub retry_times: u32,
 }
 
 /// The image the source names does not exist (exit code 2).

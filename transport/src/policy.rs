@@ -87,9 +87,9 @@ fn scopes_of(reference: &ImageRef) -> Result<(&'static str, Vec<String>)> {
 /// `host/ns/repo:tag`, `host/ns/repo`, `host/ns`, `host` (names without a host are Docker
 /// Hub's, `docker.io/library/...` for single-component names).
 fn docker_scopes(name: &str) -> Vec<String> {
-    let full = match name.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => name.to_owned(),
-        Some(_) => format!("docker.io/{name}"),
+    let full = match crate::imageref::docker_host(name) {
+        Some(_) => name.to_owned(),
+        None if name.contains('/') => format!("docker.io/{name}"),
         None => format!("docker.io/library/{name}"),
     };
     let without_digest = full.split('@').next().unwrap_or(&full).to_owned();

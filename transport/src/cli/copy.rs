@@ -41,7 +41,7 @@ pub(crate) struct CopyArgs {
     #[arg(long, value_name = "PATH")]
     src_authfile: Option<PathBuf>,
     /// Require HTTPS and verify certificates when talking to the source registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     src_tls_verify: Option<bool>,
     /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry.
     #[arg(long, value_name = "PATH")]
@@ -64,6 +64,12 @@ pub(crate) struct CopyArgs {
     /// Refuse to create or write a repository without fs-verity.
     #[arg(long)]
     require_verity: bool,
+    /// Accepted for skopeo compatibility: composefs storage keeps no signatures.
+    #[arg(long)]
+    remove_signatures: bool,
+    /// Only `system` (the default: one image for this platform) applies to composefs storage.
+    #[arg(long, value_name = "system")]
+    multi_arch: Option<String>,
 
     #[command(flatten)]
     rejected: RejectedFlags,
@@ -83,7 +89,7 @@ struct RejectedFlags {
     dest_no_creds: bool,
     #[arg(long, hide = true)]
     dest_authfile: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     dest_tls_verify: Option<String>,
     #[arg(long, hide = true)]
     dest_cert_dir: Option<String>,
@@ -110,11 +116,7 @@ struct RejectedFlags {
     #[arg(long, short = 'a', hide = true)]
     all: bool,
     #[arg(long, hide = true)]
-    multi_arch: Option<String>,
-    #[arg(long, hide = true)]
     preserve_digests: bool,
-    #[arg(long, hide = true)]
-    remove_signatures: bool,
     #[arg(long, hide = true)]
     sign_by: Option<String>,
     #[arg(long, hide = true)]
@@ -144,7 +146,7 @@ struct RejectedFlags {
 impl RejectedFlags {
     /// The first given flag, spelled as on the command line.
     fn first_given(&self) -> Option<&'static str> {
-        let given: [(bool, &'static str); 32] = [
+        let given: [(bool, &'static str); 30] = [
             (self.dest_creds.is_some(), "--dest-creds"),
             (self.dest_username.is_some(), "--dest-username"),
             (self.dest_password.is_some(), "--dest-password"),
@@ -172,9 +174,7 @@ impl RejectedFlags {
             (self.dest_daemon_host.is_some(), "--dest-daemon-host"),
             (self.format.is_some(), "--format"),
             (self.all, "--all"),
-            (self.multi_arch.is_some(), "--multi-arch"),
             (self.preserve_digests, "--preserve-digests"),
-            (self.remove_signatures, "--remove-signatures"),
             (self.sign_by.is_some(), "--sign-by"),
             (self.sign_by_sigstore.is_some(), "--sign-by-sigstore"),
             (
@@ -231,7 +231,6 @@ impl CopyArgs {
             variant: global.override_variant.clone(),
             policy: global.policy.clone(),
             insecure_policy: global.insecure_policy,
-            retry_times: self.retry_times,
         })
     }
 }
@@ -239,6 +238,11 @@ impl CopyArgs {
 pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     if let Some(flag) = args.rejected.first_given() {
         bail!("{flag} has no meaning when the destination is composefs storage");
+    }
+    if let Some(mode) = args.multi_arch.as_deref().filter(|m| *m != "system") {
+        bail!(
+            "--multi-arch {mode} has no meaning when the destination is composefs storage (it stores one image: --multi-arch system)"
+        );
     }
     let source_ref: ImageRef = args.source.parse()?;
     let dest_ref: ImageRef = args.destination.parse()?;
@@ -262,6 +266,7 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
         InitOptions {
             hash: Default::default(),
             require_verity: args.require_verity,
+            allow_non_empty: false,
         },
     )
     .with_context(|| format!("Destination {dest_ref}"))?;
@@ -289,7 +294,7 @@ async fn copy_into<H: FsVerityHashValue>(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut store =
         Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
-    store.set_write_concurrency(jobs);
+    store.set_write_concurrency(jobs)?;
     let source = Arc::new(Source::open(source_ref, options).await?);
     log::info!("reading {source_ref} via {}", source.kind());
     let observer = output.observer();

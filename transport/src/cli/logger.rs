@@ -1,13 +1,13 @@
-//! A minimal `log` backend for the binary: messages at or above `$SKIFF_LOG` (default `warn`)
-//! go to stderr.
+//! A minimal `log` backend for the binary: messages at or above `$SKIFF_LOG` (default `warn`;
+//! `--debug` lowers it to `debug`) go to stderr.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct StderrLogger(LevelFilter);
+struct StderrLogger;
 
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.0
+        metadata.level() <= log::max_level()
     }
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
@@ -30,7 +30,7 @@ pub fn init() {
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(LevelFilter::Warn);
-    if log::set_boxed_logger(Box::new(StderrLogger(level))).is_ok() {
+    if log::set_boxed_logger(Box::new(StderrLogger)).is_ok() {
         log::set_max_level(level);
     }
 }

@@ -31,7 +31,7 @@ pub(crate) use with_repo_hash;
 /// Copies container images into composefs storage.
 #[derive(Debug, Parser)]
 #[command(name = "skiff", version, about, long_about = None)]
-struct Cli {
+pub struct Cli {
     #[command(flatten)]
     global: GlobalOptions,
     #[command(subcommand)]
@@ -56,6 +56,41 @@ pub(crate) struct GlobalOptions {
     /// Run without any policy check.
     #[arg(long, global = true)]
     insecure_policy: bool,
+    /// Log debug messages.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Give up on a command after this long (for example 90s, 5m, 1h).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    command_timeout: Option<std::time::Duration>,
+}
+
+/// Parses skopeo's (Go) durations: a number with a unit of h, m, s or ms, or a sum of them.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(format!("invalid duration {text:?}: use h, m, s or ms")),
+        };
+        total += std::time::Duration::from_secs_f64(value * seconds);
+        rest = tail;
+    }
+    Ok(total)
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,21 +159,43 @@ impl From<HashArg> for HashAlgorithm {
     }
 }
 
-/// Parses the command line and runs the command.
-pub async fn run() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Copy(args) => copy::run(*args, &cli.global).await,
-        Command::Init {
-            path,
-            hash,
-            require_verity,
-        } => store::init(&path, hash.into(), require_verity),
-        Command::Images { path, json } => store::images(path, json),
-        Command::Inspect { image, raw, config } => store::inspect(&image, raw, config),
-        Command::Rm { image } => store::rm(&image),
-        Command::Gc { path } => store::gc(path),
-        Command::Fsck { path } => store::fsck(path).await,
+/// Parses the command line: help and version exit 0, usage errors exit 1 (as skopeo's do),
+/// not clap's 2, which skiff keeps for a missing source image.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    }
+}
+
+/// Runs the command.
+pub async fn run(cli: Cli) -> Result<()> {
+    if cli.global.debug {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    let command = async {
+        match cli.command {
+            Command::Copy(args) => copy::run(*args, &cli.global).await,
+            Command::Init {
+                path,
+                hash,
+                require_verity,
+            } => store::init(&path, hash.into(), require_verity),
+            Command::Images { path, json } => store::images(path, json),
+            Command::Inspect { image, raw, config } => store::inspect(&image, raw, config),
+            Command::Rm { image } => store::rm(&image),
+            Command::Gc { path } => store::gc(path),
+            Command::Fsck { path } => store::fsck(path).await,
+        }
+    };
+    match cli.global.command_timeout {
+        Some(limit) => tokio::time::timeout(limit, command).await.map_err(|_| {
+            anyhow::anyhow!("the command did not finish within --command-timeout ({limit:?})")
+        })?,
+        None => command.await,
     }
 }
 

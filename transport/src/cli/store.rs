@@ -31,6 +31,7 @@ pub(crate) fn init(path: &Path, hash: HashAlgorithm, require_verity: bool) -> Re
         InitOptions {
             hash,
             require_verity,
+            allow_non_empty: true,
         },
     )?;
     let alg = match outcome.hash {

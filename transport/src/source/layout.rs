@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::{ResolvedImage, parse_config, parse_manifest};
 use crate::imageref::ImageRef;
-use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob};
+use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::platform::WantedPlatform;
 
@@ -87,15 +87,8 @@ impl Layout {
             .with_context(|| format!("Opening blob {}", desc.digest()))?
             .take(max + 1)
             .read_to_end(&mut data)?;
-        let actual = skiff_storage::digest::digest_of(&data);
-        if data.len() as u64 != desc.size() || &actual != desc.digest() {
-            bail!(
-                "blob {} is corrupt: it has {} bytes and digest {actual} (the descriptor says {} bytes)",
-                desc.digest(),
-                data.len(),
-                desc.size()
-            );
-        }
+        verify_blob(&data, desc)
+            .with_context(|| format!("Blob {} of the layout is corrupt", desc.digest()))?;
         Ok(data)
     }
 }
@@ -114,8 +107,13 @@ impl LayoutSource {
     pub fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Option<Self>> {
         let (layout, tag) = match reference {
             ImageRef::Oci { path, reference } => {
-                let dir = Dir::open_ambient_dir(path, ambient_authority())
-                    .map_err(|_| SourceNotFound(reference_string(path, reference, "oci")))?;
+                let dir = Dir::open_ambient_dir(path, ambient_authority()).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        anyhow::Error::new(SourceNotFound(reference_string(path, reference, "oci")))
+                    } else {
+                        anyhow::Error::new(e).context(format!("Opening {}", path.display()))
+                    }
+                })?;
                 (
                     Layout::Dir(
                         OciDir::open(dir)

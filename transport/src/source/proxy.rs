@@ -19,7 +19,7 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::{ResolvedImage, parse_config, parse_manifest};
 use crate::imageref::ImageRef;
-use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob};
+use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 
 /// An image opened through the proxy.
@@ -39,10 +39,9 @@ impl std::fmt::Debug for ProxySource {
 
 /// The registry host of a `docker://` reference, as auth.json keys it.
 fn registry_host(name: &str) -> String {
-    match name.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_owned(),
-        _ => "docker.io".to_owned(),
-    }
+    crate::imageref::docker_host(name)
+        .unwrap_or("docker.io")
+        .to_owned()
 }
 
 /// An auth.json holding `--src-creds` for the reference's registry: the proxy takes
@@ -77,7 +76,8 @@ impl ProxySource {
         }
         let mut config = ImageProxyConfig::default();
         config.skopeo_cmd = Some(skopeo);
-        config.authfile = options.authfile.clone();
+        // Anonymous access means no credentials from any auth file either.
+        config.authfile = options.authfile.clone().filter(|_| !options.no_creds);
         config.auth_anonymous = options.no_creds;
         config.certificate_directory = options.cert_dir.clone();
         config.insecure_skip_tls_verification = options.tls_verify.map(|v| !v);
@@ -138,14 +138,7 @@ impl ProxySource {
         );
         if converted {
             let data = self.proxy.fetch_config_raw(&self.image).await?;
-            let actual = skiff_storage::digest::digest_of(&data);
-            if &actual != desc.digest() {
-                return Err(crate::layer::BlobError::DigestMismatch {
-                    expected: desc.digest().clone(),
-                    actual,
-                }
-                .into());
-            }
+            verify_blob(&data, desc)?;
             return Ok(data);
         }
         let (reader, driver) = self
