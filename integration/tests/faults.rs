@@ -138,3 +138,58 @@ fn registry_stopped_during_a_copy() {
     let out = child.wait_with_output().unwrap();
     assert_untouched(&repo, &out);
 }
+
+#[test]
+fn kill_9_mid_copy_leaves_a_consistent_store_and_a_rerun_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Several layers of real size, read slowly through the registry, so the copy is killed
+    // with some layers stored and others in flight.
+    let layers = fixtures::by_name("demo-v1").unwrap();
+    let expected = Tree::from_layers(&fixtures::layer_tars(&layers).unwrap()).unwrap();
+    let layout = dir.path().join("layout");
+    fixtures::write_oci_layout(&layout, "app", &layers, Compression::Gzip).unwrap();
+    let registry = Registry::start_plain().unwrap();
+    registry
+        .push(&format!("oci:{}:app", layout.display()), "app:v1")
+        .unwrap();
+    let slow = FlakyForwarder::start_slow(upstream(&registry), Duration::from_millis(1)).unwrap();
+    let repo = dir.path().join("repo");
+    let copy_cmd = || {
+        let mut cmd = skiff();
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--progress=json",
+            "--src-tls-verify=false",
+            "--jobs",
+            "2",
+        ]);
+        cmd.arg(format!("docker://{}/app:v1", slow.host()))
+            .arg(format!("composefs:{}:app", repo.display()));
+        cmd
+    };
+    let mut child = copy_cmd()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !repo.join("streams/refs/oci/app").exists(),
+        "killed before the end: no tag"
+    );
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+    run(cfsctl(&repo).arg("fsck")).unwrap();
+    let out = output(&mut copy_cmd()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Tree::from_stored_image(&repo, "app")
+        .unwrap()
+        .assert_same(&expected, "after kill -9 and a rerun");
+    run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+}
