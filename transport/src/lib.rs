@@ -14,3 +14,4 @@ pub mod options;
 pub mod platform;
 pub mod policy;
 pub mod source;
+pub mod zstd_chunked;
