@@ -1,4 +1,5 @@
-//! The zstd:chunked layer format (containers/storage ≥ 1.54), read side.
+//! The zstd:chunked layer format (containers/storage ≥ 1.54): reading ([`Metadata`]) and
+//! writing ([`writer`]).
 //!
 //! A zstd:chunked blob is an ordinary `tar+zstd` layer: zstd frames that decompress to the
 //! layer tar, each regular file's content in whole frames of its own, followed by three
@@ -34,6 +35,7 @@
 
 pub mod tar_split;
 pub mod toc;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -1,0 +1,119 @@
+//! skiff's zstd:chunked writer against skopeo 1.9.3's: the same tar is cut at the same chunk
+//! boundaries (the rolling checksum and the zero-run rule), and skopeo's (legacy) output is
+//! recognised as not usable for partial pulls.
+
+use std::collections::{BTreeMap, HashMap};
+
+use skiff_integration::fixtures::{self, Compression, Layer};
+use skiff_integration::tools::{run, skopeo};
+use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata, writer};
+
+fn boundaries(toc: &Toc) -> BTreeMap<Vec<u8>, Vec<(u64, u64, bool)>> {
+    toc.files
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                f.chunks
+                    .iter()
+                    .map(|c| (c.offset, c.size, c.zeros))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn chunk_boundaries_match_skopeo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Layer::default();
+    let mut holes = fixtures::noise(3, 70_000);
+    holes.extend(std::iter::repeat_n(0u8, 200_000));
+    holes.extend(fixtures::noise(4, 5_000));
+    holes.extend(std::iter::repeat_n(0u8, 1_000)); // below the hole threshold: data
+    holes.extend(fixtures::noise(5, 3_000));
+    l.add("usr/", fixtures::dir())
+        .add(
+            "usr/noise.bin",
+            fixtures::file(fixtures::noise(1, 1_500_000)),
+        )
+        .add("usr/text.txt", fixtures::file(fixtures::text(2, 400_000)))
+        .add("usr/holes.bin", fixtures::file(holes))
+        .add("usr/small", fixtures::file("small"));
+    let tar = fixtures::layer_tar(&l).unwrap();
+    let layout = dir.path().join("plain");
+    fixtures::write_image_raw(
+        &layout,
+        "t",
+        &[(
+            fixtures::media_type(Compression::None).to_owned(),
+            tar.clone(),
+        )],
+        &[fixtures::digest(&tar)],
+        fixtures::native_arch(),
+    )
+    .unwrap();
+    let chunked = dir.path().join("chunked");
+    run(skopeo().args([
+        "copy",
+        "--dest-compress-format",
+        "zstd:chunked",
+        &format!("oci:{}:t", layout.display()),
+        &format!("oci:{}:t", chunked.display()),
+    ]))
+    .unwrap();
+
+    // skopeo's layer and its (legacy-keyed) TOC.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(chunked.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures::blob_path(&chunked, manifest_digest)).unwrap(),
+    )
+    .unwrap();
+    let layer = &manifest["layers"][0];
+    let annotations: HashMap<String, String> =
+        serde_json::from_value(layer["annotations"].clone()).unwrap();
+    assert!(
+        matches!(Annotations::parse(Some(&annotations)).unwrap(), Annotations::Unusable(ref r) if r.contains("legacy")),
+        "skopeo 1.9.3 writes the legacy keys: {annotations:?}"
+    );
+    let blob = std::fs::read(fixtures::blob_path(
+        &chunked,
+        layer["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let position: Vec<u64> = annotations["io.containers.zstd-chunked.manifest-position"]
+        .split(':')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let toc_bytes = &blob[position[0] as usize..(position[0] + position[1]) as usize];
+    let theirs = Toc::parse(
+        &decompress_metadata(toc_bytes, position[2]).unwrap(),
+        blob.len() as u64,
+    )
+    .unwrap();
+
+    let mut ours_blob = Vec::new();
+    let written =
+        writer::write_zstd_chunked(&tar[..], &mut ours_blob, writer::DEFAULT_LEVEL).unwrap();
+    assert_eq!(written.diff_id, fixtures::digest(&tar));
+    let ours = Annotations::parse(Some(&written.annotations.into_iter().collect())).unwrap();
+    let Annotations::Chunked { toc, .. } = ours else {
+        panic!("ours is not chunked")
+    };
+    let toc_bytes = &ours_blob[toc.offset as usize..(toc.offset + toc.length) as usize];
+    let ours = Toc::parse(
+        &decompress_metadata(toc_bytes, toc.uncompressed).unwrap(),
+        ours_blob.len() as u64,
+    )
+    .unwrap();
+
+    let (ours, theirs) = (boundaries(&ours), boundaries(&theirs));
+    assert!(
+        ours[b"usr/noise.bin".as_slice()].len() > 5,
+        "the noise file is cut into chunks: {:?}",
+        ours[b"usr/noise.bin".as_slice()]
+    );
+    assert_eq!(ours, theirs, "chunk boundaries differ from skopeo's");
+}
