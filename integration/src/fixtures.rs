@@ -100,6 +100,9 @@ pub enum Compression {
     /// zstd in many frames of 64 KiB input each, with a skippable frame between them, as
     /// zstd:chunked layers are laid out.
     ZstdFrames,
+    /// zstd:chunked as containers/storage ≥ 1.54 writes it (skiff's writer), with its
+    /// annotations.
+    ZstdChunked,
 }
 
 impl Compression {
@@ -107,7 +110,9 @@ impl Compression {
         match self {
             Self::None => "application/vnd.oci.image.layer.v1.tar",
             Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Self::Zstd | Self::ZstdFrames => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Self::Zstd | Self::ZstdFrames | Self::ZstdChunked => {
+                "application/vnd.oci.image.layer.v1.tar+zstd"
+            }
         }
     }
 }
@@ -193,6 +198,7 @@ fn compress(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
             e.finish()?
         }
         Compression::Zstd => zstd::encode_all(tar, 3)?,
+        Compression::ZstdChunked => chunked(tar)?.0,
         Compression::ZstdFrames => {
             let mut out = Vec::new();
             for (i, chunk) in tar.chunks(64 * 1024).enumerate() {
@@ -247,12 +253,13 @@ pub fn write_oci_layout(
         let tar = layer_tar(layer)?;
         tar_bytes += tar.len() as u64;
         diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
-        blobs.push((
-            compression.media_type().to_owned(),
-            compress(&tar, compression)?,
-        ));
+        let (blob, annotations) = match compression {
+            Compression::ZstdChunked => chunked(&tar)?,
+            other => (compress(&tar, other)?, Default::default()),
+        };
+        blobs.push((compression.media_type().to_owned(), blob, annotations));
     }
-    let mut written = write_image_raw(dir, tag, &blobs, &diff_ids, native_arch())?;
+    let mut written = write_image_annotated(dir, tag, &blobs, &diff_ids, native_arch())?;
     written.tar_bytes = tar_bytes;
     Ok(written)
 }
@@ -266,12 +273,31 @@ pub fn write_image_raw(
     diff_ids: &[String],
     arch: &str,
 ) -> Result<WrittenImage> {
+    let blobs: Vec<_> = blobs
+        .iter()
+        .map(|(m, b)| (m.clone(), b.clone(), Default::default()))
+        .collect();
+    write_image_annotated(dir, tag, &blobs, diff_ids, arch)
+}
+
+/// [`write_image_raw`] with annotations on the layer descriptors.
+pub fn write_image_annotated(
+    dir: &Path,
+    tag: &str,
+    blobs: &[(String, Vec<u8>, std::collections::BTreeMap<String, String>)],
+    diff_ids: &[String],
+    arch: &str,
+) -> Result<WrittenImage> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut descriptors = Vec::new();
-    for (media_type, blob) in blobs {
+    for (media_type, blob, annotations) in blobs {
         let digest = write_blob(dir, blob)?;
-        descriptors.push(json!({ "mediaType": media_type, "digest": digest, "size": blob.len() }));
+        let mut d = json!({ "mediaType": media_type, "digest": digest, "size": blob.len() });
+        if !annotations.is_empty() {
+            d["annotations"] = json!(annotations);
+        }
+        descriptors.push(d);
     }
     let config = json!({
         "created": "2024-01-01T00:00:00Z",
@@ -383,6 +409,14 @@ pub fn compress_tar(tar: &[u8], compression: Compression) -> Result<Vec<u8>> {
 /// The layer media type of a compression.
 pub fn media_type(compression: Compression) -> &'static str {
     compression.media_type()
+}
+
+/// A tar compressed as zstd:chunked, and the layer annotations that locate its metadata.
+pub fn chunked(tar: &[u8]) -> Result<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
+    use skiff_transport::zstd_chunked::writer;
+    let mut blob = Vec::new();
+    let written = writer::write_zstd_chunked(tar, &mut blob, 3)?;
+    Ok((blob, written.annotations))
 }
 
 /// sha256 digest (`sha256:hex`) of bytes.

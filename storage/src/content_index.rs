@@ -242,3 +242,65 @@ mod tests {
         assert!(ContentIndex::<Sha256HashValue>::from_bytes(&unsorted).is_err());
     }
 }
+
+/// Every file the store holds as an object, by the sha256 of its content: the union of the
+/// content indexes of all stored layers.
+#[derive(Debug)]
+pub struct StoredFiles<H> {
+    by_sha256: std::collections::HashMap<[u8; 32], (H, u64)>,
+}
+
+impl<H> Default for StoredFiles<H> {
+    fn default() -> Self {
+        Self {
+            by_sha256: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<H: FsVerityHashValue> StoredFiles<H> {
+    /// Reads the index of every layer splitstream in the store. Layers without an index (imported
+    /// by other tools) add nothing.
+    #[context("Reading the content indexes of the store")]
+    pub fn load(store: &crate::Store<H>) -> Result<Self> {
+        let mut by_sha256 = std::collections::HashMap::new();
+        let streams = match std::fs::read_dir(store.path().join("streams")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { by_sha256 }),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in streams {
+            let name = entry?.file_name();
+            let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix("oci-layer-")) else {
+                continue;
+            };
+            let Ok(diff_id) = diff_id.parse() else {
+                continue;
+            };
+            if let Some(index) = ContentIndex::<H>::read_for_layer(store.repo(), &diff_id)? {
+                for e in index.entries {
+                    by_sha256.entry(e.sha256).or_insert((e.object, e.size));
+                }
+            }
+        }
+        Ok(Self { by_sha256 })
+    }
+
+    /// The object holding content with this sha256 and size, if the store has one.
+    pub fn find(&self, sha256: &[u8; 32], size: u64) -> Option<&H> {
+        self.by_sha256
+            .get(sha256)
+            .filter(|(_, s)| *s == size)
+            .map(|(id, _)| id)
+    }
+
+    /// Number of files known.
+    pub fn len(&self) -> usize {
+        self.by_sha256.len()
+    }
+
+    /// True when nothing is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_sha256.is_empty()
+    }
+}

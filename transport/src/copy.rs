@@ -19,9 +19,12 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::chunked_pull::{ChunkedLayout, PartialStats, import_partial};
 use crate::layer::BlobError;
 use crate::media::UnsupportedMediaType;
 use crate::source::Source;
+use crate::zstd_chunked::Annotations;
+use skiff_storage::content_index::StoredFiles;
 
 /// Something that happened during a copy, for progress output.
 #[derive(Debug, Clone, Serialize)]
@@ -61,10 +64,19 @@ pub enum CopyEvent {
         /// Why the previous one failed.
         error: String,
     },
+    /// A zstd:chunked layer cannot be pulled partially; it is fetched whole.
+    LayerFallback {
+        /// The layer's blob digest.
+        digest: String,
+        /// Why, in one line.
+        reason: String,
+    },
     /// A layer is verified and stored.
     LayerDone {
         /// The layer's blob digest.
         digest: String,
+        /// Rebuilt from stored files and fetched ranges (zstd:chunked), not fetched whole.
+        partial: bool,
         /// Compressed bytes fetched.
         fetched: u64,
         /// Object bytes written new.
@@ -124,6 +136,8 @@ pub struct CopySummary {
     pub layers_partial: usize,
     /// Layers rebuilt from a delta.
     pub layers_delta: usize,
+    /// Fetches made: one per layer fetched whole, one per byte range of a partial pull.
+    pub requests: u64,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -186,6 +200,19 @@ pub async fn copy_image<H: FsVerityHashValue>(
     }
     wanted.sort_by_key(|(desc, _)| std::cmp::Reverse(desc.size()));
 
+    // The files the store holds, for zstd:chunked layers: read once, only if one is coming.
+    let chunked = wanted.iter().any(|(d, _)| {
+        matches!(
+            Annotations::parse(d.annotations().as_ref()),
+            Ok(Annotations::Chunked { .. })
+        )
+    });
+    let stored = if chunked {
+        let store = store.clone();
+        Arc::new(tokio::task::spawn_blocking(move || StoredFiles::load(&store)).await??)
+    } else {
+        Arc::new(StoredFiles::default())
+    };
     let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
     let mut tasks = JoinSet::new();
     let total = image.manifest.layers().len();
@@ -200,7 +227,14 @@ pub async fn copy_image<H: FsVerityHashValue>(
             .position(|l| l.digest() == desc.digest())
             .unwrap_or(0)
             + 1;
+        let stored = stored.clone();
         tasks.spawn(async move {
+            if let Some(done) =
+                try_partial(&source, &store, &desc, &diff_id, &stored, observer.as_ref()).await
+            {
+                drop(permit);
+                return Ok(done);
+            }
             let result = fetch_with_retries(
                 &source,
                 &store,
@@ -251,12 +285,117 @@ pub async fn copy_image<H: FsVerityHashValue>(
     Ok(summary)
 }
 
-fn add_layer(summary: &mut CopySummary, (fetched, stats): (u64, LayerStats)) {
-    summary.layers_full += 1;
-    summary.bytes_fetched += fetched;
-    summary.bytes_written += stats.bytes_written;
-    summary.bytes_reused += stats.bytes_reused;
-    summary.objects_reused += stats.objects_reused;
+/// How one layer came into the store.
+#[derive(Debug)]
+struct LayerOutcome {
+    fetched: u64,
+    stats: LayerStats,
+    /// Content bytes taken from stored files by a partial pull (`None`: fetched whole).
+    partial_reused: Option<u64>,
+    requests: u64,
+}
+
+fn add_layer(summary: &mut CopySummary, outcome: LayerOutcome) {
+    match outcome.partial_reused {
+        Some(reused) => {
+            summary.layers_partial += 1;
+            // The files taken from the store were reused even where their objects are
+            // written again (never: equal content has one object); count them once.
+            summary.bytes_reused += reused.max(outcome.stats.bytes_reused);
+        }
+        None => {
+            summary.layers_full += 1;
+            summary.bytes_reused += outcome.stats.bytes_reused;
+        }
+    }
+    summary.bytes_fetched += outcome.fetched;
+    summary.bytes_written += outcome.stats.bytes_written;
+    summary.objects_reused += outcome.stats.objects_reused;
+    summary.requests += outcome.requests;
+}
+
+/// Pulls a zstd:chunked layer partially when the source serves ranges; `None` (after a
+/// one-line reason for a chunked layer) means: fetch it whole.
+async fn try_partial<H: FsVerityHashValue>(
+    source: &Source,
+    store: &Store<H>,
+    desc: &Descriptor,
+    diff_id: &OciDigest,
+    stored: &Arc<StoredFiles<H>>,
+    observer: &dyn Observer,
+) -> Option<LayerOutcome> {
+    let fallback = |reason: String| {
+        observer.event(&CopyEvent::LayerFallback {
+            digest: desc.digest().to_string(),
+            reason,
+        });
+        None
+    };
+    let layout = match Annotations::parse(desc.annotations().as_ref()) {
+        Ok(Annotations::Chunked {
+            toc_digest,
+            toc,
+            tar_split,
+        }) => ChunkedLayout {
+            toc_digest,
+            toc,
+            tar_split,
+        },
+        Ok(Annotations::None) => return None,
+        Ok(Annotations::Unusable(reason)) => return fallback(reason),
+        Err(e) => return fallback(format!("{e:#}")),
+    };
+    let Source::Layout(layout_source) = source else {
+        return fallback("this source cannot serve byte ranges yet".into());
+    };
+    if stored.is_empty() {
+        // Nothing to reuse: one read of the whole blob beats a read per file.
+        return None;
+    }
+    let ranges = match layout_source.blob_ranges(desc) {
+        Ok(r) => r,
+        Err(e) => return fallback(format!("{e:#}")),
+    };
+    let stats = Arc::new(PartialStats::default());
+    let started = Arc::new(AtomicU64::new(0));
+    observer.event(&CopyEvent::LayerStarted {
+        digest: desc.digest().to_string(),
+        size: desc.size(),
+        fetched: started,
+    });
+    let result = match import_partial(
+        store,
+        ranges,
+        desc,
+        diff_id,
+        layout,
+        stored.clone(),
+        stats.clone(),
+    )
+    .await
+    {
+        Ok(pending) => pending.register().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((_, layer_stats)) => {
+            let fetched = stats.fetched.load(Ordering::Relaxed);
+            observer.event(&CopyEvent::LayerDone {
+                digest: desc.digest().to_string(),
+                partial: true,
+                fetched,
+                written: layer_stats.bytes_written,
+                reused: stats.reused.load(Ordering::Relaxed),
+            });
+            Some(LayerOutcome {
+                fetched,
+                stats: layer_stats,
+                partial_reused: Some(stats.reused.load(Ordering::Relaxed)),
+                requests: stats.requests.load(Ordering::Relaxed),
+            })
+        }
+        Err(e) => fallback(format!("partial pull failed: {e:#}")),
+    }
 }
 
 /// Verification failures are final; anything else (a dropped connection, a truncated
@@ -279,7 +418,7 @@ async fn fetch_with_retries<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     retry_times: u32,
     observer: &dyn Observer,
-) -> Result<(u64, LayerStats)> {
+) -> Result<LayerOutcome> {
     let mut attempt = 1;
     loop {
         let fetched = Arc::new(AtomicU64::new(0));
@@ -300,11 +439,17 @@ async fn fetch_with_retries<H: FsVerityHashValue>(
                 let fetched = fetched.load(Ordering::Relaxed);
                 observer.event(&CopyEvent::LayerDone {
                     digest: desc.digest().to_string(),
+                    partial: false,
                     fetched,
                     written: stats.bytes_written,
                     reused: stats.bytes_reused,
                 });
-                return Ok((fetched, stats));
+                return Ok(LayerOutcome {
+                    fetched,
+                    stats,
+                    partial_reused: None,
+                    requests: attempt as u64,
+                });
             }
             Err(e) if attempt <= retry_times && !is_final(&e) => {
                 attempt += 1;

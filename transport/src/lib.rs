@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod channel_reader;
+pub mod chunked_pull;
 pub mod copy;
 pub mod imageref;
 pub mod layer;

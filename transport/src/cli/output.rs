@@ -203,14 +203,19 @@ impl Observer for Renderer {
                             short(digest)
                         )
                     }
+                    CopyEvent::LayerFallback { digest, reason } => {
+                        format!("Fetching blob {} whole: {reason}", short(digest))
+                    }
                     CopyEvent::LayerDone {
                         digest,
+                        partial,
                         fetched,
                         written,
                         reused,
                     } => format!(
-                        "Stored blob {}: fetched {}, written {}, reused {}",
+                        "Stored blob {}{}: fetched {}, written {}, reused {}",
                         short(digest),
+                        if *partial { " (partial)" } else { "" },
                         human(*fetched),
                         human(*written),
                         human(*reused)

@@ -9,10 +9,8 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -22,10 +20,10 @@ use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::{OciArchive, OciDir, OciRead};
 use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::{ResolvedImage, parse_config, parse_manifest};
+use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
 use crate::imageref::ImageRef;
 use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
@@ -58,8 +56,12 @@ impl std::fmt::Debug for LayoutSource {
     }
 }
 
+/// A blob reader of either layout kind.
+trait BlobRead: Read + std::io::Seek + Send {}
+impl<T: Read + std::io::Seek + Send> BlobRead for T {}
+
 impl Layout {
-    fn read_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
+    fn read_blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>> {
         Ok(match self {
             Self::Dir(d) => Box::new(d.read_blob(desc)?),
             Self::Archive(a) => Box::new(a.read_blob(desc)?),
@@ -199,21 +201,55 @@ impl LayoutSource {
             .layout
             .read_blob(desc)
             .with_context(|| format!("Opening blob {}", desc.digest()))?;
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let pump = tokio::task::spawn_blocking(move || pump_blob(reader, tx));
-        let result = import_blob(
-            store,
-            ChannelReader {
-                rx,
-                current: Bytes::new(),
-            },
-            desc,
-            diff_id,
-            fetched,
-        )
-        .await;
+        let result = import_blob(store, ChannelReader::new(rx), desc, diff_id, fetched).await;
         pump.await?;
         result
+    }
+}
+
+/// Reads byte ranges of one blob of a layout: zstd:chunked metadata and file frames.
+pub struct BlobRanges {
+    reader: Box<dyn BlobRead>,
+    size: u64,
+}
+
+impl std::fmt::Debug for BlobRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRanges")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobRanges {
+    /// The bytes `range` of the blob (blocking).
+    pub fn read(&mut self, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        anyhow::ensure!(
+            range.start <= range.end && range.end <= self.size,
+            "range {range:?} outside the {}-byte blob",
+            self.size
+        );
+        self.reader.seek(SeekFrom::Start(range.start))?;
+        let mut out = vec![0u8; (range.end - range.start) as usize];
+        self.reader.read_exact(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl LayoutSource {
+    /// Opens a blob for range reads; its size is the descriptor's (ocidir checks it).
+    pub fn blob_ranges(&self, desc: &Descriptor) -> Result<BlobRanges> {
+        let reader = self
+            .layout
+            .read_blob(desc)
+            .with_context(|| format!("Opening blob {}", desc.digest()))?;
+        Ok(BlobRanges {
+            reader,
+            size: desc.size(),
+        })
     }
 }
 
@@ -265,7 +301,7 @@ fn pick_descriptor(index: &ImageIndex, reference: Option<&str>, name: &str) -> R
 }
 
 /// Reads a blob in chunks into `tx`; stops when the receiver goes away.
-fn pump_blob(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+fn pump_blob(mut reader: Box<dyn BlobRead>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
     loop {
         let mut chunk = vec![0u8; READ_CHUNK];
         match reader.read(&mut chunk) {
@@ -282,31 +318,5 @@ fn pump_blob(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<
                 return;
             }
         }
-    }
-}
-
-/// An [`AsyncRead`] over chunks sent by a blocking reader.
-struct ChannelReader {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        while self.current.is_empty() {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let n = self.current.len().min(buf.remaining());
-        buf.put_slice(&self.current.split_to(n));
-        Poll::Ready(Ok(()))
     }
 }

@@ -306,30 +306,57 @@ impl Metadata {
     }
 }
 
-/// CRC-64 with the ISO polynomial (Go's `hash/crc64` ISO table), as tar-split records it.
-pub fn crc64_iso(data: &[u8]) -> u64 {
-    const POLY: u64 = 0xD800_0000_0000_0000; // reversed x^64 + x^4 + x^3 + x + 1
-    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u64; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut crc = i as u64;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ POLY
-                } else {
-                    crc >> 1
-                };
-            }
-            *slot = crc;
-        }
-        t
-    });
-    let mut crc = !0u64;
-    for &b in data {
-        crc = table[((crc ^ b as u64) & 0xff) as usize] ^ (crc >> 8);
+/// CRC-64 with the ISO polynomial (Go's `hash/crc64` ISO table), as tar-split records it;
+/// incremental.
+#[derive(Debug, Clone, Copy)]
+pub struct Crc64Iso(u64);
+
+impl Default for Crc64Iso {
+    fn default() -> Self {
+        Self(!0)
     }
-    !crc
+}
+
+impl Crc64Iso {
+    fn table() -> &'static [u64; 256] {
+        const POLY: u64 = 0xD800_0000_0000_0000; // x^64 + x^4 + x^3 + x + 1, reflected
+        static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| {
+            let mut t = [0u64; 256];
+            for (i, slot) in t.iter_mut().enumerate() {
+                let mut crc = i as u64;
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ POLY
+                    } else {
+                        crc >> 1
+                    };
+                }
+                *slot = crc;
+            }
+            t
+        })
+    }
+
+    /// Adds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        let table = Self::table();
+        for &b in data {
+            self.0 = table[((self.0 ^ b as u64) & 0xff) as usize] ^ (self.0 >> 8);
+        }
+    }
+
+    /// The checksum of everything added.
+    pub fn finish(self) -> u64 {
+        !self.0
+    }
+}
+
+/// CRC-64/ISO of `data`.
+pub fn crc64_iso(data: &[u8]) -> u64 {
+    let mut crc = Crc64Iso::default();
+    crc.update(data);
+    crc.finish()
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+//! Partial pulls of zstd:chunked layers from OCI layouts: only the files the store lacks are
+//! read, the stored image is exactly a full pull's, and any check that fails falls back to a
+//! full pull (which must then pass its own checks).
+
+use std::path::Path;
+use std::process::Output;
+
+use skiff_integration::fixtures::{self, Compression};
+use skiff_integration::tools::{cfsctl, output, run, skiff};
+use skiff_integration::tree::Tree;
+
+fn copy(source: &str, dest: &str) -> Output {
+    output(
+        skiff()
+            .args(["copy", "--progress=plain"])
+            .arg(source)
+            .arg(dest),
+    )
+    .unwrap()
+}
+
+/// The JSON-free summary lines are enough: `layers    S skipped, F full, P partial, D delta`.
+fn layer_counts(out: &Output) -> (usize, usize) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("layers"))
+        .unwrap_or_else(|| panic!("no summary: {text}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (numbers[1], numbers[2])
+}
+
+fn summary(source: &str, dest: &str) -> serde_json::Value {
+    let out = output(
+        skiff()
+            .args(["copy", "--progress=json"])
+            .arg(source)
+            .arg(dest),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap()
+}
+
+/// A layout with demo v1 (gzip) and v2 (zstd:chunked).
+fn pair(dir: &Path) -> (std::path::PathBuf, Tree) {
+    let layout = dir.join("layout");
+    fixtures::write_oci_layout(
+        &layout,
+        "v1",
+        &fixtures::by_name("demo-v1").unwrap(),
+        Compression::Gzip,
+    )
+    .unwrap();
+    let v2 = fixtures::by_name("demo-v2").unwrap();
+    fixtures::write_oci_layout(&layout, "v2", &v2, Compression::ZstdChunked).unwrap();
+    (
+        layout,
+        Tree::from_layers(&fixtures::layer_tars(&v2).unwrap()).unwrap(),
+    )
+}
+
+fn blob_sizes(layout: &Path, tag: &str) -> u64 {
+    manifest(layout, tag)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum()
+}
+
+fn manifest(layout: &Path, tag: &str) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    serde_json::from_slice(
+        &std::fs::read(fixtures::blob_path(
+            layout,
+            desc["digest"].as_str().unwrap(),
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Rewrites the manifest of `tag` through `edit` and points `tag` at the result.
+fn edit_manifest(layout: &Path, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut m = manifest(layout, tag);
+    edit(&mut m);
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let digest = fixtures::digest(&bytes);
+    std::fs::write(fixtures::blob_path(layout, &digest), &bytes).unwrap();
+    fixtures::add_to_index(layout, tag, serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(),
+    }))
+    .unwrap();
+}
+
+#[test]
+fn partial_pull_fetches_only_what_the_store_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, expected) = pair(dir.path());
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    summary(&format!("oci:{}:v1", layout.display()), &dest("v1"));
+    let s = summary(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    let full = blob_sizes(&layout, "v2");
+    let fetched = s["bytes_fetched"].as_u64().unwrap();
+    assert_eq!(s["layers_partial"], 4, "{s}");
+    assert!(fetched * 4 < full, "fetched {fetched} of {full} bytes: {s}");
+    assert!(s["bytes_reused"].as_u64().unwrap() > full, "{s}");
+    assert!(
+        s["requests"].as_u64().unwrap() >= 8,
+        "TOC and tar-split of 4 layers at least: {s}"
+    );
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "partial v2");
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+    run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+    // The same image as cfsctl's own (full) pull of v2.
+    let theirs = dir.path().join("theirs");
+    run(cfsctl(&theirs).arg("init").arg("--insecure").arg(&theirs)).unwrap();
+    run(cfsctl(&theirs).args(["oci", "pull", &format!("oci:{}:v2", layout.display()), "v2"]))
+        .unwrap();
+    assert_eq!(
+        run(cfsctl(&repo).args(["oci", "compute-id", "v2"])).unwrap(),
+        run(cfsctl(&theirs).args(["oci", "compute-id", "v2"])).unwrap()
+    );
+}
+
+#[test]
+fn a_toc_that_fails_its_checksum_falls_back_to_a_full_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, expected) = pair(dir.path());
+    edit_manifest(&layout, "v2", |m| {
+        for l in m["layers"].as_array_mut().unwrap() {
+            l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"] =
+                format!("sha256:{}", "0".repeat(64)).into();
+        }
+    });
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    assert!(
+        copy(&format!("oci:{}:v1", layout.display()), &dest("v1"))
+            .status
+            .success()
+    );
+    let out = copy(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("whole: partial pull failed") && stdout.contains("TOC checksum mismatch"),
+        "{stdout}"
+    );
+    assert_eq!(layer_counts(&out), (4, 0));
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "v2 after fallback");
+}
+
+#[test]
+fn a_corrupt_file_frame_fails_both_ways_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, _) = pair(dir.path());
+    // Flip a byte in the first frames of the largest layer: its files, not its metadata.
+    let m = manifest(&layout, "v2");
+    let big = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap();
+    let path = fixtures::blob_path(&layout, big["digest"].as_str().unwrap());
+    let mut blob = std::fs::read(&path).unwrap();
+    for i in (2000..blob.len() / 2).step_by(50_000) {
+        blob[i] ^= 0x55;
+    }
+    std::fs::write(&path, &blob).unwrap();
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    assert!(
+        copy(&format!("oci:{}:v1", layout.display()), &dest("v1"))
+            .status
+            .success()
+    );
+    let out = copy(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("partial pull failed"), "{stdout}");
+    assert!(
+        stderr.contains(big["digest"].as_str().unwrap()),
+        "the error names the layer: {stderr}"
+    );
+    assert!(!repo.join("streams/refs/oci/v2").exists());
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+}

@@ -1,0 +1,241 @@
+//! The partial layer converter: a zstd:chunked layer rebuilt from the files the store already
+//! holds and the byte ranges of the files it lacks (format: [`crate::zstd_chunked`]).
+//!
+//! 1. The TOC and the tar-split are read by range and verified ([`Metadata::load`]).
+//! 2. The tar is replayed from the tar-split: raw segments as they are; each file's content
+//!    from a stored object found by its sha256 ([`StoredFiles`]), else from its chunks' frames
+//!    (ranges of the blob, decompressed; `zeros` chunks are never read). Every file is checked
+//!    against its TOC sha256 and its tar-split CRC-64.
+//! 3. The replayed tar goes through the ordinary layer import, which checks the DiffID: the
+//!    stored layer is exactly what a full pull stores.
+//!
+//! Sources with random access (OCI layouts) serve the ranges; registries will, through the
+//! native client.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use containers_image_proxy::oci_spec::image::Descriptor;
+use skiff_storage::content_index::StoredFiles;
+use skiff_storage::layer_import::{PendingLayer, split_layer};
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+use tokio::sync::mpsc;
+
+use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
+use crate::source::layout::BlobRanges;
+use crate::zstd_chunked::toc::TocFile;
+use crate::zstd_chunked::{Crc64Iso, Metadata, Position, TarSplitEntry};
+
+/// Chunk size when streaming a stored object into the rebuilt tar.
+const OBJECT_READ_CHUNK: usize = 256 * 1024;
+
+/// Counters of a partial pull.
+#[derive(Debug, Default)]
+pub struct PartialStats {
+    /// Compressed bytes read from the source (metadata and missing files).
+    pub fetched: AtomicU64,
+    /// Content bytes taken from stored objects.
+    pub reused: AtomicU64,
+    /// Range reads made.
+    pub requests: AtomicU64,
+}
+
+/// Where a zstd:chunked layer's metadata lies, from its annotations.
+#[derive(Debug, Clone)]
+pub struct ChunkedLayout {
+    /// `sha256:` of the compressed TOC.
+    pub toc_digest: String,
+    /// The TOC.
+    pub toc: Position,
+    /// The tar-split.
+    pub tar_split: Position,
+}
+
+fn fetch(
+    ranges: &mut BlobRanges,
+    range: std::ops::Range<u64>,
+    stats: &PartialStats,
+) -> Result<Vec<u8>> {
+    let data = ranges.read(range)?;
+    stats
+        .fetched
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    Ok(data)
+}
+
+/// Rebuilds the layer `desc` (DiffID `diff_id`) into `store` from `stored` files and ranges.
+pub async fn import_partial<H: FsVerityHashValue>(
+    store: &Store<H>,
+    mut ranges: BlobRanges,
+    desc: &Descriptor,
+    diff_id: &OciDigest,
+    layout: ChunkedLayout,
+    stored: Arc<StoredFiles<H>>,
+    stats: Arc<PartialStats>,
+) -> Result<PendingLayer<H>> {
+    let blob_size = desc.size();
+    let producer_stats = stats.clone();
+    let (meta, ranges) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let toc = fetch(&mut ranges, layout.toc.range(blob_size)?, &producer_stats)?;
+        let split = fetch(
+            &mut ranges,
+            layout.tar_split.range(blob_size)?,
+            &producer_stats,
+        )?;
+        let meta = Metadata::load(
+            &layout.toc_digest,
+            layout.toc,
+            &toc,
+            layout.tar_split,
+            &split,
+            blob_size,
+        )?;
+        Ok((meta, ranges))
+    })
+    .await??;
+
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let repo = store.repo().clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let result = replay(&meta, ranges, &stored, &repo, &stats, &tx);
+        if let Err(e) = &result {
+            // The import sees the stream end with this error.
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+        result
+    });
+    let imported = split_layer(store, diff_id, ChannelReader::new(rx)).await;
+    let replayed = producer.await?;
+    // The producer's error says why the stream broke; the import's, what the bytes were.
+    replayed?;
+    imported
+}
+
+/// Sends the tar the tar-split describes, with each file's content from the store or the blob.
+fn replay<H: FsVerityHashValue>(
+    meta: &Metadata,
+    mut ranges: BlobRanges,
+    stored: &StoredFiles<H>,
+    repo: &composefs::repository::Repository<H>,
+    stats: &PartialStats,
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<()> {
+    let files: HashMap<&[u8], &TocFile> = meta
+        .toc
+        .files
+        .iter()
+        .map(|f| (f.name.as_slice(), f))
+        .collect();
+    let send = |data: Bytes| {
+        tx.blocking_send(Ok(data))
+            .map_err(|_| anyhow::anyhow!("the layer import stopped"))
+    };
+    for entry in &meta.tar_split.entries {
+        match entry {
+            TarSplitEntry::Segment(bytes) => send(Bytes::copy_from_slice(bytes))?,
+            TarSplitEntry::File { size: 0, .. } => {}
+            TarSplitEntry::File { name, size, crc64 } => {
+                let clean = skiff_storage::tree_path::normalize_entry_path(name)
+                    .map_err(|e| {
+                        anyhow::anyhow!("tar-split entry {:?}: {e}", String::from_utf8_lossy(name))
+                    })?
+                    .join(&b'/');
+                let file = files.get(clean.as_slice()).with_context(|| {
+                    format!(
+                        "tar-split file {:?} has no content in the TOC",
+                        String::from_utf8_lossy(name)
+                    )
+                })?;
+                ensure!(
+                    file.size == *size,
+                    "TOC and tar-split disagree on the size of {:?}",
+                    String::from_utf8_lossy(name)
+                );
+                let mut check = FileCheck::default();
+                let mut emit = |data: Vec<u8>| -> Result<()> {
+                    check.update(&data);
+                    send(Bytes::from(data))
+                };
+                match stored.find(&file.sha256, file.size) {
+                    Some(object) => {
+                        let mut f = std::fs::File::from(repo.open_object(object)?);
+                        let mut left = file.size;
+                        while left > 0 {
+                            let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];
+                            f.read_exact(&mut buf).context("Reading a stored object")?;
+                            left -= buf.len() as u64;
+                            emit(buf)?;
+                        }
+                        stats.reused.fetch_add(file.size, Ordering::Relaxed);
+                    }
+                    None => {
+                        for chunk in &file.chunks {
+                            if chunk.zeros {
+                                emit(vec![0u8; chunk.size as usize])?;
+                                continue;
+                            }
+                            let frames = fetch(&mut ranges, chunk.compressed.clone(), stats)?;
+                            let mut data = Vec::with_capacity(chunk.size as usize);
+                            zstd::stream::read::Decoder::new(&frames[..])?
+                                .take(chunk.size + 1)
+                                .read_to_end(&mut data)
+                                .with_context(|| {
+                                    format!("Decompressing {:?}", String::from_utf8_lossy(name))
+                                })?;
+                            ensure!(
+                                data.len() as u64 == chunk.size,
+                                "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
+                                String::from_utf8_lossy(name),
+                                data.len(),
+                                chunk.size
+                            );
+                            emit(data)?;
+                        }
+                    }
+                }
+                check.verify(file, *crc64, name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// sha256 and CRC-64 of a file's content, as it is sent.
+#[derive(Default)]
+struct FileCheck {
+    sha: Option<openssl::sha::Sha256>,
+    crc: Crc64Iso,
+}
+
+impl FileCheck {
+    fn update(&mut self, data: &[u8]) {
+        self.sha
+            .get_or_insert_with(openssl::sha::Sha256::new)
+            .update(data);
+        self.crc.update(data);
+    }
+
+    fn verify(self, file: &TocFile, crc64: Option<u64>, name: &[u8]) -> Result<()> {
+        let sha = self.sha.unwrap_or_default().finish();
+        if sha != file.sha256 {
+            bail!(
+                "file {:?}: content sha256 {} differs from the TOC's {}",
+                String::from_utf8_lossy(name),
+                hex::encode(sha),
+                hex::encode(file.sha256)
+            );
+        }
+        if Some(self.crc.finish()) != crc64 {
+            bail!(
+                "file {:?}: content CRC-64 differs from the tar-split's",
+                String::from_utf8_lossy(name)
+            );
+        }
+        Ok(())
+    }
+}
