@@ -6,6 +6,10 @@
 //!   `skopeo copy docker://... oci:DIR`, from a local docker-registry on 127.0.0.1;
 //! - `registry warm`: the same into a store that already holds the image.
 //!
+//! - `update to v2`: v1 → v2 where v2's layers are zstd:chunked, into a store holding v1:
+//!   skiff pulls partially (ranges of the OCI layout's blobs), cfsctl pulls whole; plus the
+//!   bytes skiff fetched against a full pull and against the floor.
+//!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
 //! The image is the `large` fixture (340 MB uncompressed in 4 layers, 6,000 files plus one of
 //! 65 MiB),
@@ -264,6 +268,78 @@ fn main() -> Result<()> {
     )?;
     drop(registry);
 
+    // Update v1 → v2 where v2's layers are zstd:chunked: skiff pulls them partially (oci:
+    // layout ranges), cfsctl pulls them whole; both into a store that holds v1.
+    if !layout.join("v2.done").exists() {
+        eprintln!("building the v2 image (zstd:chunked, once)");
+        fixtures::write_oci_layout(
+            &layout,
+            "large-v2",
+            &fixtures::by_name("large-v2")?,
+            Compression::ZstdChunked,
+        )?;
+        std::fs::write(layout.join("v2.done"), b"")?;
+    }
+    let src_v2 = format!("oci:{}:large-v2", layout.display());
+    let skiff_v1 = work.join("skiff-v1");
+    let cfsctl_v1 = work.join("cfsctl-v1");
+    fresh(&skiff_v1)?;
+    run_quiet(Command::new(&skiff).args([
+        "copy",
+        "--quiet",
+        &src,
+        &format!("composefs:{}:v1", skiff_v1.display()),
+    ]))?;
+    cfsctl_repo(&cfsctl_v1)?;
+    run_quiet(
+        Command::new(&cfsctl)
+            .arg("--repo")
+            .arg(&cfsctl_v1)
+            .args(["oci", "pull", &src, "v1"]),
+    )?;
+    eprintln!("update v1 -> v2 ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "update to v2",
+        vec![
+            (
+                "skiff",
+                Box::new(|_| {
+                    let repo = work.join("skiff-update");
+                    copy_dir(&skiff_v1, &repo)?;
+                    let mut c = Command::new(&skiff);
+                    c.args([
+                        "copy",
+                        "--quiet",
+                        &src_v2,
+                        &format!("composefs:{}:v2", repo.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+            (
+                "cfsctl",
+                Box::new(|_| {
+                    let repo = work.join("cfsctl-update");
+                    copy_dir(&cfsctl_v1, &repo)?;
+                    let mut c = Command::new(&cfsctl);
+                    c.arg("--repo")
+                        .arg(&repo)
+                        .args(["oci", "pull", &src_v2, "v2"]);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
+    let update = update_bytes(
+        &skiff,
+        &skiff_v1,
+        &work.join("skiff-bytes"),
+        &src_v2,
+        &layout,
+    )?;
+
     println!();
     println!(
         "| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |"
@@ -287,6 +363,18 @@ fn main() -> Result<()> {
     println!(
         "\n{runs} runs each; image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
     );
+    println!(
+        "update to v2 (5% of the files changed, 5 added, 10 deleted; zstd:chunked layers): skiff \
+         fetched {} bytes in {} requests; a full pull fetches {} ({:.1}% of it); the floor \
+         (compressed frames of the changed and added files, plus TOCs and tar-splits) is {} \
+         (skiff fetched {:.2}x the floor).",
+        update.fetched,
+        update.requests,
+        update.full,
+        100.0 * update.fetched as f64 / update.full as f64,
+        update.floor,
+        update.fetched as f64 / update.floor as f64
+    );
     Ok(())
 }
 
@@ -302,4 +390,114 @@ fn insecure_registry_home(root: &Path, host: &str) -> Result<PathBuf> {
         format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
     )?;
     Ok(home)
+}
+
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Replaces `to` by a copy of the directory `from` (reflinks where the filesystem has them).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    run_quiet(
+        Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(from)
+            .arg(to),
+    )
+}
+
+struct UpdateBytes {
+    fetched: u64,
+    requests: u64,
+    full: u64,
+    floor: u64,
+}
+
+/// Bytes of the v1 → v2 update: what skiff fetched (from its JSON summary), what a full pull
+/// fetches (v2's blobs), and the floor, computed from v2's TOCs and v1's files.
+fn update_bytes(
+    skiff: &Path,
+    v1_repo: &Path,
+    scratch: &Path,
+    src_v2: &str,
+    layout: &Path,
+) -> Result<UpdateBytes> {
+    use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
+    copy_dir(v1_repo, scratch)?;
+    let out = Command::new(skiff)
+        .args([
+            "copy",
+            "--progress=json",
+            src_v2,
+            &format!("composefs:{}:v2", scratch.display()),
+        ])
+        .output()?;
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .context("no summary")?;
+    // v1's file contents, by sha256.
+    let mut v1_files = std::collections::HashSet::new();
+    for layer in fixtures::layer_tars(&fixtures::by_name("large")?)? {
+        let mut archive = tar::Archive::new(&layer[..]);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data)?;
+            v1_files.insert(openssl::sha::sha256(&data));
+        }
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let desc = index["manifests"]
+        .as_array()
+        .context("index")?
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "large-v2")
+        .context("no large-v2")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        fixtures::blob_path(layout, desc["digest"].as_str().context("digest")?),
+    )?)?;
+    let (mut full, mut floor) = (0u64, 0u64);
+    for layer in manifest["layers"].as_array().context("layers")? {
+        let size = layer["size"].as_u64().context("size")?;
+        full += size;
+        let annotations: std::collections::HashMap<String, String> =
+            serde_json::from_value(layer["annotations"].clone())?;
+        let Annotations::Chunked { toc, tar_split, .. } = Annotations::parse(Some(&annotations))?
+        else {
+            bail!("v2 layer is not zstd:chunked");
+        };
+        let blob = std::fs::read(fixtures::blob_path(
+            layout,
+            layer["digest"].as_str().context("digest")?,
+        ))?;
+        let toc_bytes = &blob[toc.offset as usize..(toc.offset + toc.length) as usize];
+        let parsed = Toc::parse(&decompress_metadata(toc_bytes, toc.uncompressed)?, size)?;
+        floor += toc.length + tar_split.length;
+        for file in parsed
+            .files
+            .iter()
+            .filter(|f| !v1_files.contains(&f.sha256))
+        {
+            floor += file
+                .chunks
+                .iter()
+                .filter(|c| !c.zeros)
+                .map(|c| c.compressed.end - c.compressed.start)
+                .sum::<u64>();
+        }
+    }
+    Ok(UpdateBytes {
+        fetched: summary["bytes_fetched"].as_u64().context("bytes_fetched")?,
+        requests: summary["requests"].as_u64().context("requests")?,
+        full,
+        floor,
+    })
 }
