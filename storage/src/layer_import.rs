@@ -157,6 +157,23 @@ pub async fn split_layer<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     tar: impl AsyncRead + Unpin,
 ) -> Result<PendingLayer<H>> {
+    split_layer_with_hints(store, diff_id, tar, None).await
+}
+
+/// A stored object that holds the content of the next file of the tar stored as an object
+/// (files of more than 64 bytes, in tar order), with the content's sha256: its bytes still come
+/// through the tar stream (the DiffID covers them) but are not written again.
+pub type ObjectHint<H> = Option<(H, [u8; 32])>;
+
+/// [`split_layer`], told by `hints` (one per file stored as an object, `None` for files to
+/// write) which contents the store already holds. The caller vouches that a hinted object
+/// holds exactly the bytes the stream carries for that file (it checks them on its side).
+pub async fn split_layer_with_hints<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &OciDigest,
+    tar: impl AsyncRead + Unpin,
+    hints: Option<mpsc::UnboundedReceiver<ObjectHint<H>>>,
+) -> Result<PendingLayer<H>> {
     crate::digest::require_sha256(diff_id)?;
     let repo = store.repo().clone();
     let mut tar = HashingReader::new(tar);
@@ -169,7 +186,7 @@ pub async fn split_layer<H: FsVerityHashValue>(
         builder: &mut builder,
         inline: 0,
     };
-    split_entries(&repo, &mut tar, &mut split, &index_tx).await?;
+    split_entries(&repo, &mut tar, &mut split, &index_tx, hints).await?;
     drop(index_tx);
 
     let actual = tar.finish();
@@ -222,6 +239,7 @@ async fn split_entries<H: FsVerityHashValue>(
     tar: &mut (impl AsyncRead + Unpin),
     split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
+    mut hints: Option<mpsc::UnboundedReceiver<ObjectHint<H>>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
     let mut parser = Parser::with_defaults();
@@ -293,7 +311,23 @@ async fn split_entries<H: FsVerityHashValue>(
                 };
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
                 split.inline(&buf.split_to(consumed))?;
-                if external {
+                let hint = match (&mut hints, external) {
+                    (Some(h), true) => h.recv().await.flatten(),
+                    _ => None,
+                };
+                if let Some((object, sha256)) = hint {
+                    skip_bytes(&mut buf, tar, size).await?;
+                    let id = object.clone();
+                    let ready =
+                        tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
+                    let _ = index.send(IndexEntry {
+                        sha256,
+                        object,
+                        size: size as u64,
+                    });
+                    split.builder.push_external(ready, size as u64);
+                    copy_inline(split, &mut buf, tar, padded - size).await?;
+                } else if external {
                     let permit = semaphore.clone().acquire_owned().await?;
                     let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
                     let task_repo = repo.clone();
@@ -371,6 +405,27 @@ async fn send_file(
         tx.send(buf.split_to(n).freeze())
             .await
             .map_err(|_| SendError::WriterGone)?;
+        remaining -= n;
+    }
+    Ok(())
+}
+
+/// Consumes `len` bytes of the stream, from `buf` first, then from `tar`.
+async fn skip_bytes(
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    len: usize,
+) -> Result<()> {
+    let mut remaining = len;
+    while remaining > 0 {
+        if buf.is_empty() {
+            buf.reserve(remaining.min(IO_BUF_CAPACITY));
+            if tar.read_buf(buf).await? == 0 {
+                bail!("unexpected end of the layer's tar stream inside a file (truncated layer?)");
+            }
+        }
+        let n = remaining.min(buf.len());
+        let _ = buf.split_to(n);
         remaining -= n;
     }
     Ok(())

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use skiff_storage::content_index::StoredFiles;
-use skiff_storage::layer_import::{PendingLayer, split_layer};
+use skiff_storage::layer_import::{ObjectHint, PendingLayer, split_layer_with_hints};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
@@ -100,16 +100,18 @@ pub async fn import_partial<H: FsVerityHashValue>(
     .await??;
 
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (hint_tx, hint_rx) = mpsc::unbounded_channel();
     let repo = store.repo().clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let result = replay(&meta, ranges, &stored, &repo, &stats, &tx);
+        let result = replay(&meta, ranges, &stored, &repo, &stats, &tx, &hint_tx);
         if let Err(e) = &result {
             // The import sees the stream end with this error.
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
         }
         result
     });
-    let imported = split_layer(store, diff_id, ChannelReader::new(rx)).await;
+    let imported =
+        split_layer_with_hints(store, diff_id, ChannelReader::new(rx), Some(hint_rx)).await;
     let replayed = producer.await?;
     // The producer's error says why the stream broke; the import's, what the bytes were.
     replayed?;
@@ -124,6 +126,7 @@ fn replay<H: FsVerityHashValue>(
     repo: &composefs::repository::Repository<H>,
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    hints: &mpsc::UnboundedSender<ObjectHint<H>>,
 ) -> Result<()> {
     let files: HashMap<&[u8], &TocFile> = meta
         .toc
@@ -161,7 +164,16 @@ fn replay<H: FsVerityHashValue>(
                     check.update(&data);
                     send(Bytes::from(data))
                 };
-                match stored.find(&file.sha256, file.size) {
+                let found = stored.find(&file.sha256, file.size);
+                // The importer stores files of more than 64 bytes as objects; for those, say
+                // which the store holds, before their bytes arrive.
+                if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
+                    let hint = found.map(|id| (id.clone(), file.sha256));
+                    hints
+                        .send(hint)
+                        .map_err(|_| anyhow::anyhow!("the layer import stopped"))?;
+                }
+                match found {
                     Some(object) => {
                         let mut f = std::fs::File::from(repo.open_object(object)?);
                         let mut left = file.size;
