@@ -380,7 +380,23 @@ enum SendError {
     WriterGone,
 }
 
-/// Sends `size` bytes of file content, from `buf` first, then from `tar`.
+/// The next piece of an entry's `remaining` bytes: from `buf` first, refilled from `tar` when
+/// empty.
+async fn take_piece(
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    remaining: usize,
+) -> Result<BytesMut> {
+    if buf.is_empty() {
+        buf.reserve(remaining.min(IO_BUF_CAPACITY));
+        if tar.read_buf(buf).await? == 0 {
+            bail!("unexpected end of the layer's tar stream (truncated layer?)");
+        }
+    }
+    Ok(buf.split_to(remaining.min(buf.len())))
+}
+
+/// Sends `size` bytes of file content to its object writer.
 async fn send_file(
     tx: &mpsc::Sender<Bytes>,
     buf: &mut BytesMut,
@@ -389,28 +405,18 @@ async fn send_file(
 ) -> Result<(), SendError> {
     let mut remaining = size;
     while remaining > 0 {
-        if buf.is_empty() {
-            buf.reserve(remaining.min(IO_BUF_CAPACITY));
-            match tar.read_buf(buf).await {
-                Ok(0) => {
-                    return Err(SendError::Read(anyhow::anyhow!(
-                        "unexpected end of the layer's tar stream inside a file (truncated layer?)"
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(SendError::Read(e.into())),
-            }
-        }
-        let n = remaining.min(buf.len());
-        tx.send(buf.split_to(n).freeze())
+        let piece = take_piece(buf, tar, remaining)
+            .await
+            .map_err(SendError::Read)?;
+        remaining -= piece.len();
+        tx.send(piece.freeze())
             .await
             .map_err(|_| SendError::WriterGone)?;
-        remaining -= n;
     }
     Ok(())
 }
 
-/// Consumes `len` bytes of the stream, from `buf` first, then from `tar`.
+/// Consumes `len` bytes of the stream.
 async fn skip_bytes(
     buf: &mut BytesMut,
     tar: &mut (impl AsyncRead + Unpin),
@@ -418,20 +424,12 @@ async fn skip_bytes(
 ) -> Result<()> {
     let mut remaining = len;
     while remaining > 0 {
-        if buf.is_empty() {
-            buf.reserve(remaining.min(IO_BUF_CAPACITY));
-            if tar.read_buf(buf).await? == 0 {
-                bail!("unexpected end of the layer's tar stream inside a file (truncated layer?)");
-            }
-        }
-        let n = remaining.min(buf.len());
-        let _ = buf.split_to(n);
-        remaining -= n;
+        remaining -= take_piece(buf, tar, remaining).await?.len();
     }
     Ok(())
 }
 
-/// Copies `len` bytes inline, from `buf` first, then from `tar`.
+/// Copies `len` bytes inline.
 async fn copy_inline<H: FsVerityHashValue>(
     split: &mut Split<'_, H>,
     buf: &mut BytesMut,
@@ -440,15 +438,9 @@ async fn copy_inline<H: FsVerityHashValue>(
 ) -> Result<()> {
     let mut remaining = len;
     while remaining > 0 {
-        if buf.is_empty() {
-            buf.reserve(remaining.min(IO_BUF_CAPACITY));
-            if tar.read_buf(buf).await? == 0 {
-                bail!("unexpected end of the layer's tar stream (truncated layer?)");
-            }
-        }
-        let n = remaining.min(buf.len());
-        split.inline(&buf.split_to(n))?;
-        remaining -= n;
+        let piece = take_piece(buf, tar, remaining).await?;
+        remaining -= piece.len();
+        split.inline(&piece)?;
     }
     Ok(())
 }
