@@ -563,6 +563,45 @@ mod tests {
     }
 
     #[test]
+    fn metadata_checks_refuse_tampering() {
+        let tar = sample_tar();
+        let mut blob = Vec::new();
+        let written = write_zstd_chunked(&tar[..], &mut blob, 3).unwrap();
+        let annotations: std::collections::HashMap<String, String> =
+            written.annotations.into_iter().collect();
+        let Annotations::Chunked {
+            toc_digest,
+            toc,
+            tar_split,
+        } = Annotations::parse(Some(&annotations)).unwrap()
+        else {
+            panic!("not chunked");
+        };
+        let size = blob.len() as u64;
+        let part = |p: crate::zstd_chunked::Position| {
+            blob[p.offset as usize..(p.offset + p.length) as usize].to_vec()
+        };
+        let (toc_bytes, split_bytes) = (part(toc), part(tar_split));
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err =
+            Metadata::load(&wrong, toc, &toc_bytes, tar_split, &split_bytes, size).unwrap_err();
+        assert!(err.to_string().contains("TOC checksum mismatch"), "{err:#}");
+        let mut bad_split = split_bytes.clone();
+        let last = bad_split.len() - 1;
+        bad_split[last] ^= 1;
+        let err =
+            Metadata::load(&toc_digest, toc, &toc_bytes, tar_split, &bad_split, size).unwrap_err();
+        assert!(
+            err.to_string().contains("tar-split digest mismatch"),
+            "{err:#}"
+        );
+        // A TOC that claims a blob larger than the one at hand.
+        let err = Metadata::load(&toc_digest, toc, &toc_bytes, tar_split, &split_bytes, 1000)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("outside"), "{err:#}");
+    }
+
+    #[test]
     fn rfc3339_dates() {
         let at = |s: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         assert_eq!(at(0), "1970-01-01T00:00:00Z");
