@@ -216,3 +216,47 @@ fn a_corrupt_file_frame_fails_both_ways_and_stores_nothing() {
     assert!(!repo.join("streams/refs/oci/v2").exists());
     run(skiff().arg("fsck").arg(&repo)).unwrap();
 }
+
+#[test]
+fn garbage_collection_during_partial_pulls_never_breaks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, expected) = pair(dir.path());
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    for round in 0..3 {
+        assert!(
+            copy(&format!("oci:{}:v1", layout.display()), &dest("v1"))
+                .status
+                .success()
+        );
+        // Remove the image whose files the pull reuses, and collect, while the pull runs.
+        let pull = skiff()
+            .args([
+                "copy",
+                "--quiet",
+                &format!("oci:{}:v2", layout.display()),
+                &dest("v2"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        run(skiff().args(["rm", &dest("v1")])).unwrap();
+        for _ in 0..3 {
+            run(skiff().arg("gc").arg(&repo)).unwrap();
+            run(cfsctl(&repo).arg("gc")).unwrap();
+        }
+        let out = pull.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tree::from_stored_image(&repo, "v2")
+            .unwrap()
+            .assert_same(&expected, &format!("round {round}"));
+        run(skiff().arg("fsck").arg(&repo)).unwrap();
+        run(skiff().args(["rm", &dest("v2")])).unwrap();
+        run(skiff().arg("gc").arg(&repo)).unwrap();
+    }
+}
