@@ -260,3 +260,32 @@ fn garbage_collection_during_partial_pulls_never_breaks_them() {
         run(skiff().arg("gc").arg(&repo)).unwrap();
     }
 }
+
+#[test]
+fn files_of_the_previous_image_are_found_by_path_when_it_has_no_content_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, expected) = pair(dir.path());
+    // v1 pulled by cfsctl: its layers carry no skiff content index.
+    let repo = dir.path().join("repo");
+    run(cfsctl(&repo).arg("init").arg("--insecure").arg(&repo)).unwrap();
+    run(cfsctl(&repo).args([
+        "oci",
+        "pull",
+        &format!("oci:{}:v1", layout.display()),
+        "app",
+    ]))
+    .unwrap();
+    let s = summary(
+        &format!("oci:{}:v2", layout.display()),
+        &format!("composefs:{}:app", repo.display()),
+    );
+    let full = blob_sizes(&layout, "v2");
+    let fetched = s["bytes_fetched"].as_u64().unwrap();
+    assert_eq!(s["layers_partial"], 4, "{s}");
+    assert!(fetched * 4 < full, "fetched {fetched} of {full} bytes: {s}");
+    Tree::from_stored_image(&repo, "app")
+        .unwrap()
+        .assert_same(&expected, "v2 over cfsctl's v1");
+    run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+}

@@ -136,3 +136,47 @@ pub fn remove<H: FsVerityHashValue>(
     }
     Ok(tags)
 }
+
+/// The file tree of a stored image, for finding files by path (as an update of that image
+/// would have them). Read from the image's EROFS; paths never follow symlinks and never leave
+/// the root.
+pub struct ImageTree<H: FsVerityHashValue> {
+    fs: composefs::tree::FileSystem<H>,
+}
+
+impl<H: FsVerityHashValue> std::fmt::Debug for ImageTree<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageTree").finish_non_exhaustive()
+    }
+}
+
+impl<H: FsVerityHashValue> ImageTree<H> {
+    /// The tree of the image tagged `tag`, if there is one with an EROFS image.
+    #[context("Reading the file tree of {tag}")]
+    pub fn load(store: &Store<H>, tag: &str) -> Result<Option<Self>> {
+        let repo = store.repo();
+        let image = match OciImage::open_ref(repo, tag) {
+            Ok(i) => i,
+            Err(e) if e.downcast_ref::<oci_image::OciRefNotFound>().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(erofs) = image.image_ref(repo.erofs_version()) else {
+            return Ok(None);
+        };
+        let fs = composefs::erofs::reader::erofs_to_filesystem(&repo.read_object(erofs)?)?;
+        Ok(Some(Self { fs }))
+    }
+
+    /// The object and size of the regular file at `path` (components joined by `/`), if it is
+    /// stored as an object.
+    pub fn find(&self, path: &[u8]) -> Option<(H, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::OsStr::from_bytes(path);
+        let (dir, name) = self.fs.root.split(path).ok()?;
+        match dir.get_file_opt(name, &self.fs.leaves).ok()?? {
+            composefs::tree::RegularFile::External(id, size)
+            | composefs::tree::RegularFile::ExternalNoVerity(id, size) => Some((id.clone(), *size)),
+            _ => None,
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //!
 //! 1. The TOC and the tar-split are read by range and verified ([`Metadata::load`]).
 //! 2. The tar is replayed from the tar-split: raw segments as they are; each file's content
-//!    from a stored object found by its sha256 ([`StoredFiles`]), else from its chunks' frames
+//!    from a stored object found by its sha256 ([`StoredFiles`]) or at the same path in the
+//!    previous image of the same name when its digest matches ([`ImageTree`]), else from its
+//!    chunks' frames
 //!    (ranges of the blob, decompressed; `zeros` chunks are never read). Every file is checked
 //!    against its TOC sha256 and its tar-split CRC-64.
 //! 3. The replayed tar goes through the ordinary layer import, which checks the DiffID: the
@@ -21,6 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use skiff_storage::content_index::StoredFiles;
+use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{ObjectHint, PendingLayer, split_layer_with_hints};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
@@ -76,6 +79,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     layout: ChunkedLayout,
     stored: Arc<StoredFiles<H>>,
+    previous: Option<Arc<ImageTree<H>>>,
     stats: Arc<PartialStats>,
 ) -> Result<PendingLayer<H>> {
     let blob_size = desc.size();
@@ -103,7 +107,12 @@ pub async fn import_partial<H: FsVerityHashValue>(
     let (hint_tx, hint_rx) = mpsc::unbounded_channel();
     let repo = store.repo().clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let result = replay(&meta, ranges, &stored, &repo, &stats, &tx, &hint_tx);
+        let local = LocalFiles {
+            stored: &stored,
+            previous: previous.as_deref(),
+            repo: &repo,
+        };
+        let result = replay(&meta, ranges, &local, &stats, &tx, &hint_tx);
         if let Err(e) = &result {
             // The import sees the stream end with this error.
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
@@ -119,11 +128,45 @@ pub async fn import_partial<H: FsVerityHashValue>(
 }
 
 /// Sends the tar the tar-split describes, with each file's content from the store or the blob.
+/// Where file contents may already be: any stored layer (content indexes), and the previous
+/// image of the same name (by path, confirmed by digest).
+struct LocalFiles<'a, H: FsVerityHashValue> {
+    stored: &'a StoredFiles<H>,
+    previous: Option<&'a ImageTree<H>>,
+    repo: &'a composefs::repository::Repository<H>,
+}
+
+impl<H: FsVerityHashValue> LocalFiles<'_, H> {
+    /// A stored object holding exactly `file`'s content.
+    fn find(&self, file: &TocFile) -> Result<Option<H>> {
+        if let Some(id) = self.stored.find(&file.sha256, file.size) {
+            return Ok(Some(id.clone()));
+        }
+        let Some((id, size)) = self.previous.and_then(|p| p.find(&file.name)) else {
+            return Ok(None);
+        };
+        if size != file.size {
+            return Ok(None);
+        }
+        // Same path, same size: the same content only if the digest says so.
+        let mut f = std::fs::File::from(self.repo.open_object(&id)?);
+        let mut sha = openssl::sha::Sha256::new();
+        let mut buf = vec![0u8; OBJECT_READ_CHUNK];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+        }
+        Ok((sha.finish() == file.sha256).then_some(id))
+    }
+}
+
 fn replay<H: FsVerityHashValue>(
     meta: &Metadata,
     mut ranges: BlobRanges,
-    stored: &StoredFiles<H>,
-    repo: &composefs::repository::Repository<H>,
+    local: &LocalFiles<'_, H>,
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
     hints: &mpsc::UnboundedSender<ObjectHint<H>>,
@@ -164,18 +207,18 @@ fn replay<H: FsVerityHashValue>(
                     check.update(&data);
                     send(Bytes::from(data))
                 };
-                let found = stored.find(&file.sha256, file.size);
+                let found = local.find(file)?;
                 // The importer stores files of more than 64 bytes as objects; for those, say
                 // which the store holds, before their bytes arrive.
                 if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
-                    let hint = found.map(|id| (id.clone(), file.sha256));
+                    let hint = found.clone().map(|id| (id, file.sha256));
                     hints
                         .send(hint)
                         .map_err(|_| anyhow::anyhow!("the layer import stopped"))?;
                 }
                 match found {
                     Some(object) => {
-                        let mut f = std::fs::File::from(repo.open_object(object)?);
+                        let mut f = std::fs::File::from(local.repo.open_object(&object)?);
                         let mut left = file.size;
                         while left > 0 {
                             let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];

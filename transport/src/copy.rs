@@ -25,6 +25,7 @@ use crate::media::UnsupportedMediaType;
 use crate::source::Source;
 use crate::zstd_chunked::Annotations;
 use skiff_storage::content_index::StoredFiles;
+use skiff_storage::images::ImageTree;
 
 /// Something that happened during a copy, for progress output.
 #[derive(Debug, Clone, Serialize)]
@@ -213,6 +214,15 @@ pub async fn copy_image<H: FsVerityHashValue>(
     } else {
         Arc::new(StoredFiles::default())
     };
+    // The image this copy replaces, whose files a chunked layer may find by path.
+    let previous = if chunked {
+        let (store, tag) = (store.clone(), tag.to_owned());
+        tokio::task::spawn_blocking(move || ImageTree::load(&store, &tag))
+            .await??
+            .map(Arc::new)
+    } else {
+        None
+    };
     let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
     let mut tasks = JoinSet::new();
     let total = image.manifest.layers().len();
@@ -227,10 +237,18 @@ pub async fn copy_image<H: FsVerityHashValue>(
             .position(|l| l.digest() == desc.digest())
             .unwrap_or(0)
             + 1;
-        let stored = stored.clone();
+        let (stored, previous) = (stored.clone(), previous.clone());
         tasks.spawn(async move {
-            if let Some(done) =
-                try_partial(&source, &store, &desc, &diff_id, &stored, observer.as_ref()).await
+            if let Some(done) = try_partial(
+                &source,
+                &store,
+                &desc,
+                &diff_id,
+                &stored,
+                &previous,
+                observer.as_ref(),
+            )
+            .await
             {
                 drop(permit);
                 return Ok(done);
@@ -322,6 +340,7 @@ async fn try_partial<H: FsVerityHashValue>(
     desc: &Descriptor,
     diff_id: &OciDigest,
     stored: &Arc<StoredFiles<H>>,
+    previous: &Option<Arc<ImageTree<H>>>,
     observer: &dyn Observer,
 ) -> Option<LayerOutcome> {
     let fallback = |reason: String| {
@@ -348,7 +367,7 @@ async fn try_partial<H: FsVerityHashValue>(
     let Source::Layout(layout_source) = source else {
         return fallback("this source cannot serve byte ranges yet".into());
     };
-    if stored.is_empty() {
+    if stored.is_empty() && previous.is_none() {
         // Nothing to reuse: one read of the whole blob beats a read per file.
         return None;
     }
@@ -370,6 +389,7 @@ async fn try_partial<H: FsVerityHashValue>(
         diff_id,
         layout,
         stored.clone(),
+        previous.clone(),
         stats.clone(),
     )
     .await
