@@ -47,6 +47,32 @@ pub struct PartialStats {
     pub requests: AtomicU64,
 }
 
+/// What a partial pull may reuse: the files of every stored layer with a content index, and
+/// the tree of the image the copy replaces.
+#[derive(Debug)]
+pub struct Reuse<H: FsVerityHashValue> {
+    /// Files by content digest.
+    pub stored: Arc<StoredFiles<H>>,
+    /// The previous image of the same name, for lookups by path.
+    pub previous: Option<Arc<ImageTree<H>>>,
+}
+
+impl<H: FsVerityHashValue> Clone for Reuse<H> {
+    fn clone(&self) -> Self {
+        Self {
+            stored: self.stored.clone(),
+            previous: self.previous.clone(),
+        }
+    }
+}
+
+impl<H: FsVerityHashValue> Reuse<H> {
+    /// True when there is nothing to reuse.
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.previous.is_none()
+    }
+}
+
 /// Where a zstd:chunked layer's metadata lies, from its annotations.
 #[derive(Debug, Clone)]
 pub struct ChunkedLayout {
@@ -71,15 +97,15 @@ fn fetch(
     Ok(data)
 }
 
-/// Rebuilds the layer `desc` (DiffID `diff_id`) into `store` from `stored` files and ranges.
+/// Rebuilds the layer `desc` (DiffID `diff_id`) into `store` from files it may `reuse` and
+/// ranges of the blob.
 pub async fn import_partial<H: FsVerityHashValue>(
     store: &Store<H>,
     mut ranges: BlobRanges,
     desc: &Descriptor,
     diff_id: &OciDigest,
     layout: ChunkedLayout,
-    stored: Arc<StoredFiles<H>>,
-    previous: Option<Arc<ImageTree<H>>>,
+    reuse: Reuse<H>,
     stats: Arc<PartialStats>,
 ) -> Result<PendingLayer<H>> {
     let blob_size = desc.size();
@@ -108,8 +134,8 @@ pub async fn import_partial<H: FsVerityHashValue>(
     let repo = store.repo().clone();
     let producer = tokio::task::spawn_blocking(move || {
         let local = LocalFiles {
-            stored: &stored,
-            previous: previous.as_deref(),
+            stored: &reuse.stored,
+            previous: reuse.previous.as_deref(),
             repo: &repo,
         };
         let result = replay(&meta, ranges, &local, &stats, &tx, &hint_tx);

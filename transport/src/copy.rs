@@ -19,7 +19,7 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::chunked_pull::{ChunkedLayout, PartialStats, import_partial};
+use crate::chunked_pull::{ChunkedLayout, PartialStats, Reuse, import_partial};
 use crate::layer::BlobError;
 use crate::media::UnsupportedMediaType;
 use crate::source::Source;
@@ -223,6 +223,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
     } else {
         None
     };
+    let reuse = Reuse { stored, previous };
     let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
     let mut tasks = JoinSet::new();
     let total = image.manifest.layers().len();
@@ -237,18 +238,10 @@ pub async fn copy_image<H: FsVerityHashValue>(
             .position(|l| l.digest() == desc.digest())
             .unwrap_or(0)
             + 1;
-        let (stored, previous) = (stored.clone(), previous.clone());
+        let reuse = reuse.clone();
         tasks.spawn(async move {
-            if let Some(done) = try_partial(
-                &source,
-                &store,
-                &desc,
-                &diff_id,
-                &stored,
-                &previous,
-                observer.as_ref(),
-            )
-            .await
+            if let Some(done) =
+                try_partial(&source, &store, &desc, &diff_id, &reuse, observer.as_ref()).await
             {
                 drop(permit);
                 return Ok(done);
@@ -339,8 +332,7 @@ async fn try_partial<H: FsVerityHashValue>(
     store: &Store<H>,
     desc: &Descriptor,
     diff_id: &OciDigest,
-    stored: &Arc<StoredFiles<H>>,
-    previous: &Option<Arc<ImageTree<H>>>,
+    reuse: &Reuse<H>,
     observer: &dyn Observer,
 ) -> Option<LayerOutcome> {
     let fallback = |reason: String| {
@@ -367,7 +359,7 @@ async fn try_partial<H: FsVerityHashValue>(
     let Source::Layout(layout_source) = source else {
         return fallback("this source cannot serve byte ranges yet".into());
     };
-    if stored.is_empty() && previous.is_none() {
+    if reuse.is_empty() {
         // Nothing to reuse: one read of the whole blob beats a read per file.
         return None;
     }
@@ -388,8 +380,7 @@ async fn try_partial<H: FsVerityHashValue>(
         desc,
         diff_id,
         layout,
-        stored.clone(),
-        previous.clone(),
+        reuse.clone(),
         stats.clone(),
     )
     .await
