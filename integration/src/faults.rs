@@ -139,3 +139,122 @@ fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &Atom
     }
     let _ = client_w.shutdown(Shutdown::Write);
 }
+
+/// How a [`RangeFault`] treats requests that carry a `Range` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeBehaviour {
+    /// Drops the header: the registry answers `200` with the whole blob (S3 and MinIO behind
+    /// a registry do this for several ranges).
+    Ignore,
+    /// Answers requests for more than one range with this status (zot ≤ 2.1.11 answers 416).
+    RefuseMultiple(u16),
+    /// Answers every range request with this status.
+    RefuseAll(u16),
+}
+
+/// An HTTP forwarder on 127.0.0.1 in front of a registry that mistreats range requests, one
+/// request per connection (it asks both sides to close after each answer).
+#[derive(Debug)]
+pub struct RangeFault {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RangeFault {
+    /// Starts forwarding 127.0.0.1:(a free port) to `upstream`.
+    pub fn start(upstream: SocketAddr, behaviour: RangeBehaviour) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop_flag, request_log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let request_log = request_log.clone();
+                std::thread::spawn(move || {
+                    let _ = forward_one(client, upstream, behaviour, &request_log);
+                });
+            }
+        });
+        Ok(Self { addr, stop, log })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Every request line seen so far, with ` [Range: …]` appended when it had one.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RangeFault {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn forward_one(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    behaviour: RangeBehaviour,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    // The request head; registry reads (GET, HEAD) have no body.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        // Not HTTP (a TLS handshake, as clients try HTTPS first): refuse at once.
+        if head.is_empty() && !byte[0].is_ascii_uppercase() {
+            return client.shutdown(Shutdown::Both);
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut range = None;
+    let mut kept = vec![request_line.clone()];
+    for line in lines {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("range:") {
+            range = Some(line[6..].trim().to_owned());
+        } else if !lower.starts_with("connection:") {
+            kept.push(line.to_owned());
+        }
+    }
+    log.lock().unwrap().push(match &range {
+        Some(r) => format!("{request_line} [Range: {r}]"),
+        None => request_line.clone(),
+    });
+    let refuse = match (behaviour, &range) {
+        (RangeBehaviour::RefuseAll(status), Some(_)) => Some(status),
+        (RangeBehaviour::RefuseMultiple(status), Some(r)) if r.contains(',') => Some(status),
+        _ => None,
+    };
+    if let Some(status) = refuse {
+        let answer =
+            format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        client.write_all(answer.as_bytes())?;
+        return client.shutdown(Shutdown::Both);
+    }
+    if let (Some(r), false) = (&range, behaviour == RangeBehaviour::Ignore) {
+        kept.push(format!("Range: {r}"));
+    }
+    kept.push("Connection: close".to_owned());
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(format!("{}\r\n\r\n", kept.join("\r\n")).as_bytes())?;
+    std::io::copy(&mut server, &mut client)?;
+    client.shutdown(Shutdown::Both)
+}

@@ -1,18 +1,27 @@
-//! Partial pulls of zstd:chunked layers from OCI layouts: only the files the store lacks are
-//! read, the stored image is exactly a full pull's, and any check that fails falls back to a
-//! full pull (which must then pass its own checks).
+//! Partial pulls of zstd:chunked layers from OCI layouts and registries: only the files the
+//! store lacks are read, the stored image is exactly a full pull's, and any check that fails
+//! falls back to a full pull (which must then pass its own checks). Registries that mistreat
+//! range requests (ignore them, refuse several ranges, refuse all) are played by a forwarder in
+//! front of a real registry.
 
 use std::path::Path;
 use std::process::Output;
 
+use skiff_integration::faults::{RangeBehaviour, RangeFault};
 use skiff_integration::fixtures::{self, Compression};
+use skiff_integration::registry::Registry;
 use skiff_integration::tools::{cfsctl, output, run, skiff};
 use skiff_integration::tree::Tree;
 
 fn copy(source: &str, dest: &str) -> Output {
+    copy_with(&[], source, dest)
+}
+
+fn copy_with(args: &[&str], source: &str, dest: &str) -> Output {
     output(
         skiff()
             .args(["copy", "--progress=plain"])
+            .args(args)
             .arg(source)
             .arg(dest),
     )
@@ -34,9 +43,14 @@ fn layer_counts(out: &Output) -> (usize, usize) {
 }
 
 fn summary(source: &str, dest: &str) -> serde_json::Value {
+    summary_with(&[], source, dest)
+}
+
+fn summary_with(args: &[&str], source: &str, dest: &str) -> serde_json::Value {
     let out = output(
         skiff()
             .args(["copy", "--progress=json"])
+            .args(args)
             .arg(source)
             .arg(dest),
     )
@@ -288,4 +302,183 @@ fn files_of_the_previous_image_are_found_by_path_when_it_has_no_content_index() 
         .assert_same(&expected, "v2 over cfsctl's v1");
     run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
     run(skiff().arg("fsck").arg(&repo)).unwrap();
+}
+
+/// Demo v1 (gzip) and v2 (zstd:chunked) pushed to `registry` as `demo:v1` and `demo:v2`.
+fn pushed_pair(registry: &Registry, dir: &Path) -> (std::path::PathBuf, Tree) {
+    let (layout, expected) = pair(dir);
+    for tag in ["v1", "v2"] {
+        registry
+            .push(
+                &format!("oci:{}:{tag}", layout.display()),
+                &format!("demo:{tag}"),
+            )
+            .unwrap();
+    }
+    (layout, expected)
+}
+
+/// The layer digests of `tag` in `layout`.
+fn layer_digests(layout: &Path, tag: &str) -> Vec<String> {
+    manifest(layout, tag)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn upstream(registry: &Registry) -> std::net::SocketAddr {
+    registry.host().parse().unwrap()
+}
+
+const PLAIN: &[&str] = &["--src-tls-verify=false"];
+
+#[test]
+fn registry_partial_pull_fetches_only_what_the_store_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_plain().unwrap();
+    let (layout, expected) = pushed_pair(&registry, dir.path());
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    summary_with(PLAIN, &registry.docker_ref("demo:v1"), &dest("v1"));
+    let s = summary_with(PLAIN, &registry.docker_ref("demo:v2"), &dest("v2"));
+    let full = blob_sizes(&layout, "v2");
+    let fetched = s["bytes_fetched"].as_u64().unwrap();
+    assert_eq!(s["layers_partial"], 4, "{s}");
+    assert!(fetched * 4 < full, "fetched {fetched} of {full} bytes: {s}");
+    // Ranges are batched: one metadata request and a few data requests per layer, not one
+    // request per file.
+    let requests = s["requests"].as_u64().unwrap();
+    assert!((8..=16).contains(&requests), "{requests} requests: {s}");
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "partial v2 from a registry");
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+    let theirs = dir.path().join("theirs");
+    run(cfsctl(&theirs).arg("init").arg("--insecure").arg(&theirs)).unwrap();
+    run(cfsctl(&theirs).args(["oci", "pull", &format!("oci:{}:v2", layout.display()), "v2"]))
+        .unwrap();
+    assert_eq!(
+        run(cfsctl(&repo).args(["oci", "compute-id", "v2"])).unwrap(),
+        run(cfsctl(&theirs).args(["oci", "compute-id", "v2"])).unwrap()
+    );
+}
+
+#[test]
+fn registry_partial_pull_uses_the_same_tls_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_tls_auth("ann", "s3cret").unwrap();
+    let (_, expected) = pushed_pair(&registry, dir.path());
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    let cert_dir = registry.cert_dir().unwrap().to_str().unwrap().to_owned();
+    let authfile = registry.authfile().unwrap().to_str().unwrap().to_owned();
+    // --src-creds for v1; an auth file for v2, whose layers come by range requests.
+    let creds = ["--src-cert-dir", &cert_dir, "--src-creds", "ann:s3cret"];
+    summary_with(&creds, &registry.docker_ref("demo:v1"), &dest("v1"));
+    let from_file = ["--src-cert-dir", &cert_dir, "--authfile", &authfile];
+    let s = summary_with(&from_file, &registry.docker_ref("demo:v2"), &dest("v2"));
+    assert_eq!(s["layers_partial"], 4, "{s}");
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "partial v2 over TLS with credentials");
+}
+
+#[test]
+fn a_registry_that_ignores_ranges_sends_each_blob_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_plain().unwrap();
+    let (layout, expected) = pushed_pair(&registry, dir.path());
+    let fault = RangeFault::start(upstream(&registry), RangeBehaviour::Ignore).unwrap();
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
+    assert!(
+        copy_with(PLAIN, &source("v1"), &dest("v1"))
+            .status
+            .success()
+    );
+    let out = copy_with(PLAIN, &source("v2"), &dest("v2"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(HTTP 200); imported it as a full pull"),
+        "{stdout}"
+    );
+    assert_eq!(layer_counts(&out), (4, 0), "{stdout}");
+    // The 200 answer to the metadata request was the download: no second GET of any blob.
+    let requests = fault.requests();
+    for digest in layer_digests(&layout, "v2") {
+        let gets = requests
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains(&digest))
+            .count();
+        assert_eq!(gets, 1, "{digest}: {requests:#?}");
+    }
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "v2 from a registry ignoring ranges");
+}
+
+#[test]
+fn a_registry_that_refuses_several_ranges_is_asked_for_fewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_plain().unwrap();
+    let (_, expected) = pushed_pair(&registry, dir.path());
+    let fault =
+        RangeFault::start(upstream(&registry), RangeBehaviour::RefuseMultiple(416)).unwrap();
+    let repo = dir.path().join("repo");
+    let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+    let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
+    summary_with(PLAIN, &source("v1"), &dest("v1"));
+    let s = summary_with(PLAIN, &source("v2"), &dest("v2"));
+    assert_eq!(s["layers_partial"], 4, "{s}");
+    let refused = fault
+        .requests()
+        .iter()
+        .filter(|r| r.contains("Range: bytes=") && r.contains(','))
+        .count();
+    assert!(refused > 0, "no multi-range request was tried");
+    Tree::from_stored_image(&repo, "v2")
+        .unwrap()
+        .assert_same(&expected, "v2 with single ranges");
+}
+
+#[test]
+fn a_registry_that_refuses_ranges_gets_a_full_pull() {
+    for status in [400, 416] {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start_plain().unwrap();
+        let (_, expected) = pushed_pair(&registry, dir.path());
+        let fault =
+            RangeFault::start(upstream(&registry), RangeBehaviour::RefuseAll(status)).unwrap();
+        let repo = dir.path().join("repo");
+        let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
+        let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
+        assert!(
+            copy_with(PLAIN, &source("v1"), &dest("v1"))
+                .status
+                .success()
+        );
+        let out = copy_with(PLAIN, &source("v2"), &dest("v2"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("refuses range requests (HTTP {status})")),
+            "{stdout}"
+        );
+        assert_eq!(layer_counts(&out), (4, 0), "{stdout}");
+        Tree::from_stored_image(&repo, "v2")
+            .unwrap()
+            .assert_same(&expected, &format!("v2 after HTTP {status}"));
+    }
 }

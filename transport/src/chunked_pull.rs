@@ -11,11 +11,13 @@
 //! 3. The replayed tar goes through the ordinary layer import, which checks the DiffID: the
 //!    stored layer is exactly what a full pull stores.
 //!
-//! Sources with random access (OCI layouts) serve the ranges; registries will, through the
-//! native client.
+//! The ranges come from an OCI layout by offset, or from a registry by HTTP range requests
+//! ([`crate::range_fetch`]); a registry that answers with the whole blob is imported from that
+//! answer as a full pull.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +31,8 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
 use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
-use crate::source::layout::BlobRanges;
+use crate::layer::import_blob;
+use crate::range_fetch::{self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests};
 use crate::zstd_chunked::toc::TocFile;
 use crate::zstd_chunked::{Crc64Iso, Metadata, Position, TarSplitEntry};
 
@@ -40,7 +43,7 @@ const OBJECT_READ_CHUNK: usize = 256 * 1024;
 #[derive(Debug, Default)]
 pub struct PartialStats {
     /// Compressed bytes read from the source (metadata and missing files).
-    pub fetched: AtomicU64,
+    pub fetched: Arc<AtomicU64>,
     /// Content bytes taken from stored objects.
     pub reused: AtomicU64,
     /// Range reads made.
@@ -84,39 +87,84 @@ pub struct ChunkedLayout {
     pub tar_split: Position,
 }
 
-fn fetch(
-    ranges: &mut BlobRanges,
-    range: std::ops::Range<u64>,
+/// How a layer came in.
+#[derive(Debug)]
+pub enum Imported<H: FsVerityHashValue> {
+    /// Rebuilt from stored files and fetched ranges.
+    Partial(PendingLayer<H>),
+    /// The registry answered a range request with the whole blob, which was imported as a
+    /// full pull (never downloaded twice).
+    Whole(PendingLayer<H>),
+}
+
+/// The TOC and tar-split bytes, fetched in one request when they are close.
+async fn fetch_metadata(
+    source: &RangeSource,
+    toc: Range<u64>,
+    tar_split: Range<u64>,
     stats: &PartialStats,
-) -> Result<Vec<u8>> {
-    let data = ranges.read(range)?;
-    stats
-        .fetched
-        .fetch_add(data.len() as u64, Ordering::Relaxed);
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    Ok(data)
+) -> Result<Result<(Bytes, Bytes), reqwest::Response>> {
+    let mut spans = Vec::new();
+    for request in plan_requests(&[toc.clone(), tar_split.clone()]) {
+        match source.fetch(request.clone(), stats).await? {
+            Fetched::Parts(parts) => spans.extend(request.into_iter().zip(parts)),
+            Fetched::Whole(response) => return Ok(Err(response)),
+        }
+    }
+    let slice = |r: &Range<u64>| -> Result<Bytes> {
+        let (span, bytes) = spans
+            .iter()
+            .find(|(s, _)| s.start <= r.start && r.end <= s.end)
+            .context("metadata range not fetched")?;
+        let from = (r.start - span.start) as usize;
+        Ok(bytes.slice(from..from + (r.end - r.start) as usize))
+    };
+    Ok(Ok((slice(&toc)?, slice(&tar_split)?)))
+}
+
+/// Imports a blob that a registry sends whole, as a full pull does.
+async fn import_whole<H: FsVerityHashValue>(
+    store: &Store<H>,
+    response: reqwest::Response,
+    desc: &Descriptor,
+    diff_id: &OciDigest,
+    stats: &PartialStats,
+) -> Result<Imported<H>> {
+    log::info!("{}: {WholeBlobComing}", desc.digest());
+    let pending = import_blob(
+        store,
+        crate::registry::body_reader(response),
+        desc,
+        diff_id,
+        stats.fetched.clone(),
+    )
+    .await?;
+    Ok(Imported::Whole(pending))
 }
 
 /// Rebuilds the layer `desc` (DiffID `diff_id`) into `store` from files it may `reuse` and
-/// ranges of the blob.
+/// ranges of the blob from `source`.
 pub async fn import_partial<H: FsVerityHashValue>(
     store: &Store<H>,
-    mut ranges: BlobRanges,
+    source: RangeSource,
     desc: &Descriptor,
     diff_id: &OciDigest,
     layout: ChunkedLayout,
     reuse: Reuse<H>,
     stats: Arc<PartialStats>,
-) -> Result<PendingLayer<H>> {
+) -> Result<Imported<H>> {
     let blob_size = desc.size();
-    let producer_stats = stats.clone();
-    let (meta, ranges) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let toc = fetch(&mut ranges, layout.toc.range(blob_size)?, &producer_stats)?;
-        let split = fetch(
-            &mut ranges,
-            layout.tar_split.range(blob_size)?,
-            &producer_stats,
-        )?;
+    let (toc_range, split_range) = (
+        layout.toc.range(blob_size)?,
+        layout.tar_split.range(blob_size)?,
+    );
+    let (toc, split) = match fetch_metadata(&source, toc_range, split_range, &stats).await? {
+        Ok(bytes) => bytes,
+        Err(whole) => return import_whole(store, whole, desc, diff_id, &stats).await,
+    };
+    let repo = store.repo().clone();
+    let planning_reuse = reuse.clone();
+    let (meta, plan) = tokio::task::spawn_blocking(move || -> Result<_> {
         let meta = Metadata::load(
             &layout.toc_digest,
             layout.toc,
@@ -125,35 +173,48 @@ pub async fn import_partial<H: FsVerityHashValue>(
             &split,
             blob_size,
         )?;
-        Ok((meta, ranges))
+        let local = LocalFiles {
+            stored: &planning_reuse.stored,
+            previous: planning_reuse.previous.as_deref(),
+            repo: &repo,
+        };
+        let plan = plan_replay(&meta, &local)?;
+        Ok((meta, plan))
     })
     .await??;
 
+    let mut cursor = range_fetch::start(source, plan_requests(&plan.needed), stats.clone());
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let (hint_tx, hint_rx) = mpsc::unbounded_channel();
     let repo = store.repo().clone();
+    let producer_stats = stats.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let local = LocalFiles {
-            stored: &reuse.stored,
-            previous: reuse.previous.as_deref(),
-            repo: &repo,
-        };
-        let result = replay(&meta, ranges, &local, &stats, &tx, &hint_tx);
+        let result = replay(
+            &meta,
+            &plan,
+            &mut cursor,
+            &repo,
+            &producer_stats,
+            &tx,
+            &hint_tx,
+        );
         if let Err(e) = &result {
             // The import sees the stream end with this error.
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
         }
-        result
+        (result, cursor.take_whole())
     });
     let imported =
         split_layer_with_hints(store, diff_id, ChannelReader::new(rx), Some(hint_rx)).await;
-    let replayed = producer.await?;
+    let (replayed, whole) = producer.await?;
+    if let Some(response) = whole {
+        drop(imported);
+        return import_whole(store, response, desc, diff_id, &stats).await;
+    }
     // The producer's error says why the stream broke; the import's, what the bytes were.
     replayed?;
-    imported
+    Ok(Imported::Partial(imported?))
 }
-
-/// Sends the tar the tar-split describes, with each file's content from the store or the blob.
 /// Where file contents may already be: any stored layer (content indexes), and the previous
 /// image of the same name (by path, confirmed by digest).
 struct LocalFiles<'a, H: FsVerityHashValue> {
@@ -189,99 +250,146 @@ impl<H: FsVerityHashValue> LocalFiles<'_, H> {
     }
 }
 
+/// Where each file of the tar-split comes from, decided before any byte is fetched.
+#[derive(Debug)]
+struct ReplayPlan<H: FsVerityHashValue> {
+    /// For each tar-split file with content, in order: its TOC entry and the stored object
+    /// holding its content, if any.
+    files: Vec<(usize, Option<H>)>,
+    /// The compressed ranges to fetch, in the order the replay consumes them.
+    needed: Vec<Range<u64>>,
+}
+
+fn plan_replay<H: FsVerityHashValue>(
+    meta: &Metadata,
+    local: &LocalFiles<'_, H>,
+) -> Result<ReplayPlan<H>> {
+    let by_name: HashMap<&[u8], usize> = meta
+        .toc
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name.as_slice(), i))
+        .collect();
+    let mut plan = ReplayPlan {
+        files: Vec::new(),
+        needed: Vec::new(),
+    };
+    for entry in &meta.tar_split.entries {
+        let TarSplitEntry::File { name, size, .. } = entry else {
+            continue;
+        };
+        if *size == 0 {
+            continue;
+        }
+        let clean = skiff_storage::tree_path::normalize_entry_path(name)
+            .map_err(|e| {
+                anyhow::anyhow!("tar-split entry {:?}: {e}", String::from_utf8_lossy(name))
+            })?
+            .join(&b'/');
+        let index = *by_name.get(clean.as_slice()).with_context(|| {
+            format!(
+                "tar-split file {:?} has no content in the TOC",
+                String::from_utf8_lossy(name)
+            )
+        })?;
+        let file = &meta.toc.files[index];
+        ensure!(
+            file.size == *size,
+            "TOC and tar-split disagree on the size of {:?}",
+            String::from_utf8_lossy(name)
+        );
+        let found = local.find(file)?;
+        if found.is_none() {
+            plan.needed.extend(
+                file.chunks
+                    .iter()
+                    .filter(|c| !c.zeros)
+                    .map(|c| c.compressed.clone()),
+            );
+        }
+        plan.files.push((index, found));
+    }
+    Ok(plan)
+}
+
+/// Sends the tar the tar-split describes, each file's content from the store or the blob.
 fn replay<H: FsVerityHashValue>(
     meta: &Metadata,
-    mut ranges: BlobRanges,
-    local: &LocalFiles<'_, H>,
+    plan: &ReplayPlan<H>,
+    cursor: &mut SpanCursor,
+    repo: &composefs::repository::Repository<H>,
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
     hints: &mpsc::UnboundedSender<ObjectHint<H>>,
 ) -> Result<()> {
-    let files: HashMap<&[u8], &TocFile> = meta
-        .toc
-        .files
-        .iter()
-        .map(|f| (f.name.as_slice(), f))
-        .collect();
     let send = |data: Bytes| {
         tx.blocking_send(Ok(data))
             .map_err(|_| anyhow::anyhow!("the layer import stopped"))
     };
+    let mut planned = plan.files.iter();
     for entry in &meta.tar_split.entries {
-        match entry {
-            TarSplitEntry::Segment(bytes) => send(Bytes::copy_from_slice(bytes))?,
-            TarSplitEntry::File { size: 0, .. } => {}
-            TarSplitEntry::File { name, size, crc64 } => {
-                let clean = skiff_storage::tree_path::normalize_entry_path(name)
-                    .map_err(|e| {
-                        anyhow::anyhow!("tar-split entry {:?}: {e}", String::from_utf8_lossy(name))
-                    })?
-                    .join(&b'/');
-                let file = files.get(clean.as_slice()).with_context(|| {
-                    format!(
-                        "tar-split file {:?} has no content in the TOC",
-                        String::from_utf8_lossy(name)
-                    )
-                })?;
-                ensure!(
-                    file.size == *size,
-                    "TOC and tar-split disagree on the size of {:?}",
-                    String::from_utf8_lossy(name)
-                );
-                let mut check = FileCheck::default();
-                let mut emit = |data: Vec<u8>| -> Result<()> {
-                    check.update(&data);
-                    send(Bytes::from(data))
-                };
-                let found = local.find(file)?;
-                // The importer stores files of more than 64 bytes as objects; for those, say
-                // which the store holds, before their bytes arrive.
-                if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
-                    let hint = found.clone().map(|id| (id, file.sha256));
-                    hints
-                        .send(hint)
-                        .map_err(|_| anyhow::anyhow!("the layer import stopped"))?;
+        let (name, crc64) = match entry {
+            TarSplitEntry::Segment(bytes) => {
+                send(Bytes::copy_from_slice(bytes))?;
+                continue;
+            }
+            TarSplitEntry::File { size: 0, .. } => continue,
+            TarSplitEntry::File { name, crc64, .. } => (name, crc64),
+        };
+        let (index, found) = planned.next().context("replay plan out of step")?;
+        let file = &meta.toc.files[*index];
+        let mut check = FileCheck::default();
+        let mut emit = |data: Bytes| -> Result<()> {
+            check.update(&data);
+            send(data)
+        };
+        // The importer stores files of more than 64 bytes as objects; for those, say which
+        // the store holds, before their bytes arrive.
+        if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
+            let hint = found.clone().map(|id| (id, file.sha256));
+            hints
+                .send(hint)
+                .map_err(|_| anyhow::anyhow!("the layer import stopped"))?;
+        }
+        match found {
+            Some(object) => {
+                let mut f = std::fs::File::from(repo.open_object(object)?);
+                let mut left = file.size;
+                while left > 0 {
+                    let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];
+                    f.read_exact(&mut buf).context("Reading a stored object")?;
+                    left -= buf.len() as u64;
+                    emit(Bytes::from(buf))?;
                 }
-                match found {
-                    Some(object) => {
-                        let mut f = std::fs::File::from(local.repo.open_object(&object)?);
-                        let mut left = file.size;
-                        while left > 0 {
-                            let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];
-                            f.read_exact(&mut buf).context("Reading a stored object")?;
-                            left -= buf.len() as u64;
-                            emit(buf)?;
-                        }
-                        stats.reused.fetch_add(file.size, Ordering::Relaxed);
+                stats.reused.fetch_add(file.size, Ordering::Relaxed);
+            }
+            None => {
+                for chunk in &file.chunks {
+                    if chunk.zeros {
+                        emit(Bytes::from(vec![0u8; chunk.size as usize]))?;
+                        continue;
                     }
-                    None => {
-                        for chunk in &file.chunks {
-                            if chunk.zeros {
-                                emit(vec![0u8; chunk.size as usize])?;
-                                continue;
-                            }
-                            let frames = fetch(&mut ranges, chunk.compressed.clone(), stats)?;
-                            let mut data = Vec::with_capacity(chunk.size as usize);
-                            zstd::stream::read::Decoder::new(&frames[..])?
-                                .take(chunk.size + 1)
-                                .read_to_end(&mut data)
-                                .with_context(|| {
-                                    format!("Decompressing {:?}", String::from_utf8_lossy(name))
-                                })?;
-                            ensure!(
-                                data.len() as u64 == chunk.size,
-                                "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
-                                String::from_utf8_lossy(name),
-                                data.len(),
-                                chunk.size
-                            );
-                            emit(data)?;
-                        }
-                    }
+                    let frames = cursor.take(chunk.compressed.clone())?;
+                    let mut data = Vec::with_capacity(chunk.size as usize);
+                    zstd::stream::read::Decoder::new(&frames[..])?
+                        .take(chunk.size + 1)
+                        .read_to_end(&mut data)
+                        .with_context(|| {
+                            format!("Decompressing {:?}", String::from_utf8_lossy(name))
+                        })?;
+                    ensure!(
+                        data.len() as u64 == chunk.size,
+                        "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
+                        String::from_utf8_lossy(name),
+                        data.len(),
+                        chunk.size
+                    );
+                    emit(Bytes::from(data))?;
                 }
-                check.verify(file, *crc64, name)?;
             }
         }
+        check.verify(file, *crc64, name)?;
     }
     Ok(())
 }

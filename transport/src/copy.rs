@@ -19,9 +19,10 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::chunked_pull::{ChunkedLayout, PartialStats, Reuse, import_partial};
+use crate::chunked_pull::{ChunkedLayout, Imported, PartialStats, Reuse, import_partial};
 use crate::layer::BlobError;
 use crate::media::UnsupportedMediaType;
+use crate::range_fetch::WholeBlobComing;
 use crate::source::Source;
 use crate::zstd_chunked::Annotations;
 use skiff_storage::content_index::StoredFiles;
@@ -356,23 +357,20 @@ async fn try_partial<H: FsVerityHashValue>(
         Ok(Annotations::Unusable(reason)) => return fallback(reason),
         Err(e) => return fallback(format!("{e:#}")),
     };
-    let Source::Layout(layout_source) = source else {
-        return fallback("this source cannot serve byte ranges yet".into());
-    };
     if reuse.is_empty() {
-        // Nothing to reuse: one read of the whole blob beats a read per file.
+        // Nothing to reuse: one read of the whole blob beats reading it piecewise.
         return None;
     }
-    let ranges = match layout_source.blob_ranges(desc) {
-        Ok(r) => r,
+    let ranges = match source.range_source(desc).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return fallback(format!("{} cannot serve byte ranges", source.kind())),
         Err(e) => return fallback(format!("{e:#}")),
     };
     let stats = Arc::new(PartialStats::default());
-    let started = Arc::new(AtomicU64::new(0));
     observer.event(&CopyEvent::LayerStarted {
         digest: desc.digest().to_string(),
         size: desc.size(),
-        fetched: started,
+        fetched: stats.fetched.clone(),
     });
     let result = match import_partial(
         store,
@@ -385,23 +383,35 @@ async fn try_partial<H: FsVerityHashValue>(
     )
     .await
     {
-        Ok(pending) => pending.register().await,
+        Ok(Imported::Partial(pending)) => pending.register().await.map(|r| (r, true)),
+        Ok(Imported::Whole(pending)) => {
+            observer.event(&CopyEvent::LayerFallback {
+                digest: desc.digest().to_string(),
+                reason: format!("{WholeBlobComing}; imported it as a full pull"),
+            });
+            pending.register().await.map(|r| (r, false))
+        }
         Err(e) => Err(e),
     };
     match result {
-        Ok((_, layer_stats)) => {
+        Ok(((_, layer_stats), partial)) => {
             let fetched = stats.fetched.load(Ordering::Relaxed);
+            let reused = if partial {
+                stats.reused.load(Ordering::Relaxed)
+            } else {
+                layer_stats.bytes_reused
+            };
             observer.event(&CopyEvent::LayerDone {
                 digest: desc.digest().to_string(),
-                partial: true,
+                partial,
                 fetched,
                 written: layer_stats.bytes_written,
-                reused: stats.reused.load(Ordering::Relaxed),
+                reused,
             });
             Some(LayerOutcome {
                 fetched,
                 stats: layer_stats,
-                partial_reused: Some(stats.reused.load(Ordering::Relaxed)),
+                partial_reused: partial.then_some(reused),
                 requests: stats.requests.load(Ordering::Relaxed),
             })
         }

@@ -15,5 +15,7 @@ pub mod media;
 pub mod options;
 pub mod platform;
 pub mod policy;
+pub mod range_fetch;
+pub mod registry;
 pub mod source;
 pub mod zstd_chunked;

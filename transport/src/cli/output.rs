@@ -98,8 +98,9 @@ impl Output {
         let _ = writeln!(out, "  manifest  {}", s.manifest_digest);
         let _ = writeln!(
             out,
-            "  fetched   {} ; written {} ; reused {} ({} objects)",
+            "  fetched   {} in {} requests ; written {} ; reused {} ({} objects)",
             human(s.bytes_fetched),
+            s.requests,
             human(s.bytes_written),
             human(s.bytes_reused),
             s.objects_reused

@@ -4,6 +4,8 @@
 //!   proxy protocol 0.2.3 (Debian bookworm's skopeo 1.9.3).
 //! - [`layout::LayoutSource`]: `oci:` and uncompressed `oci-archive:` read directly, without
 //!   skopeo: exact manifests and indexes, random access to blobs.
+//! - For `docker://` images, the proxy reads manifests and whole blobs, and the native
+//!   [registry client](crate::registry) byte ranges ([`Source::range_source`]).
 //!
 //! Every source hands out the manifest and config bytes verified against their digests, and
 //! layer blobs that the [layer converter](crate::layer) verifies while importing.
@@ -21,6 +23,7 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use crate::imageref::ImageRef;
 use crate::options::SourceOptions;
+use crate::range_fetch::RangeSource;
 
 /// The manifest and config of the image to copy, verified.
 #[derive(Debug, Clone)]
@@ -39,7 +42,7 @@ pub struct ResolvedImage {
 #[derive(Debug)]
 pub enum Source {
     /// Through skopeo's image proxy.
-    Proxy(proxy::ProxySource),
+    Proxy(Box<proxy::ProxySource>),
     /// An OCI layout read directly.
     Layout(layout::LayoutSource),
 }
@@ -54,16 +57,16 @@ impl Source {
                 if let Some(layout) = layout::LayoutSource::open(reference, options)? {
                     return Ok(Self::Layout(layout));
                 }
-                Ok(Self::Proxy(
+                Ok(Self::Proxy(Box::new(
                     proxy::ProxySource::open(reference, options).await?,
-                ))
+                )))
             }
             ImageRef::Composefs { .. } => {
                 anyhow::bail!("copying out of composefs storage ({reference}) is not supported yet")
             }
-            _ => Ok(Self::Proxy(
+            _ => Ok(Self::Proxy(Box::new(
                 proxy::ProxySource::open(reference, options).await?,
-            )),
+            ))),
         }
     }
 
@@ -94,6 +97,24 @@ impl Source {
         match self {
             Self::Proxy(p) => p.fetch_layer(store, desc, diff_id, fetched).await,
             Self::Layout(l) => l.fetch_layer(store, desc, diff_id, fetched).await,
+        }
+    }
+}
+
+impl Source {
+    /// A reader of byte ranges of `desc`'s blob: `None` when this source cannot serve them.
+    pub async fn range_source(&self, desc: &Descriptor) -> Result<Option<RangeSource>> {
+        match self {
+            Self::Layout(l) => Ok(Some(RangeSource::Layout(Arc::new(std::sync::Mutex::new(
+                l.blob_ranges(desc)?,
+            ))))),
+            Self::Proxy(p) => Ok(p
+                .registry_client()
+                .await?
+                .map(|client| RangeSource::Registry {
+                    client,
+                    digest: desc.digest().to_string(),
+                })),
         }
     }
 }

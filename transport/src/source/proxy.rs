@@ -27,6 +27,10 @@ pub struct ProxySource {
     proxy: ImageProxy,
     image: OpenedImage,
     reference: String,
+    /// For `docker://` images: the registry name and the options to reach it natively.
+    registry: Option<(String, SourceOptions)>,
+    /// The native client, made on first use (byte ranges).
+    client: tokio::sync::OnceCell<Arc<crate::registry::Client>>,
 }
 
 impl std::fmt::Debug for ProxySource {
@@ -93,10 +97,16 @@ impl ProxySource {
         let name = reference.to_string();
         log::debug!("skopeo proxy protocol {}", proxy.protocol_version());
         let image = open_image(&proxy, &name).await?;
+        let registry = match reference {
+            ImageRef::Docker(docker) => Some((docker.clone(), options.clone())),
+            _ => None,
+        };
         Ok(Self {
             proxy,
             image,
             reference: name,
+            registry,
+            client: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -168,6 +178,21 @@ impl ProxySource {
         let pending = imported?;
         driven.map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?;
         Ok(pending)
+    }
+}
+
+impl ProxySource {
+    /// The native registry client for this image's repository: `None` when the image is not in
+    /// a registry.
+    pub async fn registry_client(&self) -> Result<Option<Arc<crate::registry::Client>>> {
+        let Some((name, options)) = &self.registry else {
+            return Ok(None);
+        };
+        let client = self
+            .client
+            .get_or_try_init(|| async { crate::registry::Client::new(name, options).map(Arc::new) })
+            .await?;
+        Ok(Some(client.clone()))
     }
 }
 

@@ -1,0 +1,374 @@
+//! A native client of the OCI distribution API, for what skopeo's image proxy cannot do: byte
+//! ranges of blobs (zstd:chunked partial pulls).
+//!
+//! It takes the same options as the proxy ([`SourceOptions`]): credentials
+//! ([`auth`]), `--src-tls-verify` and certificate directories ([`tls`]). With TLS verification
+//! off, a registry that does not speak TLS is reached over plain HTTP, as containers/image does.
+//! The registry is the one the reference names: mirrors and rewrites from `registries.conf`
+//! are not applied.
+//!
+//! Endpoints used (distribution spec v1.1):
+//!
+//! - `GET /v2/`: the ping, which also tells how to authenticate;
+//! - `GET /v2/NAME/blobs/DIGEST` with `Range:` ([`byteranges`]).
+
+pub mod auth;
+pub mod byteranges;
+pub mod tls;
+
+use std::ops::Range;
+
+use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
+use fn_error_context::context;
+use reqwest::StatusCode;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE,
+};
+use tokio::sync::{OnceCell, mpsc};
+
+use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
+use crate::options::SourceOptions;
+use auth::Credentials;
+
+/// Room allowed for the headers of each part of a multipart answer (distribution 2.8 uses
+/// about 150 bytes; others add a Content-Type of their own).
+const MULTIPART_PART_OVERHEAD: u64 = 512;
+
+/// Room allowed for a multipart answer's preamble and closing boundary.
+const MULTIPART_FIXED_OVERHEAD: u64 = 4096;
+
+/// Largest token answer accepted: tokens are kilobytes.
+const MAX_TOKEN_ANSWER: u64 = 1024 * 1024;
+
+/// A repository in a registry, from a `docker://` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryRef {
+    /// The registry as auth files and certificate directories name it (`docker.io`,
+    /// `quay.io`, `127.0.0.1:5000`).
+    pub registry: String,
+    /// The host (and port) to connect to (`registry-1.docker.io` for `docker.io`).
+    pub endpoint: String,
+    /// The repository path (`library/busybox`).
+    pub repository: String,
+}
+
+impl RepositoryRef {
+    /// Parses a docker name (`HOST/PATH[:TAG][@DIGEST]`, or a Docker Hub short name).
+    pub fn parse(name: &str) -> Result<Self> {
+        let without_digest = name.split_once('@').map_or(name, |(n, _)| n);
+        let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+        let without_tag = match without_digest[last_slash..].rfind(':') {
+            Some(i) => &without_digest[..last_slash + i],
+            None => without_digest,
+        };
+        let (registry, path) = match crate::imageref::docker_host(without_tag) {
+            Some(host) => (host.to_owned(), without_tag[host.len() + 1..].to_owned()),
+            None => ("docker.io".to_owned(), without_tag.to_owned()),
+        };
+        anyhow::ensure!(!path.is_empty(), "{name}: no repository name");
+        let path = if registry == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
+        let endpoint = if registry == "docker.io" {
+            "registry-1.docker.io".to_owned()
+        } else {
+            registry.clone()
+        };
+        Ok(Self {
+            registry,
+            endpoint,
+            repository: path,
+        })
+    }
+}
+
+/// What a registry answered to a range request.
+#[derive(Debug)]
+pub enum RangeAnswer {
+    /// The requested ranges, in the order asked; `wire_bytes` is the body size.
+    Parts {
+        /// One buffer per requested range.
+        parts: Vec<Bytes>,
+        /// Bytes of the answer's body (parts and multipart headers).
+        wire_bytes: u64,
+    },
+    /// `200`: the server ignored `Range` and is sending the whole blob.
+    Whole(reqwest::Response),
+    /// `400` or `416`: the server refuses this set of ranges.
+    Refused(StatusCode),
+}
+
+/// A client for one repository of one registry.
+pub struct Client {
+    http: reqwest::Client,
+    target: RepositoryRef,
+    insecure: bool,
+    credentials: Option<Credentials>,
+    /// `https://ENDPOINT`, or `http://ENDPOINT` when allowed and the registry has no TLS.
+    base: OnceCell<String>,
+    /// The `Authorization` value the registry accepted (or asked for).
+    authorization: std::sync::Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.target)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for the repository of docker name `name`; nothing is sent yet.
+    pub fn new(name: &str, options: &SourceOptions) -> Result<Self> {
+        let target = RepositoryRef::parse(name)?;
+        let credentials = auth::credentials_for(options, &target.registry, &target.repository)?;
+        Ok(Self {
+            http: tls::http_client(options, &target.registry)?,
+            insecure: options.tls_verify == Some(false),
+            credentials,
+            target,
+            base: OnceCell::new(),
+            authorization: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The repository this client reads.
+    pub fn target(&self) -> &RepositoryRef {
+        &self.target
+    }
+
+    /// Pings the registry once: picks the scheme and authenticates when asked to.
+    async fn base(&self) -> Result<&str> {
+        let base = self
+            .base
+            .get_or_try_init(|| async {
+                let https = format!("https://{}", self.target.endpoint);
+                match self.http.get(format!("{https}/v2/")).send().await {
+                    Ok(_) => Ok(https),
+                    Err(e) if self.insecure => {
+                        let http = format!("http://{}", self.target.endpoint);
+                        log::debug!("{https}: {e}; trying {http}");
+                        self.http
+                            .get(format!("{http}/v2/"))
+                            .send()
+                            .await
+                            .with_context(|| format!("Reaching {}", self.target.endpoint))?;
+                        Ok(http)
+                    }
+                    Err(e) => Err(anyhow::Error::new(e)
+                        .context(format!("Reaching {} over HTTPS", self.target.endpoint))),
+                }
+            })
+            .await?;
+        Ok(base)
+    }
+
+    /// Sends `GET PATH` with `headers`, authenticating once when the registry asks.
+    async fn get(&self, path: &str, headers: HeaderMap) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base().await?);
+        let mut authenticated = false;
+        loop {
+            let mut request = self.http.get(&url).headers(headers.clone());
+            if let Some(value) = self.authorization.lock().unwrap().clone() {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let response = request.send().await.with_context(|| format!("GET {url}"))?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            if authenticated {
+                bail!(
+                    "{}: authentication failed (HTTP 401){}",
+                    self.target.registry,
+                    if self.credentials.is_some() {
+                        ""
+                    } else {
+                        "; no credentials were found for it"
+                    }
+                );
+            }
+            self.authenticate(&response).await?;
+            authenticated = true;
+        }
+    }
+
+    /// Answers a `401` challenge: Basic credentials, or a Bearer token from the realm.
+    #[context("Authenticating to {}", self.target.registry)]
+    async fn authenticate(&self, response: &reqwest::Response) -> Result<()> {
+        let header = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .context("HTTP 401 without WWW-Authenticate")?
+            .to_str()
+            .context("WWW-Authenticate is not text")?;
+        let challenge = auth::parse_challenge(header)?;
+        let value = match challenge.scheme.as_str() {
+            "basic" => self
+                .credentials
+                .as_ref()
+                .context("the registry requires credentials (give --src-creds or --authfile)")?
+                .basic(),
+            "bearer" => {
+                let realm = challenge
+                    .params
+                    .get("realm")
+                    .context("Bearer challenge without realm")?;
+                anyhow::ensure!(
+                    realm.starts_with("https://") || realm.starts_with("http://"),
+                    "token realm {realm:?} is not an HTTP URL"
+                );
+                let scope = format!("repository:{}:pull", self.target.repository);
+                let mut query = vec![("scope", scope.as_str())];
+                if let Some(service) = challenge.params.get("service") {
+                    query.push(("service", service));
+                }
+                let mut request = self.http.get(realm).query(&query);
+                if let Some(creds) = &self.credentials {
+                    request = request.header(AUTHORIZATION, creds.basic());
+                }
+                let answer = request.send().await.context("Asking for a token")?;
+                let status = answer.status();
+                anyhow::ensure!(
+                    status.is_success(),
+                    "the token server answered HTTP {status}"
+                );
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = read_limited(answer, MAX_TOKEN_ANSWER).await?;
+                let token: Token = serde_json::from_slice(&body).context("Reading the token")?;
+                let token = token
+                    .token
+                    .or(token.access_token)
+                    .context("the token server sent no token")?;
+                format!("Bearer {token}")
+            }
+            other => bail!("unsupported authentication scheme {other:?}"),
+        };
+        *self.authorization.lock().unwrap() = Some(value);
+        Ok(())
+    }
+
+    /// Asks for `ranges` (half-open, sorted, non-overlapping) of blob `digest`.
+    #[context("Fetching {} byte ranges of {digest}", ranges.len())]
+    pub async fn blob_ranges(&self, digest: &str, ranges: &[Range<u64>]) -> Result<RangeAnswer> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, byteranges::range_header(ranges).parse()?);
+        let path = format!("/v2/{}/blobs/{digest}", self.target.repository);
+        let response = self.get(&path, headers).await?;
+        let status = response.status();
+        match status {
+            StatusCode::OK => return Ok(RangeAnswer::Whole(response)),
+            StatusCode::PARTIAL_CONTENT => {}
+            StatusCode::BAD_REQUEST | StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Ok(RangeAnswer::Refused(status));
+            }
+            StatusCode::NOT_FOUND => bail!("blob {digest} not found in {}", self.target.repository),
+            other => bail!("the registry answered HTTP {other}"),
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap_or_default().to_owned())
+        };
+        let content_type = header(CONTENT_TYPE).unwrap_or_default();
+        let content_range = header(CONTENT_RANGE);
+        let payload: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let limit =
+            payload + MULTIPART_FIXED_OVERHEAD + MULTIPART_PART_OVERHEAD * ranges.len() as u64;
+        let body = read_limited(response, limit).await?;
+        let wire_bytes = body.len() as u64;
+        let parts = match byteranges::multipart_boundary(&content_type)? {
+            Some(boundary) => byteranges::parse_multipart(&body, &boundary)?,
+            None => {
+                let range = byteranges::parse_content_range(
+                    &content_range.context("HTTP 206 without Content-Range")?,
+                )?;
+                anyhow::ensure!(
+                    range.end - range.start == wire_bytes,
+                    "Content-Range {range:?} but {wire_bytes} bytes of body"
+                );
+                vec![(range, body)]
+            }
+        };
+        Ok(RangeAnswer::Parts {
+            parts: byteranges::select(&parts, ranges)?,
+            wire_bytes,
+        })
+    }
+}
+
+/// Reads a response body of at most `limit` bytes.
+async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Bytes> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.context("Reading the answer")? {
+        anyhow::ensure!(
+            (body.len() + chunk.len()) as u64 <= limit,
+            "the answer is longer than the {limit} bytes asked for"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The body of `response` as an [`tokio::io::AsyncRead`], read by a task of its own.
+pub(crate) fn body_reader(mut response: reqwest::Response) -> ChannelReader {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let item = match response.chunk().await {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => return,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    ChannelReader::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_refs() {
+        let r = RepositoryRef::parse("127.0.0.1:5000/a/b:v1").unwrap();
+        assert_eq!(
+            (
+                r.registry.as_str(),
+                r.endpoint.as_str(),
+                r.repository.as_str()
+            ),
+            ("127.0.0.1:5000", "127.0.0.1:5000", "a/b")
+        );
+        let r = RepositoryRef::parse("busybox").unwrap();
+        assert_eq!(
+            (
+                r.registry.as_str(),
+                r.endpoint.as_str(),
+                r.repository.as_str()
+            ),
+            ("docker.io", "registry-1.docker.io", "library/busybox")
+        );
+        let digest = format!("quay.io/x/y@sha256:{}", "0".repeat(64));
+        let r = RepositoryRef::parse(&digest).unwrap();
+        assert_eq!(r.repository, "x/y");
+        let r = RepositoryRef::parse("localhost/app:tag@sha256:00").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("localhost", "app")
+        );
+    }
+}
