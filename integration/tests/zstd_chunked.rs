@@ -1,6 +1,7 @@
-//! skiff's zstd:chunked writer against skopeo 1.9.3's: the same tar is cut at the same chunk
-//! boundaries (the rolling checksum and the zero-run rule), and skopeo's (legacy) output is
-//! recognised as not usable for partial pulls.
+//! skiff's zstd:chunked writer against independent implementations: skopeo 1.9.3 cuts the same
+//! tar at the same chunk boundaries (the rolling checksum and the zero-run rule), and its
+//! (legacy) output is recognised as not usable for partial pulls; the `zstd-chunked` crate
+//! reads skiff's output and rebuilds the tar from it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -116,4 +117,83 @@ fn chunk_boundaries_match_skopeo() {
         ours[b"usr/noise.bin".as_slice()]
     );
     assert_eq!(ours, theirs, "chunk boundaries differ from skopeo's");
+}
+
+/// The tar as the `zstd-chunked` crate 0.2.0 rebuilds it: that reader ignores tar-split's
+/// `name_raw` (names that are not UTF-8), takes such a file entry for an inline segment and
+/// writes its payload (the CRC-64 of the content, 8 bytes big-endian) instead of the content.
+fn as_the_crate_rebuilds(tar: &[u8]) -> Vec<u8> {
+    let mut replaced = Vec::new();
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        if std::str::from_utf8(&entry.path_bytes()).is_err() && entry.size() > 0 {
+            let at = entry.raw_file_position() as usize;
+            replaced.push(at..at + entry.size() as usize);
+        }
+    }
+    let mut out = Vec::with_capacity(tar.len());
+    let mut pos = 0;
+    for r in replaced {
+        out.extend_from_slice(&tar[pos..r.start]);
+        let mut crc = skiff_transport::zstd_chunked::Crc64Iso::default();
+        crc.update(&tar[r.clone()]);
+        out.extend_from_slice(&crc.finish().to_be_bytes());
+        pos = r.end;
+    }
+    out.extend_from_slice(&tar[pos..]);
+    out
+}
+
+/// An independent reader (the `zstd-chunked` crate) parses what skiff's writer makes and
+/// rebuilds the tar from it: the same DiffID (for layers whose names are all UTF-8, which is
+/// all that reader handles), and every referenced range decompresses to the size and digest
+/// the TOC gives.
+#[test]
+fn the_zstd_chunked_crate_reads_what_skiff_writes() {
+    let mut same_diff_id = 0;
+    for name in ["rich", "big-file", "many", "demo-v1"] {
+        let image = fixtures::by_name(name).unwrap();
+        for tar in fixtures::layer_tars(&image).unwrap() {
+            let mut blob = Vec::new();
+            let written = writer::write_zstd_chunked(&tar[..], &mut blob, 3).unwrap();
+            assert_eq!(written.diff_id, fixtures::digest(&tar));
+            let annotations: HashMap<String, String> =
+                written.annotations.clone().into_iter().collect();
+            let Annotations::Chunked { toc, tar_split, .. } =
+                Annotations::parse(Some(&annotations)).unwrap()
+            else {
+                panic!("{name}: not zstd:chunked");
+            };
+            let frame = |p: &skiff_transport::zstd_chunked::Position| {
+                &blob[p.offset as usize..(p.offset + p.length) as usize]
+            };
+            let stream =
+                zstd_chunked::Stream::new_from_frames(frame(&toc), frame(&tar_split)).unwrap();
+            let mut rebuilt = Vec::new();
+            stream
+                .write_to(&mut rebuilt, |r| {
+                    let data =
+                        zstd::decode_all(&blob[r.range.start as usize..r.range.end as usize])?;
+                    anyhow::ensure!(data.len() as u64 == r.size, "size of {:?}", r.range);
+                    anyhow::ensure!(
+                        fixtures::digest(&data) == r.digest,
+                        "digest of {:?}",
+                        r.range
+                    );
+                    Ok(data)
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let expected = as_the_crate_rebuilds(&tar);
+            assert!(rebuilt == expected, "{name}: the crate's rebuild differs");
+            if expected == tar {
+                assert_eq!(fixtures::digest(&rebuilt), written.diff_id);
+                same_diff_id += 1;
+            }
+        }
+    }
+    assert!(
+        same_diff_id >= 6,
+        "only {same_diff_id} layers rebuilt whole"
+    );
 }

@@ -8,7 +8,9 @@
 //!
 //! - `update to v2`: v1 → v2 where v2's layers are zstd:chunked, into a store holding v1:
 //!   skiff pulls partially (ranges of the OCI layout's blobs), cfsctl pulls whole; plus the
-//!   bytes skiff fetched against a full pull and against the floor.
+//!   bytes skiff fetched against a full pull and against the floor;
+//! - `registry update to v2`: the same update from the registry (skiff: HTTP range requests;
+//!   cfsctl: full pull), with skiff's bytes and requests.
 //!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
 //! The image is the `large` fixture (340 MB uncompressed in 4 layers, 6,000 files plus one of
@@ -266,7 +268,6 @@ fn main() -> Result<()> {
             ("cfsctl", Box::new(|_| cfsctl_from_registry(false))),
         ],
     )?;
-    drop(registry);
 
     // Update v1 → v2 where v2's layers are zstd:chunked: skiff pulls them partially (oci:
     // layout ranges), cfsctl pulls them whole; both into a store that holds v1.
@@ -336,9 +337,57 @@ fn main() -> Result<()> {
         &skiff,
         &skiff_v1,
         &work.join("skiff-bytes"),
-        &src_v2,
+        &[&src_v2],
         &layout,
     )?;
+
+    // The same update from the registry: skiff's range requests against cfsctl's full pull.
+    let remote_v2 = registry.push(&src_v2, "bench/large:v2")?;
+    eprintln!("update v1 -> v2 from the registry ({runs} runs each), {remote_v2}");
+    run_scenario(
+        &mut rows,
+        runs,
+        "registry update to v2",
+        vec![
+            (
+                "skiff",
+                Box::new(|_| {
+                    let repo = work.join("skiff-update");
+                    copy_dir(&skiff_v1, &repo)?;
+                    let mut c = Command::new(&skiff);
+                    c.args([
+                        "copy",
+                        "--quiet",
+                        "--src-tls-verify=false",
+                        &remote_v2,
+                        &format!("composefs:{}:v2", repo.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+            (
+                "cfsctl",
+                Box::new(|_| {
+                    let repo = work.join("cfsctl-update");
+                    copy_dir(&cfsctl_v1, &repo)?;
+                    let mut c = Command::new(&cfsctl);
+                    c.arg("--repo")
+                        .arg(&repo)
+                        .args(["oci", "pull", &remote_v2, "v2"])
+                        .env("HOME", &home);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
+    let registry_update = update_bytes(
+        &skiff,
+        &skiff_v1,
+        &work.join("skiff-bytes"),
+        &["--src-tls-verify=false", &remote_v2],
+        &layout,
+    )?;
+    drop(registry);
 
     println!();
     println!(
@@ -363,18 +412,23 @@ fn main() -> Result<()> {
     println!(
         "\n{runs} runs each; image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
     );
-    println!(
-        "update to v2 (5% of the files changed, 5 added, 10 deleted; zstd:chunked layers): skiff \
-         fetched {} bytes in {} requests; a full pull fetches {} ({:.1}% of it); the floor \
-         (compressed frames of the changed and added files, plus TOCs and tar-splits) is {} \
-         (skiff fetched {:.2}x the floor).",
-        update.fetched,
-        update.requests,
-        update.full,
-        100.0 * update.fetched as f64 / update.full as f64,
-        update.floor,
-        update.fetched as f64 / update.floor as f64
-    );
+    for (what, bytes) in [
+        ("update to v2 from the OCI layout", &update),
+        ("update to v2 from the registry", &registry_update),
+    ] {
+        println!(
+            "{what} (5% of the files changed, 5 added, 10 deleted; zstd:chunked layers): skiff \
+             fetched {} bytes in {} requests; a full pull fetches {} ({:.1}% of it); the floor \
+             (compressed frames of the changed and added files, plus TOCs and tar-splits) is {} \
+             (skiff fetched {:.2}x the floor).",
+            bytes.fetched,
+            bytes.requests,
+            bytes.full,
+            100.0 * bytes.fetched as f64 / bytes.full as f64,
+            bytes.floor,
+            bytes.fetched as f64 / bytes.floor as f64
+        );
+    }
     Ok(())
 }
 
@@ -424,18 +478,15 @@ fn update_bytes(
     skiff: &Path,
     v1_repo: &Path,
     scratch: &Path,
-    src_v2: &str,
+    source_args: &[&str],
     layout: &Path,
 ) -> Result<UpdateBytes> {
     use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
     copy_dir(v1_repo, scratch)?;
     let out = Command::new(skiff)
-        .args([
-            "copy",
-            "--progress=json",
-            src_v2,
-            &format!("composefs:{}:v2", scratch.display()),
-        ])
+        .args(["copy", "--progress=json"])
+        .args(source_args)
+        .arg(format!("composefs:{}:v2", scratch.display()))
         .output()?;
     let summary = String::from_utf8_lossy(&out.stdout)
         .lines()
