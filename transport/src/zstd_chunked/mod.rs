@@ -32,6 +32,12 @@
 //! `tarSplitDigest` → tar-split bytes; TOC and tar-split describe the same entries; then, when
 //! files are used, each file's sha256 (TOC) and CRC-64 (tar-split), and the rebuilt tar's sha256
 //! against the config's DiffID. Every size read from input is bounded before allocation.
+//!
+//! "The same entries" means the same regular files with content, in the same order, with the
+//! same sizes. The TOC's other metadata (modes, owners, times, link targets, xattrs) is not
+//! compared: a partial pull takes every header from the tar-split and only file contents from
+//! the TOC's ranges, so those fields never reach the store, and the DiffID check covers every
+//! header byte.
 
 pub mod tar_split;
 pub mod toc;
