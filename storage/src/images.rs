@@ -98,6 +98,24 @@ pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSu
     Ok(out)
 }
 
+/// The tag of a stored image whose config digest is `config`, if any (the first by name).
+#[context("Looking for an image with config {config}")]
+pub fn find_by_config<H: FsVerityHashValue>(
+    store: &Store<H>,
+    config: &OciDigest,
+) -> Result<Option<String>> {
+    let mut refs = oci_image::list_refs(store.repo())?;
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, digest) in refs {
+        let image = OciImage::open(store.repo(), &digest, None)
+            .with_context(|| format!("Opening image {name}"))?;
+        if image.manifest().config().digest() == config {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
 /// The raw manifest and config bytes of an image.
 #[context("Reading manifest and config of {reference}")]
 pub fn raw_manifest_and_config<H: FsVerityHashValue>(
@@ -137,6 +155,15 @@ pub fn remove<H: FsVerityHashValue>(
     Ok(tags)
 }
 
+/// Where a regular file's content is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent<H: FsVerityHashValue> {
+    /// In this object, of this size.
+    Object(H, u64),
+    /// In the image itself (small files).
+    Inline(Vec<u8>),
+}
+
 /// The file tree of a stored image, for finding files by path (as an update of that image
 /// would have them). Read from the image's EROFS; paths never follow symlinks and never leave
 /// the root.
@@ -165,6 +192,60 @@ impl<H: FsVerityHashValue> ImageTree<H> {
         };
         let fs = composefs::erofs::reader::erofs_to_filesystem(&repo.read_object(erofs)?)?;
         Ok(Some(Self { fs }))
+    }
+
+    /// The content of the regular file at `path` (components joined by `/`, no `.` or `..`):
+    /// `None` when there is no such file, or when the path goes through a symlink (symlinks are
+    /// never followed) or names something else than a regular file.
+    pub fn regular_file(&self, path: &[u8]) -> Option<FileContent<H>> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::OsStr::from_bytes(path);
+        let (dir, name) = self.fs.root.split(path).ok()?;
+        match dir.get_file_opt(name, &self.fs.leaves).ok()?? {
+            composefs::tree::RegularFile::External(id, size)
+            | composefs::tree::RegularFile::ExternalNoVerity(id, size) => {
+                Some(FileContent::Object(id.clone(), *size))
+            }
+            composefs::tree::RegularFile::Inline(data) => Some(FileContent::Inline(data.to_vec())),
+            _ => None,
+        }
+    }
+
+    /// Every regular file, in path order: `(path, mode, content, leaf)`, where `leaf` is the
+    /// same number for the names of one hard-linked file.
+    pub fn regular_files(&self) -> Vec<(Vec<u8>, u32, FileContent<H>, usize)> {
+        use composefs::generic_tree::{Inode, LeafContent};
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = Vec::new();
+        let mut stack = vec![(Vec::new(), &self.fs.root)];
+        while let Some((prefix, dir)) = stack.pop() {
+            for (name, inode) in dir.sorted_entries() {
+                let mut path = prefix.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name.as_bytes());
+                match inode {
+                    Inode::Directory(sub) => stack.push((path, sub)),
+                    Inode::Leaf(id, _) => {
+                        let leaf = &self.fs.leaves[id.0];
+                        let content = match &leaf.content {
+                            LeafContent::Regular(
+                                composefs::tree::RegularFile::External(h, size)
+                                | composefs::tree::RegularFile::ExternalNoVerity(h, size),
+                            ) => FileContent::Object(h.clone(), *size),
+                            LeafContent::Regular(composefs::tree::RegularFile::Inline(data)) => {
+                                FileContent::Inline(data.to_vec())
+                            }
+                            _ => continue,
+                        };
+                        out.push((path, leaf.stat.st_mode, content, id.0));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The object and size of the regular file at `path` (components joined by `/`), if it is

@@ -1,6 +1,6 @@
 //! An [`AsyncRead`] over chunks that a blocking producer sends through a channel: the bridge
-//! from blocking readers (files of an OCI layout, a layer rebuilt from local objects) to the
-//! async layer import.
+//! from blocking readers and writers (files of an OCI layout, a layer rebuilt from local
+//! objects or by a tar-diff) to the async layer import.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -45,5 +45,50 @@ impl AsyncRead for ChannelReader {
         let n = self.current.len().min(buf.remaining());
         buf.put_slice(&self.current.split_to(n));
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Bytes gathered before a [`ChannelWriter`] sends them on.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// A blocking [`std::io::Write`] that sends what is written, in chunks, to a
+/// [`ChannelReader`]: the bridge from a blocking producer that writes (a tar-diff applier) to
+/// the async layer import.
+pub(crate) struct ChannelWriter<'a> {
+    tx: &'a mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl<'a> ChannelWriter<'a> {
+    /// Writes to the reader of `tx`.
+    pub(crate) fn new(tx: &'a mpsc::Sender<std::io::Result<Bytes>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::other("the layer import stopped"))
+    }
+}
+
+impl std::io::Write for ChannelWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
     }
 }

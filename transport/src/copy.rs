@@ -23,7 +23,7 @@ use crate::chunked_pull::{ChunkedLayout, Imported, PartialStats, Reuse, import_p
 use crate::layer::BlobError;
 use crate::media::UnsupportedMediaType;
 use crate::range_fetch::WholeBlobComing;
-use crate::source::Source;
+use crate::source::{Resolved, Source};
 use crate::zstd_chunked::Annotations;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::ImageTree;
@@ -159,7 +159,15 @@ pub async fn copy_image<H: FsVerityHashValue>(
     observer: Arc<dyn Observer>,
 ) -> Result<CopySummary> {
     let started = Instant::now();
-    let image = source.resolve().await?;
+    let image = match source.resolve().await? {
+        Resolved::Image(image) => image,
+        Resolved::Delta(delta_json) => {
+            return crate::delta::apply::apply_delta(
+                source, store, tag, &delta_json, options, observer,
+            )
+            .await;
+        }
+    };
     let manifest_digest = skiff_storage::digest::digest_of(&image.manifest_json);
     observer.event(&CopyEvent::Resolved {
         manifest_digest: manifest_digest.to_string(),

@@ -9,6 +9,7 @@
 mod channel_reader;
 pub mod chunked_pull;
 pub mod copy;
+pub mod delta;
 pub mod imageref;
 pub mod layer;
 pub mod media;

@@ -1,6 +1,7 @@
 //! Command-line interface: skopeo's flag names and meanings, plus the store commands.
 
 mod copy;
+mod delta;
 pub mod logger;
 mod output;
 mod store;
@@ -97,6 +98,9 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 enum Command {
     /// Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME.
     Copy(Box<copy::CopyArgs>),
+    /// oci-delta artifacts: skiff delta create OLD NEW DESTINATION.
+    #[command(subcommand)]
+    Delta(DeltaCommand),
     /// Create a composefs repository (insecure mode, with a notice, where there is no fs-verity).
     Init {
         /// Where to create it.
@@ -144,6 +148,12 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DeltaCommand {
+    /// Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...).
+    Create(Box<delta::CreateArgs>),
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum HashArg {
     Sha256,
@@ -179,6 +189,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let command = async {
         match cli.command {
             Command::Copy(args) => copy::run(*args, &cli.global).await,
+            Command::Delta(DeltaCommand::Create(args)) => {
+                delta::create(*args, &cli.global).await
+            }
             Command::Init {
                 path,
                 hash,

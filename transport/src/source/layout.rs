@@ -22,7 +22,7 @@ use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
-use super::{ResolvedImage, parse_config, parse_manifest};
+use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
 use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
 use crate::imageref::ImageRef;
 use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
@@ -157,7 +157,7 @@ impl LayoutSource {
 
     /// Picks the image's manifest from the index and reads it and its config, verified.
     #[context("Reading manifest and config of {}", self.name)]
-    pub async fn resolve(&self) -> Result<ResolvedImage> {
+    pub async fn resolve(&self) -> Result<Resolved> {
         let layout = self.layout.clone();
         let reference = self.reference.clone();
         let name = self.name.clone();
@@ -174,19 +174,36 @@ impl LayoutSource {
                 })?;
             }
             let manifest_json = layout.read_verified(&desc, MAX_MANIFEST_SIZE)?;
+            if crate::delta::is_delta(&manifest_json) {
+                return Ok(Resolved::Delta(manifest_json));
+            }
             let manifest = parse_manifest(&manifest_json, &name)?;
             let config_json = layout
                 .read_verified(manifest.config(), MAX_CONFIG_SIZE)
                 .context("Reading the config")?;
             let config = parse_config(&config_json, &manifest)?;
-            Ok(ResolvedImage {
+            Ok(Resolved::Image(ResolvedImage {
                 manifest_json,
                 manifest,
                 config_json,
                 config,
-            })
+            }))
         })
         .await?
+    }
+
+    /// Reads a small blob (a manifest or config carried by a delta) whole, verified.
+    pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        let (layout, desc) = (self.layout.clone(), desc.clone());
+        tokio::task::spawn_blocking(move || layout.read_verified(&desc, max)).await?
+    }
+
+    /// Opens a blob for reading from its start (blocking reads; not verified here).
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
+        skiff_storage::digest::require_sha256(desc.digest())?;
+        Ok(Box::new(self.layout.read_blob(desc).with_context(|| {
+            format!("Opening blob {}", desc.digest())
+        })?))
     }
 
     /// Streams one layer blob out of the layout and imports it.

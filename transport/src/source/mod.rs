@@ -38,6 +38,15 @@ pub struct ResolvedImage {
     pub config: ImageConfiguration,
 }
 
+/// What a reference names: an image, or an oci-delta artifact that rebuilds one.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// An image.
+    Image(ResolvedImage),
+    /// A delta artifact: its manifest bytes, verified against their digest.
+    Delta(Vec<u8>),
+}
+
 /// An open image source.
 #[derive(Debug)]
 pub enum Source {
@@ -78,8 +87,8 @@ impl Source {
         }
     }
 
-    /// Reads and verifies the manifest and config of the image.
-    pub async fn resolve(&self) -> Result<ResolvedImage> {
+    /// Reads and verifies the manifest and config of the image, or the manifest of a delta.
+    pub async fn resolve(&self) -> Result<Resolved> {
         match self {
             Self::Proxy(p) => p.resolve().await,
             Self::Layout(l) => l.resolve().await,

@@ -17,7 +17,7 @@ use fn_error_context::context;
 use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
-use super::{ResolvedImage, parse_config, parse_manifest};
+use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
 use crate::imageref::ImageRef;
 use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
@@ -113,12 +113,18 @@ impl ProxySource {
     /// The manifest (converted to OCI by the proxy when the source has a Docker v2s2 one) and
     /// the config.
     #[context("Reading manifest and config of {}", self.reference)]
-    pub async fn resolve(&self) -> Result<ResolvedImage> {
+    pub async fn resolve(&self) -> Result<Resolved> {
         let (source_digest, manifest_json) =
             self.proxy
                 .fetch_manifest_raw_oci(&self.image)
                 .await
                 .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
+        anyhow::ensure!(
+            !crate::delta::is_delta(&manifest_json),
+            "{} is an oci-delta artifact; skiff applies deltas from oci: and oci-archive: \
+             (copy the delta there first with skopeo)",
+            self.reference
+        );
         let manifest = parse_manifest(&manifest_json, &self.reference)?;
         // The proxy returns the source's manifest digest with the manifest it converted to OCI;
         // a difference means the config was converted too.
@@ -129,12 +135,12 @@ impl ProxySource {
             .await
             .context("Reading the config")?;
         let config = parse_config(&config_json, &manifest)?;
-        Ok(ResolvedImage {
+        Ok(Resolved::Image(ResolvedImage {
             manifest_json,
             manifest,
             config_json,
             config,
-        })
+        }))
     }
 
     /// The config blob, verified against the manifest. The source's own blob, unless the proxy

@@ -1,0 +1,138 @@
+//! `skiff delta create`: make an oci-delta artifact from two images.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use skiff_storage::images::StoredRef;
+use skiff_storage::{FsVerityHashValue, InitOptions, Store};
+use skiff_transport::copy::{CopyOptions, NoObserver, copy_image};
+use skiff_transport::delta::create::{CreateOptions, CreateSummary, create_delta};
+use skiff_transport::delta::tar_diff::BinaryDiff;
+use skiff_transport::imageref::{ImageRef, repository_path};
+use skiff_transport::options::SourceOptions;
+use skiff_transport::source::Source;
+use skiff_transport::source::layout::LayoutSource;
+
+use super::GlobalOptions;
+use super::output::human;
+use super::with_repo_hash;
+
+/// `skiff delta create [flags] OLD NEW DESTINATION`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as
+    /// dictionary, tardf2) or auto (zstd where sizes allow, else bsdiff; tardf2).
+    #[arg(long, value_name = "METHOD", default_value = "bsdiff")]
+    binary_diff: BinaryDiff,
+    /// Layers diffed at once (default: number of CPUs).
+    #[arg(short = 'j', long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The image the receiver has: composefs:PATH:NAME, or any source skiff reads.
+    old: String,
+    /// The image the delta rebuilds: oci:PATH[:TAG] or oci-archive:PATH[:TAG].
+    new: String,
+    /// Where to write the delta: oci-archive:PATH[:NAME] or oci:PATH[:NAME].
+    destination: String,
+}
+
+pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<()> {
+    let old: ImageRef = args.old.parse()?;
+    let new: ImageRef = args.new.parse()?;
+    let dest: ImageRef = args.destination.parse()?;
+    if !matches!(dest, ImageRef::Oci { .. } | ImageRef::OciArchive { .. }) {
+        bail!("destination {dest}: a delta is written to oci-archive:PATH or oci:PATH");
+    }
+    let options = SourceOptions {
+        os: global.override_os.clone(),
+        arch: global.override_arch.clone(),
+        variant: global.override_variant.clone(),
+        policy: global.policy.clone(),
+        insecure_policy: global.insecure_policy,
+        ..Default::default()
+    };
+    let new_source = match &new {
+        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
+            LayoutSource::open(&new, &options)?.with_context(|| {
+                format!("{new}: a compressed archive cannot be read directly; unpack it first")
+            })?
+        }
+        other => bail!("NEW {other}: deltas are made from oci: or oci-archive: images"),
+    };
+    let create = CreateOptions {
+        binary_diff: args.binary_diff,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    // OLD's files must be in a composefs repository: its own, or a temporary one.
+    let (repo_path, tag, _scratch) = match &old {
+        ImageRef::Composefs { repo, image } => {
+            let StoredRef::Tag(tag) = image else {
+                bail!("OLD {old}: name the image by tag (composefs:PATH:NAME)");
+            };
+            (repository_path(repo)?, tag.clone(), None)
+        }
+        other => {
+            let scratch = tempfile::Builder::new().prefix("skiff-delta-").tempdir()?;
+            let path = scratch.path().join("repo");
+            skiff_storage::repository::init(&path, InitOptions::default())?;
+            let store = Store::<skiff_storage::Sha512HashValue>::open_writable(&path)?;
+            let source = Arc::new(Source::open(other, &options).await?);
+            copy_image(
+                source,
+                &store,
+                "old",
+                &CopyOptions {
+                    jobs: create.jobs,
+                    retry_times: 0,
+                },
+                Arc::new(NoObserver),
+            )
+            .await
+            .with_context(|| format!("Reading OLD {other}"))?;
+            (path, "old".to_owned(), Some(scratch))
+        }
+    };
+    let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_source, &dest, create).await)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&dest, &summary);
+    }
+    Ok(())
+}
+
+async fn run<H: FsVerityHashValue>(
+    repo_path: &PathBuf,
+    tag: &str,
+    new: LayoutSource,
+    dest: &ImageRef,
+    options: CreateOptions,
+) -> Result<CreateSummary> {
+    let store = Store::<H>::open(repo_path)?;
+    create_delta(&store, tag, Arc::new(new), dest, options).await
+}
+
+fn print_summary(dest: &ImageRef, s: &CreateSummary) {
+    println!("Wrote delta {} to {dest}", s.delta_digest);
+    println!(
+        "  layers    {} reused, {} tar-diff, {} whole",
+        s.layers_reused, s.layers_tar_diff, s.layers_original
+    );
+    let percent = if s.replaced_bytes > 0 {
+        100.0 * s.delta_bytes as f64 / s.replaced_bytes as f64
+    } else {
+        0.0
+    };
+    println!(
+        "  size      {} for {} of layers ({percent:.1}%)",
+        human(s.delta_bytes),
+        human(s.replaced_bytes)
+    );
+    println!("  time      {:.2}s", s.seconds);
+}

@@ -1,0 +1,310 @@
+//! Applying a delta: the target image rebuilt from the delta's blobs and the source image's
+//! files, stored with its exact manifest and config bytes (the same manifest digest as a pull
+//! of the target) and tagged.
+//!
+//! Per target layer, in the order of the target manifest (each DiffID once):
+//!
+//! - already stored (by DiffID): nothing to do; the layers a delta leaves out are the source
+//!   image's, so they are;
+//! - a tar-diff: applied to the source image's files ([`super::source_files`]) and imported,
+//!   the blob checked against its descriptor and the tar against the DiffID;
+//! - a layer blob carried whole: imported as a full pull does (compression read from the bytes:
+//!   deltas label every such blob gzip), checked against its descriptor and the DiffID;
+//! - anything else is an error naming the layer.
+//!
+//! Nothing is tagged unless every layer checks out; layers are rebuilt in parallel (`--jobs`,
+//! default: one per core), streaming into the store: no temporary files.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use containers_image_proxy::oci_spec::image::Descriptor;
+use skiff_storage::images::{ImageTree, find_by_config};
+use skiff_storage::layer_import::{PendingLayer, split_layer, stored_layer};
+use skiff_storage::publish::publish_image;
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::source_files::SourceFiles;
+use super::{DeltaManifest, MEDIA_TYPE_TAR_DIFF};
+use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader, ChannelWriter};
+use crate::copy::{CopyEvent, CopyOptions, CopySummary, Observer};
+use crate::layer::{BlobError, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+use crate::source::layout::LayoutSource;
+use crate::source::{Source, parse_config, parse_manifest};
+
+/// The delta applies to an image the repository does not hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the delta applies to the image whose config is {0}, which is not in the repository: \
+     copy that image (the delta's source) into it first"
+)]
+pub struct SourceImageMissing(pub OciDigest);
+
+/// Rebuilds the target image of the delta whose manifest is `delta_json` into `store`, tagged
+/// `tag`.
+pub async fn apply_delta<H: FsVerityHashValue>(
+    source: Arc<Source>,
+    store: &Store<H>,
+    tag: &str,
+    delta_json: &[u8],
+    options: &CopyOptions,
+    observer: Arc<dyn Observer>,
+) -> Result<CopySummary> {
+    let started = Instant::now();
+    let Source::Layout(layout) = source.as_ref() else {
+        bail!("deltas are applied from oci: and oci-archive: sources");
+    };
+    let delta = DeltaManifest::parse(delta_json)?;
+    let manifest_json = layout
+        .read_small_blob(&delta.target_manifest, MAX_MANIFEST_SIZE)
+        .await
+        .context("Reading the target manifest the delta carries")?;
+    let manifest_digest = skiff_storage::digest::digest_of(&manifest_json);
+    for named in &delta.named_targets {
+        ensure!(
+            *named == manifest_digest.to_string(),
+            "the delta names target {named} but carries manifest {manifest_digest}"
+        );
+    }
+    let manifest = parse_manifest(&manifest_json, "the delta's target")?;
+    ensure!(
+        manifest.config().digest() == delta.target_config.digest(),
+        "the target manifest's config {} is not the config the delta carries ({})",
+        manifest.config().digest(),
+        delta.target_config.digest()
+    );
+    let config_json = layout
+        .read_small_blob(&delta.target_config, MAX_CONFIG_SIZE)
+        .await
+        .context("Reading the target config the delta carries")?;
+    let config = parse_config(&config_json, &manifest)?;
+    observer.event(&CopyEvent::Resolved {
+        manifest_digest: manifest_digest.to_string(),
+        layers: manifest.layers().len(),
+    });
+
+    let source_tag = {
+        let (store, config) = (store.clone(), delta.source_config.clone());
+        tokio::task::spawn_blocking(move || find_by_config(&store, &config)).await??
+    }
+    .ok_or_else(|| SourceImageMissing(delta.source_config.clone()))?;
+    let tree = {
+        let (store, source_tag) = (store.clone(), source_tag.clone());
+        tokio::task::spawn_blocking(move || ImageTree::load(&store, &source_tag)).await??
+    }
+    .map(Arc::new)
+    .with_context(|| format!("the source image {source_tag} has no file tree (EROFS)"))?;
+    log::info!("applying the delta to {source_tag}");
+
+    let diff_ids: Vec<OciDigest> = config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| d.parse().with_context(|| format!("malformed DiffID {d:?}")))
+        .collect::<Result<_>>()?;
+    let mut summary = CopySummary {
+        manifest_digest: manifest_digest.to_string(),
+        ..Default::default()
+    };
+    let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut seen = std::collections::HashSet::new();
+    for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
+        if !seen.insert(diff_id.clone()) {
+            continue;
+        }
+        if stored_layer(store, diff_id)?.is_some() {
+            summary.layers_skipped += 1;
+            observer.event(&CopyEvent::LayerSkipped {
+                digest: layer.digest().to_string(),
+                diff_id: diff_id.to_string(),
+            });
+            continue;
+        }
+        let Some(blob) = delta.layers_by_to.get(&layer.digest().to_string()).cloned() else {
+            bail!(
+                "layer {} (DiffID {diff_id}) is neither in the delta nor in the repository",
+                layer.digest()
+            );
+        };
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (source, store, tree, observer) = (
+            source.clone(),
+            store.clone(),
+            tree.clone(),
+            observer.clone(),
+        );
+        let (digest, diff_id) = (layer.digest().to_string(), diff_id.clone());
+        tasks.spawn(async move {
+            let fetched = Arc::new(AtomicU64::new(0));
+            observer.event(&CopyEvent::LayerStarted {
+                digest: digest.clone(),
+                size: blob.size(),
+                fetched: fetched.clone(),
+            });
+            let tar_diff = blob.media_type().to_string() == MEDIA_TYPE_TAR_DIFF;
+            let pending = if tar_diff {
+                apply_tar_diff(&source, &store, &blob, &diff_id, tree, fetched.clone()).await
+            } else {
+                source
+                    .fetch_layer(&store, &blob, &diff_id, fetched.clone())
+                    .await
+            }
+            .with_context(|| format!("Rebuilding layer {digest} (DiffID {diff_id})"))?;
+            let (_, stats) = pending.register().await?;
+            drop(permit);
+            let fetched = fetched.load(Ordering::Relaxed);
+            observer.event(&CopyEvent::LayerDone {
+                digest,
+                partial: false,
+                fetched,
+                written: stats.bytes_written,
+                reused: stats.bytes_reused,
+            });
+            anyhow::Ok((tar_diff, fetched, stats))
+        });
+        while let Some(done) = tasks.try_join_next() {
+            add_layer(&mut summary, done??);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        add_layer(&mut summary, done??);
+    }
+
+    let layers: Vec<(OciDigest, H)> = diff_ids
+        .iter()
+        .map(|d| {
+            stored_layer(store, d)?
+                .ok_or_else(|| anyhow::anyhow!("layer {d} vanished from the store during the copy"))
+                .map(|v| (d.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    let (publish_store, tag_owned) = (store.clone(), tag.to_owned());
+    tokio::task::spawn_blocking(move || {
+        publish_image(
+            &publish_store,
+            &manifest_json,
+            &config_json,
+            &layers,
+            Some(&tag_owned),
+        )
+    })
+    .await??;
+    observer.event(&CopyEvent::Published {
+        manifest_digest: manifest_digest.to_string(),
+        tag: tag.to_owned(),
+    });
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn add_layer(
+    summary: &mut CopySummary,
+    (tar_diff, fetched, stats): (bool, u64, skiff_storage::layer_import::LayerStats),
+) {
+    if tar_diff {
+        summary.layers_delta += 1;
+    } else {
+        summary.layers_full += 1;
+    }
+    summary.requests += 1;
+    summary.bytes_fetched += fetched;
+    summary.bytes_written += stats.bytes_written;
+    summary.bytes_reused += stats.bytes_reused;
+    summary.objects_reused += stats.objects_reused;
+}
+
+/// Applies the tar-diff `blob` to the files of `tree` and imports the result as the layer
+/// `diff_id`.
+async fn apply_tar_diff<H: FsVerityHashValue>(
+    source: &Arc<Source>,
+    store: &Store<H>,
+    blob: &Descriptor,
+    diff_id: &OciDigest,
+    tree: Arc<ImageTree<H>>,
+    fetched: Arc<AtomicU64>,
+) -> Result<PendingLayer<H>> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let repo = store.repo().clone();
+    let (source, blob) = (source.clone(), blob.clone());
+    let producer = tokio::task::spawn_blocking(move || {
+        let result = (|| -> Result<()> {
+            let Source::Layout(layout) = source.as_ref() else {
+                bail!("tar-diffs are read from OCI layouts");
+            };
+            let mut delta = VerifiedBlob::open(layout, &blob, fetched)?;
+            let mut files = SourceFiles::new(tree, repo);
+            let mut out = ChannelWriter::new(&tx);
+            oci_delta::tar_patch_apply(&mut delta, &mut files, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            delta.finish()
+        })();
+        if let Err(e) = &result {
+            // The import sees the stream end with this error.
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+        result
+    });
+    let imported = split_layer(store, diff_id, ChannelReader::new(rx)).await;
+    // The applier's error says why the stream broke; the import's, what the bytes were.
+    producer.await??;
+    imported
+}
+
+/// A blob read from an OCI layout and checked against its descriptor: never more than its
+/// size, and its digest once read to the end.
+struct VerifiedBlob<'a> {
+    inner: std::io::Take<Box<dyn Read + Send>>,
+    desc: &'a Descriptor,
+    sha: openssl::sha::Sha256,
+    count: u64,
+    fetched: Arc<AtomicU64>,
+}
+
+impl<'a> VerifiedBlob<'a> {
+    fn open(layout: &LayoutSource, desc: &'a Descriptor, fetched: Arc<AtomicU64>) -> Result<Self> {
+        Ok(Self {
+            inner: layout.open_blob(desc)?.take(desc.size() + 1),
+            desc,
+            sha: openssl::sha::Sha256::new(),
+            count: 0,
+            fetched,
+        })
+    }
+
+    /// Reads what the applier left and checks size and digest.
+    fn finish(mut self) -> Result<()> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        if self.count != self.desc.size() {
+            return Err(BlobError::SizeMismatch {
+                expected: self.desc.size(),
+                actual: self.count,
+            }
+            .into());
+        }
+        let actual = skiff_storage::digest::sha256_digest(&self.sha.finish());
+        if &actual != self.desc.digest() {
+            return Err(BlobError::DigestMismatch {
+                expected: self.desc.digest().clone(),
+                actual,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl Read for VerifiedBlob<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.count += n as u64;
+        self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}

@@ -1,0 +1,369 @@
+//! Making the tar-diff of one layer: the new layer's tar, literal except the contents of the
+//! regular files that are cheaper to express against a file of the source image.
+//!
+//! The source image is its stored file tree (the merged root filesystem an applier reads), so
+//! whiteouts and overwritten files are already resolved. For each regular file of the new tar
+//! (world-readable, not sparse, not empty), a source is chosen as containers/tar-diff chooses
+//! it: the same sha1 and size (an exact copy); else the same path; else the same base name,
+//! then the same base name up to its first dot — each only between files of similar sizes and
+//! never for `.xz`/`.bz2` files, the closest size winning. The content is then written as a
+//! COPY, a ZSTD_DICT or bsdiff ([`BinaryDiff`]), or for files of [`MAX_BSDIFF_SIZE`] or more
+//! by matching rolling-checksum blocks; literal when nothing is smaller.
+//!
+//! The tar is read once, streaming: every byte the tar parser reads is recorded as literal
+//! output except the contents chosen for encoding, so headers, padding and whatever follows the
+//! archive come out byte for byte. Only a target file and its source are held in memory.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use skiff_storage::FsVerityHashValue;
+use skiff_storage::images::{FileContent, ImageTree};
+
+use super::clean_path;
+use super::tar_diff::{
+    BinaryDiff, MAX_BSDIFF_SIZE, MAX_ZSTD_DIFF_SIZE, OpWriter, write_bsdiff, write_copy,
+    write_rollsum, write_zstd, zstd_patch,
+};
+
+/// A regular file of the source image.
+#[derive(Debug)]
+struct SourceFile<H: FsVerityHashValue> {
+    /// The name the delta opens it by (its first path).
+    path: String,
+    basenames: Vec<String>,
+    size: u64,
+    sha1: [u8; 20],
+    content: FileContent<H>,
+}
+
+/// The files of the source image, indexed the ways a target file looks for its source.
+pub struct SourceSet<H: FsVerityHashValue> {
+    files: Vec<SourceFile<H>>,
+    by_sha1: HashMap<[u8; 20], usize>,
+    by_path: HashMap<String, usize>,
+    by_basename: HashMap<String, Vec<usize>>,
+    by_stem: HashMap<String, Vec<usize>>,
+    repo: Arc<composefs::repository::Repository<H>>,
+}
+
+impl<H: FsVerityHashValue> std::fmt::Debug for SourceSet<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSet")
+            .field("files", &self.files.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The base name up to and including its first dot (`libfoo.so.1` → `libfoo.`).
+fn stem(name: &str) -> &str {
+    match name.find('.') {
+        Some(i) => &name[..=i],
+        None => name,
+    }
+}
+
+/// Compressed files do not diff well (tar-diff leaves them to exact matches).
+fn is_delta_candidate(basenames: &[String]) -> bool {
+    !basenames
+        .iter()
+        .any(|b| b.ends_with(".xz") || b.ends_with(".bz2"))
+}
+
+fn size_is_similar(a: u64, b: u64) -> bool {
+    (a < 65536 && b < 65536) || (a < b.saturating_mul(10) && b < a.saturating_mul(10))
+}
+
+impl<H: FsVerityHashValue> SourceSet<H> {
+    /// Reads every regular file of `tree` (objects in `repo`) to index it.
+    pub fn build(
+        tree: &ImageTree<H>,
+        repo: Arc<composefs::repository::Repository<H>>,
+    ) -> Result<Self> {
+        // Hard links: one source file with every name, opened by its first.
+        let mut by_leaf: HashMap<usize, usize> = HashMap::new();
+        let mut set = Self {
+            files: Vec::new(),
+            by_sha1: HashMap::new(),
+            by_path: HashMap::new(),
+            by_basename: HashMap::new(),
+            by_stem: HashMap::new(),
+            repo,
+        };
+        for (path, mode, content, leaf) in tree.regular_files() {
+            // tar-diff only uses world-readable files; names must be UTF-8 to be opened.
+            let Ok(path) = String::from_utf8(path) else {
+                continue;
+            };
+            let size = match &content {
+                FileContent::Object(_, size) => *size,
+                FileContent::Inline(data) => data.len() as u64,
+            };
+            if mode & 0o004 == 0 || size == 0 {
+                continue;
+            }
+            let index = match by_leaf.get(&leaf) {
+                Some(&i) => i,
+                None => {
+                    let data = set.read(&content)?;
+                    let sha1 = openssl::sha::sha1(&data);
+                    set.files.push(SourceFile {
+                        path: path.clone(),
+                        basenames: Vec::new(),
+                        size,
+                        sha1,
+                        content,
+                    });
+                    by_leaf.insert(leaf, set.files.len() - 1);
+                    set.files.len() - 1
+                }
+            };
+            let base = basename(&path).to_owned();
+            set.files[index].basenames.push(base.clone());
+            set.by_path.insert(path, index);
+            set.by_stem
+                .entry(stem(&base).to_owned())
+                .or_default()
+                .push(index);
+            set.by_basename.entry(base).or_default().push(index);
+        }
+        for (i, f) in set.files.iter().enumerate() {
+            // Later files win, as in tar-diff.
+            set.by_sha1.insert(f.sha1, i);
+        }
+        for list in set.by_basename.values_mut().chain(set.by_stem.values_mut()) {
+            list.dedup();
+        }
+        Ok(set)
+    }
+
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when the source image has no usable file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn read(&self, content: &FileContent<H>) -> Result<Vec<u8>> {
+        match content {
+            FileContent::Inline(data) => Ok(data.clone()),
+            FileContent::Object(id, size) => {
+                let mut data = Vec::with_capacity(*size as usize);
+                std::fs::File::from(self.repo.open_object(id)?).read_to_end(&mut data)?;
+                anyhow::ensure!(data.len() as u64 == *size, "object {id:?} has the wrong size");
+                Ok(data)
+            }
+        }
+    }
+
+    /// The source for a target file: `(index, exact)`.
+    fn choose(&self, path: &str, size: u64, sha1: &[u8; 20]) -> Option<(usize, bool)> {
+        if let Some(&i) = self.by_sha1.get(sha1)
+            && self.files[i].size == size
+        {
+            return Some((i, true));
+        }
+        let base = basename(path).to_owned();
+        let basenames = [base.clone()];
+        if !is_delta_candidate(&basenames) {
+            return None;
+        }
+        if let Some(&i) = self.by_path.get(path) {
+            let s = &self.files[i];
+            if is_delta_candidate(&s.basenames) && size_is_similar(size, s.size) {
+                return Some((i, false));
+            }
+        }
+        for candidates in [self.by_basename.get(&base), self.by_stem.get(stem(&base))] {
+            let mut best: Option<usize> = None;
+            for &i in candidates.into_iter().flatten() {
+                let s = &self.files[i];
+                if !is_delta_candidate(&s.basenames) || !size_is_similar(size, s.size) {
+                    continue;
+                }
+                // Ties go to the later source.
+                if let Some(b) = best
+                    && self.files[b].size.abs_diff(size) < s.size.abs_diff(size)
+                {
+                    continue;
+                }
+                best = Some(i);
+            }
+            if let Some(b) = best {
+                return Some((b, false));
+            }
+        }
+        None
+    }
+}
+
+/// What the tar reader has read since the last drain, and the running DiffID.
+struct Recording {
+    pending: Vec<u8>,
+    skip: bool,
+    diff_id: openssl::sha::Sha256,
+    total: u64,
+}
+
+/// Records every byte read through it (except while `skip` is set) for the literal output.
+struct Recorder<R> {
+    inner: R,
+    state: Rc<RefCell<Recording>>,
+}
+
+impl<R: Read> Read for Recorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut state = self.state.borrow_mut();
+        state.diff_id.update(&buf[..n]);
+        state.total += n as u64;
+        if !state.skip {
+            state.pending.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// What making one layer's tar-diff found.
+#[derive(Debug, Clone, Default)]
+pub struct LayerDiffStats {
+    /// `sha256:` of the tar read (the layer's DiffID).
+    pub diff_id: String,
+    /// Bytes of the tar.
+    pub tar_bytes: u64,
+    /// Files written as exact copies of source files.
+    pub copied: usize,
+    /// Files written as binary diffs (bsdiff, zstd or rolling checksum).
+    pub diffed: usize,
+}
+
+/// Writes the tar-diff of the tar read from `tar` against `sources` to `out`.
+pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
+    sources: &SourceSet<H>,
+    tar: impl Read,
+    out: W,
+    method: BinaryDiff,
+) -> Result<(W, LayerDiffStats)> {
+    let mut w = OpWriter::new(out, method.v2())?;
+    let state = Rc::new(RefCell::new(Recording {
+        pending: Vec::new(),
+        skip: false,
+        diff_id: openssl::sha::Sha256::new(),
+        total: 0,
+    }));
+    let drain = |w: &mut OpWriter<W>| -> Result<()> {
+        let pending = std::mem::take(&mut state.borrow_mut().pending);
+        w.literal(&pending)
+    };
+    let mut stats = LayerDiffStats::default();
+    let mut archive = tar::Archive::new(Recorder {
+        inner: tar,
+        state: state.clone(),
+    });
+    for entry in archive.entries().context("Reading the new layer")? {
+        let mut entry = entry.context("Reading the new layer")?;
+        drain(&mut w)?;
+        let entry_type = entry.header().entry_type();
+        let mode = entry.header().mode();
+        let size = entry.size();
+        let path_bytes = entry.path_bytes().into_owned();
+        let sparse = entry_type == tar::EntryType::GNUSparse
+            || entry
+                .pax_extensions()
+                .ok()
+                .flatten()
+                .is_some_and(|mut p| {
+                    p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"GNU.sparse.")))
+                });
+        let candidate = entry_type == tar::EntryType::Regular
+            && !path_bytes.ends_with(b"/")
+            && size > 0
+            && !sparse
+            && mode.is_ok_and(|m| m & 0o004 != 0);
+        let path = std::str::from_utf8(&path_bytes).map(clean_path).ok();
+        let Some(path) = path.filter(|p| candidate && !p.is_empty()) else {
+            continue;
+        };
+        // The content goes through the encoder, not the literal recording.
+        state.borrow_mut().skip = true;
+        let mut content = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut content)?;
+        state.borrow_mut().skip = false;
+        let sha1 = openssl::sha::sha1(&content);
+        // A content no longer than its name plus an op stays literal (tar-diff's rule).
+        let encoded = if size <= path.len() as u64 + 4 {
+            false
+        } else {
+            match sources.choose(&path, size, &sha1) {
+                None => false,
+                Some((i, true)) => {
+                    write_copy(&mut w, &sources.files[i].path, size)?;
+                    stats.copied += 1;
+                    true
+                }
+                Some((i, false)) => {
+                    let source = &sources.files[i];
+                    let old = sources.read(&source.content)?;
+                    let encoded = encode_changed(&mut w, method, &source.path, &old, &content)?;
+                    stats.diffed += usize::from(encoded);
+                    encoded
+                }
+            }
+        };
+        if !encoded {
+            w.literal(&content)?;
+        }
+    }
+    // The end-of-archive blocks and anything after them.
+    let mut recorder = archive.into_inner();
+    std::io::copy(&mut recorder, &mut std::io::sink())?;
+    drop(recorder);
+    drain(&mut w)?;
+    let out = w.finish()?;
+    let state = Rc::try_unwrap(state)
+        .map_err(|_| anyhow::anyhow!("recording still shared"))?
+        .into_inner();
+    stats.diff_id = format!("sha256:{}", hex::encode(state.diff_id.finish()));
+    stats.tar_bytes = state.total;
+    Ok((out, stats))
+}
+
+/// Writes a changed file against its source the way `method` and the sizes allow; false when
+/// the content is better left literal.
+fn encode_changed<W: Write>(
+    w: &mut OpWriter<W>,
+    method: BinaryDiff,
+    source_path: &str,
+    old: &[u8],
+    new: &[u8],
+) -> Result<bool> {
+    let (old_size, new_size) = (old.len() as u64, new.len() as u64);
+    if matches!(method, BinaryDiff::Zstd | BinaryDiff::Auto)
+        && old_size < MAX_ZSTD_DIFF_SIZE
+        && new_size < MAX_ZSTD_DIFF_SIZE
+    {
+        return match zstd_patch(old, new)? {
+            Some(frame) => write_zstd(w, source_path, &frame).map(|()| true),
+            None => Ok(false),
+        };
+    }
+    if matches!(method, BinaryDiff::Bsdiff | BinaryDiff::Auto)
+        && old_size < MAX_BSDIFF_SIZE
+        && new_size < MAX_BSDIFF_SIZE
+    {
+        write_bsdiff(w, source_path, old, new)?;
+        return Ok(true);
+    }
+    write_rollsum(w, source_path, old, new)
+}
