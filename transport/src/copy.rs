@@ -160,10 +160,15 @@ pub async fn copy_image<H: FsVerityHashValue>(
 ) -> Result<CopySummary> {
     let started = Instant::now();
     let image = match source.resolve().await? {
-        Resolved::Image(image) => image,
+        Resolved::Image(image) => *image,
         Resolved::Delta(delta_json) => {
             return crate::delta::apply::apply_delta(
-                source, store, tag, &delta_json, options, observer,
+                source,
+                store,
+                tag,
+                &delta_json,
+                options,
+                observer,
             )
             .await;
         }

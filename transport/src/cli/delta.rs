@@ -1,6 +1,5 @@
 //! `skiff delta create`: make an oci-delta artifact from two images.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -56,11 +55,10 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         ..Default::default()
     };
     let new_source = match &new {
-        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-            LayoutSource::open(&new, &options)?.with_context(|| {
-                format!("{new}: a compressed archive cannot be read directly; unpack it first")
-            })?
-        }
+        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => LayoutSource::open(&new, &options)?
+            .with_context(|| {
+            format!("{new}: a compressed archive cannot be read directly; unpack it first")
+        })?,
         other => bail!("NEW {other}: deltas are made from oci: or oci-archive: images"),
     };
     let create = CreateOptions {
@@ -108,7 +106,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
 }
 
 async fn run<H: FsVerityHashValue>(
-    repo_path: &PathBuf,
+    repo_path: &std::path::Path,
     tag: &str,
     new: LayoutSource,
     dest: &ImageRef,

@@ -189,9 +189,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let command = async {
         match cli.command {
             Command::Copy(args) => copy::run(*args, &cli.global).await,
-            Command::Delta(DeltaCommand::Create(args)) => {
-                delta::create(*args, &cli.global).await
-            }
+            Command::Delta(DeltaCommand::Create(args)) => delta::create(*args, &cli.global).await,
             Command::Init {
                 path,
                 hash,

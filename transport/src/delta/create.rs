@@ -78,7 +78,7 @@ pub struct CreateSummary {
 enum BlobData {
     Bytes(Vec<u8>),
     File(tempfile::NamedTempFile),
-    Layout(Descriptor),
+    Layout(Box<Descriptor>),
 }
 
 #[derive(Debug)]
@@ -154,7 +154,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
         config_json,
         config,
     } = match new.resolve().await? {
-        Resolved::Image(image) => image,
+        Resolved::Image(image) => *image,
         Resolved::Delta(_) => bail!("NEW is a delta, not an image"),
     };
     let target_digest = skiff_storage::digest::digest_of(&manifest_json).to_string();
@@ -165,9 +165,8 @@ pub async fn create_delta<H: FsVerityHashValue>(
     }
     .with_context(|| format!("{old_tag} has no file tree (EROFS)"))?;
     let repo = old_store.repo().clone();
-    let sources = Arc::new(
-        tokio::task::spawn_blocking(move || SourceSet::build(&tree, repo)).await??,
-    );
+    let sources =
+        Arc::new(tokio::task::spawn_blocking(move || SourceSet::build(&tree, repo)).await??);
     log::info!("{} files in the source image", sources.len());
 
     let mut summary = CreateSummary::default();
@@ -260,7 +259,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
                 Blob {
                     digest: layer.digest().to_string(),
                     size: layer.size(),
-                    data: BlobData::Layout(layer.clone()),
+                    data: BlobData::Layout(Box::new(layer.clone())),
                 }
             }
         };
@@ -279,7 +278,10 @@ pub async fn create_delta<H: FsVerityHashValue>(
         (ANNOTATION_TARGET.to_owned(), target_digest.clone()),
     ]);
     if !reused.is_empty() {
-        annotations.insert(ANNOTATION_REUSED.to_owned(), serde_json::to_string(&reused)?);
+        annotations.insert(
+            ANNOTATION_REUSED.to_owned(),
+            serde_json::to_string(&reused)?,
+        );
         annotations.insert(
             ANNOTATION_REUSED_DIFF_ID.to_owned(),
             serde_json::to_string(&reused_diff_ids)?,
@@ -458,7 +460,12 @@ fn write_archive(
         tar.append(&header, data)?;
         Ok(())
     };
-    add("oci-layout", OCI_LAYOUT.len() as u64, &mut &OCI_LAYOUT[..], false)?;
+    add(
+        "oci-layout",
+        OCI_LAYOUT.len() as u64,
+        &mut &OCI_LAYOUT[..],
+        false,
+    )?;
     add("blobs/", 0, &mut std::io::empty(), true)?;
     add("blobs/sha256/", 0, &mut std::io::empty(), true)?;
     for blob in blobs {

@@ -161,7 +161,10 @@ impl<H: FsVerityHashValue> SourceSet<H> {
             FileContent::Object(id, size) => {
                 let mut data = Vec::with_capacity(*size as usize);
                 std::fs::File::from(self.repo.open_object(id)?).read_to_end(&mut data)?;
-                anyhow::ensure!(data.len() as u64 == *size, "object {id:?} has the wrong size");
+                anyhow::ensure!(
+                    data.len() as u64 == *size,
+                    "object {id:?} has the wrong size"
+                );
                 Ok(data)
             }
         }
@@ -279,13 +282,9 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
         let size = entry.size();
         let path_bytes = entry.path_bytes().into_owned();
         let sparse = entry_type == tar::EntryType::GNUSparse
-            || entry
-                .pax_extensions()
-                .ok()
-                .flatten()
-                .is_some_and(|mut p| {
-                    p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"GNU.sparse.")))
-                });
+            || entry.pax_extensions().ok().flatten().is_some_and(|mut p| {
+                p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"GNU.sparse.")))
+            });
         let candidate = entry_type == tar::EntryType::Regular
             && !path_bytes.ends_with(b"/")
             && size > 0

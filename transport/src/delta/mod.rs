@@ -85,7 +85,11 @@ impl DeltaManifest {
         let manifest: ImageManifest =
             serde_json::from_slice(bytes).context("malformed delta manifest")?;
         ensure!(
-            manifest.artifact_type().as_ref().map(|t| t.to_string()).as_deref()
+            manifest
+                .artifact_type()
+                .as_ref()
+                .map(|t| t.to_string())
+                .as_deref()
                 == Some(ARTIFACT_TYPE),
             "not an oci-delta manifest (artifactType is not {ARTIFACT_TYPE})"
         );
@@ -215,7 +219,10 @@ mod tests {
         assert_eq!(parsed.named_targets, vec![d('e')]);
 
         let no_source = manifest(
-            serde_json::json!([desc("image-manifest", serde_json::json!({})), desc("image-config", serde_json::json!({}))]),
+            serde_json::json!([
+                desc("image-manifest", serde_json::json!({})),
+                desc("image-config", serde_json::json!({}))
+            ]),
             serde_json::json!({}),
         );
         let e = DeltaManifest::parse(&no_source).unwrap_err().to_string();
@@ -229,7 +236,10 @@ mod tests {
             serde_json::json!([
                 desc("image-manifest", serde_json::json!({})),
                 desc("image-config", serde_json::json!({})),
-                desc("image-layer", serde_json::json!({ ANNOTATION_TO: "sha256:zz" })),
+                desc(
+                    "image-layer",
+                    serde_json::json!({ ANNOTATION_TO: "sha256:zz" })
+                ),
             ]),
             serde_json::json!({ ANNOTATION_SOURCE_CONFIG: d('c') }),
         );

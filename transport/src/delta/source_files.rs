@@ -100,7 +100,10 @@ impl<H: FsVerityHashValue> SourceFiles<H> {
 impl<H: FsVerityHashValue> DeltaDataSource for SourceFiles<H> {
     fn set_current_file(&mut self, path: &str) -> Result<()> {
         let clean = super::clean_path(path);
-        ensure!(!clean.is_empty(), "the delta opens {path:?}, which names no file");
+        ensure!(
+            !clean.is_empty(),
+            "the delta opens {path:?}, which names no file"
+        );
         let content = self.tree.regular_file(clean.as_bytes()).with_context(|| {
             format!(
                 "the delta opens {path:?}: the source image has no regular file there \

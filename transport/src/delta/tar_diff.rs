@@ -266,7 +266,9 @@ pub fn zstd_patch(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     // A prefix is a raw-content dictionary (never parsed as a structured one).
     let mut enc =
         zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), COMPRESSION_LEVEL, old)?;
-    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(window.trailing_zeros()))?;
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(
+        window.trailing_zeros(),
+    ))?;
     enc.include_checksum(true)?;
     enc.set_pledged_src_size(Some(new.len() as u64))?;
     enc.write_all(new)?;
@@ -411,7 +413,10 @@ mod tests {
         let mut w = OpWriter::new(Vec::new(), false).unwrap();
         w.seek(300).unwrap();
         w.seek(16384).unwrap();
-        assert_eq!(ops(&w.finish().unwrap()), vec![4, 0xac, 0x02, 4, 0x80, 0x80, 0x01]);
+        assert_eq!(
+            ops(&w.finish().unwrap()),
+            vec![4, 0xac, 0x02, 4, 0x80, 0x80, 0x01]
+        );
     }
 
     #[test]
@@ -420,6 +425,10 @@ mod tests {
         let blobs = rollsum_blobs(&data);
         assert_eq!(blobs.iter().map(|b| b.size).sum::<u64>(), data.len() as u64);
         assert!(blobs.iter().all(|b| b.size <= 32 * 1024));
-        assert!(blobs.windows(2).all(|w| w[0].offset + w[0].size == w[1].offset));
+        assert!(
+            blobs
+                .windows(2)
+                .all(|w| w[0].offset + w[0].size == w[1].offset)
+        );
     }
 }

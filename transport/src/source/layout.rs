@@ -182,12 +182,12 @@ impl LayoutSource {
                 .read_verified(manifest.config(), MAX_CONFIG_SIZE)
                 .context("Reading the config")?;
             let config = parse_config(&config_json, &manifest)?;
-            Ok(Resolved::Image(ResolvedImage {
+            Ok(Resolved::Image(Box::new(ResolvedImage {
                 manifest_json,
                 manifest,
                 config_json,
                 config,
-            }))
+            })))
         })
         .await?
     }
@@ -201,9 +201,9 @@ impl LayoutSource {
     /// Opens a blob for reading from its start (blocking reads; not verified here).
     pub fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
         skiff_storage::digest::require_sha256(desc.digest())?;
-        Ok(Box::new(self.layout.read_blob(desc).with_context(|| {
-            format!("Opening blob {}", desc.digest())
-        })?))
+        Ok(Box::new(self.layout.read_blob(desc).with_context(
+            || format!("Opening blob {}", desc.digest()),
+        )?))
     }
 
     /// Streams one layer blob out of the layout and imports it.

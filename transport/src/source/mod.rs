@@ -42,7 +42,7 @@ pub struct ResolvedImage {
 #[derive(Debug, Clone)]
 pub enum Resolved {
     /// An image.
-    Image(ResolvedImage),
+    Image(Box<ResolvedImage>),
     /// A delta artifact: its manifest bytes, verified against their digest.
     Delta(Vec<u8>),
 }

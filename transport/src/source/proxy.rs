@@ -135,12 +135,12 @@ impl ProxySource {
             .await
             .context("Reading the config")?;
         let config = parse_config(&config_json, &manifest)?;
-        Ok(Resolved::Image(ResolvedImage {
+        Ok(Resolved::Image(Box::new(ResolvedImage {
             manifest_json,
             manifest,
             config_json,
             config,
-        }))
+        })))
     }
 
     /// The config blob, verified against the manifest. The source's own blob, unless the proxy
