@@ -27,7 +27,7 @@ use tar_core::parse::{ParseEvent, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry};
+use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry, StoredFiles};
 use crate::digest::HashingReader;
 use crate::repository::Store;
 use crate::tree_path::{PathError, normalize_entry_path};
@@ -174,6 +174,39 @@ pub async fn split_layer_with_hints<H: FsVerityHashValue>(
     tar: impl AsyncRead + Unpin,
     hints: Option<mpsc::UnboundedReceiver<ObjectHint<H>>>,
 ) -> Result<PendingLayer<H>> {
+    split_layer_known(store, diff_id, tar, hints.map(Known::Hints)).await
+}
+
+/// Files up to this size are hashed in memory before they are written, so that a content the
+/// store already holds is not written again (the size of most files of an image).
+const PRECHECK_MAX: usize = 4 * 1024 * 1024;
+
+/// [`split_layer`] for a tar that mostly holds files the store has (a layer rebuilt from a
+/// delta): each file's content (up to 4 MiB) is looked up by sha256 and size in `stored`
+/// before it is written, and not written again when found there.
+pub async fn split_layer_with_index<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &OciDigest,
+    tar: impl AsyncRead + Unpin,
+    stored: Arc<StoredFiles<H>>,
+) -> Result<PendingLayer<H>> {
+    split_layer_known(store, diff_id, tar, Some(Known::Index(stored))).await
+}
+
+/// What the importer knows of the contents the store holds.
+enum Known<H: FsVerityHashValue> {
+    /// Told, file by file.
+    Hints(mpsc::UnboundedReceiver<ObjectHint<H>>),
+    /// Looked up by content digest.
+    Index(Arc<StoredFiles<H>>),
+}
+
+async fn split_layer_known<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_id: &OciDigest,
+    tar: impl AsyncRead + Unpin,
+    known: Option<Known<H>>,
+) -> Result<PendingLayer<H>> {
     crate::digest::require_sha256(diff_id)?;
     let repo = store.repo().clone();
     let mut tar = HashingReader::new(tar);
@@ -186,7 +219,7 @@ pub async fn split_layer_with_hints<H: FsVerityHashValue>(
         builder: &mut builder,
         inline: 0,
     };
-    split_entries(&repo, &mut tar, &mut split, &index_tx, hints).await?;
+    split_entries(&repo, &mut tar, &mut split, &index_tx, known).await?;
     drop(index_tx);
 
     let actual = tar.finish();
@@ -239,7 +272,7 @@ async fn split_entries<H: FsVerityHashValue>(
     tar: &mut (impl AsyncRead + Unpin),
     split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
-    mut hints: Option<mpsc::UnboundedReceiver<ObjectHint<H>>>,
+    mut known: Option<Known<H>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
     let mut parser = Parser::with_defaults();
@@ -311,11 +344,56 @@ async fn split_entries<H: FsVerityHashValue>(
                 };
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
                 split.inline(&buf.split_to(consumed))?;
-                let hint = match (&mut hints, external) {
-                    (Some(h), true) => h.recv().await.flatten(),
+                let hint = match (&mut known, external) {
+                    (Some(Known::Hints(h)), true) => h.recv().await.flatten(),
                     _ => None,
                 };
-                if let Some((object, sha256)) = hint {
+                // With an index: the content, read first, and the object holding it, if any.
+                let mut prechecked = None;
+                if let (Some(Known::Index(stored)), true) = (&known, external)
+                    && size <= PRECHECK_MAX
+                {
+                    let mut content = BytesMut::with_capacity(size);
+                    while content.len() < size {
+                        content.extend_from_slice(
+                            &take_piece(&mut buf, tar, size - content.len()).await?,
+                        );
+                    }
+                    let sha256 = openssl::sha::sha256(&content);
+                    prechecked = Some((
+                        content.freeze(),
+                        stored
+                            .find(&sha256, size as u64)
+                            .map(|id| (id.clone(), sha256)),
+                    ));
+                }
+                if let Some((content, Some((object, sha256)))) = prechecked {
+                    drop(content);
+                    let id = object.clone();
+                    let ready =
+                        tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
+                    let _ = index.send(IndexEntry {
+                        sha256,
+                        object,
+                        size: size as u64,
+                    });
+                    split.builder.push_external(ready, size as u64);
+                    copy_inline(split, &mut buf, tar, padded - size).await?;
+                } else if let Some((content, None)) = prechecked {
+                    let permit = semaphore.clone().acquire_owned().await?;
+                    let (tx, rx) = mpsc::channel::<Bytes>(1);
+                    let task_repo = repo.clone();
+                    let task_index = index.clone();
+                    let _ = tx.send(content).await;
+                    drop(tx);
+                    let handle = tokio::task::spawn_blocking(move || {
+                        let result = write_object(rx, size as u64, &task_repo, &task_index);
+                        drop(permit);
+                        result
+                    });
+                    split.builder.push_external(handle, size as u64);
+                    copy_inline(split, &mut buf, tar, padded - size).await?;
+                } else if let Some((object, sha256)) = hint {
                     skip_bytes(&mut buf, tar, size).await?;
                     let id = object.clone();
                     let ready =

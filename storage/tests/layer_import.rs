@@ -215,3 +215,53 @@ async fn data_after_the_archive_is_bounded() {
         "{err:#}"
     );
 }
+
+/// With an index of stored contents, files the store holds are not written again, and the
+/// layer is the same as a plain import's (same objects, same tar back).
+#[tokio::test]
+async fn contents_found_in_the_index_are_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let first = sample_tar(None);
+    let (_, _) = split_layer(&store, &digest_of(&first), &first[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    // A second layer: the same files plus a new one.
+    let second = sample_tar(Some(("usr/new", &vec![7u8; 5000])));
+    let diff_id = digest_of(&second);
+    let stored = Arc::new(skiff_storage::content_index::StoredFiles::load(&store).unwrap());
+    let (ours, stats) =
+        skiff_storage::layer_import::split_layer_with_index(&store, &diff_id, &second[..], stored)
+            .await
+            .unwrap()
+            .register()
+            .await
+            .unwrap();
+    assert_eq!(stats.objects_written, 1, "only usr/new: {stats:?}");
+    assert_eq!(stats.objects_reused, 3, "{stats:?}");
+    assert_eq!(cat(store.repo(), &ours), second);
+
+    let other = tempfile::tempdir().unwrap();
+    let plain = self::store(other.path());
+    let (theirs, _) = split_layer(&plain, &diff_id, &second[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(
+        object_refs(store.repo(), &ours),
+        object_refs(plain.repo(), &theirs)
+    );
+    // A wrong DiffID still fails.
+    let stored = Arc::new(skiff_storage::content_index::StoredFiles::load(&store).unwrap());
+    let wrong = digest_of(b"not this");
+    assert!(
+        skiff_storage::layer_import::split_layer_with_index(&store, &wrong, &second[..], stored)
+            .await
+            .is_err()
+    );
+}

@@ -10,7 +10,9 @@
 //!   skiff pulls partially (ranges of the OCI layout's blobs), cfsctl pulls whole; plus the
 //!   bytes skiff fetched against a full pull and against the floor;
 //! - `registry update to v2`: the same update from the registry (skiff: HTTP range requests;
-//!   cfsctl: full pull), with skiff's bytes and requests.
+//!   cfsctl: full pull), with skiff's bytes and requests;
+//! - `delta create` / `delta apply`: `skiff delta create` of the same pair (from the store
+//!   holding v1), then the delta applied by skiff and by `cfsctl oci pull oci-archive:…`.
 //!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
 //! The image is the `large` fixture (340 MB uncompressed in 4 layers, 6,000 files plus one of
@@ -389,6 +391,66 @@ fn main() -> Result<()> {
     )?;
     drop(registry);
 
+    // Deltas of the same pair: made by skiff; applied by skiff and by cfsctl 0.9.4.
+    let delta = work.join("delta.tar");
+    let delta_ref = format!("oci-archive:{}", delta.display());
+    let old_ref = format!("composefs:{}:v1", skiff_v1.display());
+    eprintln!("delta create v1 -> v2 ({runs} runs)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "delta create",
+        vec![(
+            "skiff",
+            Box::new(|_| {
+                let _ = std::fs::remove_file(&delta);
+                let mut c = Command::new(&skiff);
+                c.args(["delta", "create", &old_ref, &src_v2, &delta_ref]);
+                Ok(c)
+            }),
+        )],
+    )?;
+    let out = Command::new(&skiff)
+        .args(["delta", "create", "--json", &old_ref, &src_v2, &delta_ref])
+        .output()?;
+    let delta_summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("delta create --json")?;
+    eprintln!("delta apply v1 -> v2 ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "delta apply",
+        vec![
+            (
+                "skiff",
+                Box::new(|_| {
+                    let repo = work.join("skiff-update");
+                    copy_dir(&skiff_v1, &repo)?;
+                    let mut c = Command::new(&skiff);
+                    c.args([
+                        "copy",
+                        "--quiet",
+                        &delta_ref,
+                        &format!("composefs:{}:v2", repo.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+            (
+                "cfsctl",
+                Box::new(|_| {
+                    let repo = work.join("cfsctl-update");
+                    copy_dir(&cfsctl_v1, &repo)?;
+                    let mut c = Command::new(&cfsctl);
+                    c.arg("--repo")
+                        .arg(&repo)
+                        .args(["oci", "pull", &delta_ref, "v2"]);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
+
     println!();
     println!(
         "| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |"
@@ -411,6 +473,17 @@ fn main() -> Result<()> {
     }
     println!(
         "\n{runs} runs each; image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
+    );
+    println!(
+        "delta v1 -> v2: {} bytes of layer blobs ({} tar-diff, {} whole, {} reused) for {} \
+         bytes of compressed layers ({:.2}% of them).",
+        delta_summary["delta_bytes"],
+        delta_summary["layers_tar_diff"],
+        delta_summary["layers_original"],
+        delta_summary["layers_reused"],
+        delta_summary["replaced_bytes"],
+        100.0 * delta_summary["delta_bytes"].as_f64().unwrap_or(0.0)
+            / delta_summary["replaced_bytes"].as_f64().unwrap_or(1.0)
     );
     for (what, bytes) in [
         ("update to v2 from the OCI layout", &update),

@@ -22,8 +22,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use containers_image_proxy::oci_spec::image::Descriptor;
+use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, find_by_config};
-use skiff_storage::layer_import::{PendingLayer, split_layer, stored_layer};
+use skiff_storage::layer_import::{PendingLayer, split_layer_with_index, stored_layer};
 use skiff_storage::publish::publish_image;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::{Semaphore, mpsc};
@@ -100,6 +101,11 @@ pub async fn apply_delta<H: FsVerityHashValue>(
     .map(Arc::new)
     .with_context(|| format!("the source image {source_tag} has no file tree (EROFS)"))?;
     log::info!("applying the delta to {source_tag}");
+    // Rebuilt layers mostly hold the source image's files: look contents up before writing.
+    let stored = {
+        let store = store.clone();
+        Arc::new(tokio::task::spawn_blocking(move || StoredFiles::load(&store)).await??)
+    };
 
     let diff_ids: Vec<OciDigest> = config
         .rootfs()
@@ -133,11 +139,12 @@ pub async fn apply_delta<H: FsVerityHashValue>(
             );
         };
         let permit = semaphore.clone().acquire_owned().await?;
-        let (source, store, tree, observer) = (
+        let (source, store, tree, observer, stored) = (
             source.clone(),
             store.clone(),
             tree.clone(),
             observer.clone(),
+            stored.clone(),
         );
         let (digest, diff_id) = (layer.digest().to_string(), diff_id.clone());
         tasks.spawn(async move {
@@ -149,7 +156,16 @@ pub async fn apply_delta<H: FsVerityHashValue>(
             });
             let tar_diff = blob.media_type().to_string() == MEDIA_TYPE_TAR_DIFF;
             let pending = if tar_diff {
-                apply_tar_diff(&source, &store, &blob, &diff_id, tree, fetched.clone()).await
+                apply_tar_diff(
+                    &source,
+                    &store,
+                    &blob,
+                    &diff_id,
+                    tree,
+                    stored,
+                    fetched.clone(),
+                )
+                .await
             } else {
                 source
                     .fetch_layer(&store, &blob, &diff_id, fetched.clone())
@@ -227,6 +243,7 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
     blob: &Descriptor,
     diff_id: &OciDigest,
     tree: Arc<ImageTree<H>>,
+    stored: Arc<StoredFiles<H>>,
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -250,7 +267,7 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
         }
         result
     });
-    let imported = split_layer(store, diff_id, ChannelReader::new(rx)).await;
+    let imported = split_layer_with_index(store, diff_id, ChannelReader::new(rx), stored).await;
     // The applier's error says why the stream broke; the import's, what the bytes were.
     producer.await??;
     imported

@@ -431,6 +431,14 @@ fn index_json(entries: Vec<GoDescriptor>) -> Result<Vec<u8>> {
     })
 }
 
+/// Makes a file written through a temporary file readable by all, as files written directly
+/// are (temporary files are created 0600).
+fn readable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Writes the delta as an oci-archive (a new file, replaced atomically).
@@ -479,6 +487,7 @@ fn write_archive(
         .into_inner()?
         .into_inner()
         .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error()))?;
+    readable(tmp.path())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("Writing {}", path.display()))?;
@@ -504,6 +513,7 @@ fn write_directory(
         }
         let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir)?;
         std::io::copy(&mut open_data(blob, new)?, &mut tmp)?;
+        readable(tmp.path())?;
         tmp.persist(&target)?;
     }
     let mut entries: Vec<serde_json::Value> = match std::fs::read(path.join("index.json")) {
@@ -528,6 +538,7 @@ fn write_directory(
         "manifests": entries,
     }))?;
     let mut tmp = tempfile::NamedTempFile::new_in(path)?;
+    readable(tmp.path())?;
     tmp.write_all(&index)?;
     tmp.persist(path.join("index.json"))?;
     Ok(())
