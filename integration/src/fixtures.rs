@@ -390,6 +390,34 @@ pub fn write_multi_arch(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) ->
     Ok(digest)
 }
 
+/// The manifest of the image tagged `tag` in the OCI layout `dir`.
+pub fn layout_manifest(dir: &Path, tag: &str) -> Result<serde_json::Value> {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+    let desc = index["manifests"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        })
+        .with_context(|| format!("no image {tag} in {}", dir.display()))?;
+    let digest = desc["digest"]
+        .as_str()
+        .context("descriptor without digest")?;
+    Ok(serde_json::from_slice(&std::fs::read(blob_path(
+        dir, digest,
+    ))?)?)
+}
+
+/// Bytes of the layer blobs of the image tagged `tag` in the OCI layout `dir`.
+pub fn layer_blob_bytes(dir: &Path, tag: &str) -> Result<u64> {
+    Ok(layout_manifest(dir, tag)?["layers"]
+        .as_array()
+        .context("manifest without layers")?
+        .iter()
+        .filter_map(|l| l["size"].as_u64())
+        .sum())
+}
+
 /// Where a blob of an OCI layout lives.
 pub fn blob_path(dir: &Path, digest: &str) -> std::path::PathBuf {
     dir.join("blobs/sha256")

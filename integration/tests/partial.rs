@@ -86,31 +86,11 @@ fn pair(dir: &Path) -> (std::path::PathBuf, Tree) {
 }
 
 fn blob_sizes(layout: &Path, tag: &str) -> u64 {
-    manifest(layout, tag)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum()
+    fixtures::layer_blob_bytes(layout, tag).unwrap()
 }
 
 fn manifest(layout: &Path, tag: &str) -> serde_json::Value {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    serde_json::from_slice(
-        &std::fs::read(fixtures::blob_path(
-            layout,
-            desc["digest"].as_str().unwrap(),
-        ))
-        .unwrap(),
-    )
-    .unwrap()
+    fixtures::layout_manifest(layout, tag).unwrap()
 }
 
 /// Rewrites the manifest of `tag` through `edit` and points `tag` at the result.
