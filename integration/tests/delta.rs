@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use skiff_integration::fixtures::{self, Compression, Layer, Node, dir, file, noise, text};
+use skiff_integration::registry::Registry;
 use skiff_integration::tools::{cfsctl, output, run, skiff};
 use skiff_integration::tree::Tree;
 
@@ -478,6 +479,81 @@ fn files_over_192_mib_use_the_rolling_checksum() {
     Tree::from_stored_image(&s.repo("repo"), "new")
         .unwrap()
         .assert_same(&s.expected(), "rolling-checksum delta");
+}
+
+#[test]
+fn a_delta_in_a_registry_applies_through_skopeo() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    let archive = s.root.join("delta.tar");
+    s.create("auto", &format!("oci-archive:{}", archive.display()));
+    let registry = Registry::start_plain().unwrap();
+    // skopeo copies the artifact as it is (manifest digest unchanged).
+    let remote = registry
+        .push(&format!("oci-archive:{}", archive.display()), "app:delta")
+        .unwrap();
+    let out = output(skiff().args([
+        "copy",
+        "--progress=plain",
+        "--src-tls-verify=false",
+        &remote,
+        &s.dest("repo", "new"),
+    ]))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
+        "{stdout}"
+    );
+    assert_eq!(
+        run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
+        s.full_pull_id()
+    );
+}
+
+#[test]
+fn layers_carried_whole_are_read_by_their_real_compression() {
+    let (old, new) = pair();
+    // zstd layers, which a delta labels gzip when it carries them whole.
+    let s = Setup::new(&old, &new, Compression::Zstd);
+    let dir = s.root.join("whole");
+    s.create("bsdiff", &format!("oci:{}:d", dir.display()));
+    let target = fixtures::layout_manifest(&s.layout, "new").unwrap();
+    let last = target["layers"].as_array().unwrap().last().unwrap().clone();
+    edit_delta(&dir, |dir, m| {
+        let digest = last["digest"].as_str().unwrap();
+        std::fs::copy(
+            fixtures::blob_path(&s.layout, digest),
+            fixtures::blob_path(dir, digest),
+        )
+        .unwrap();
+        for l in m["layers"].as_array_mut().unwrap() {
+            if l["mediaType"] == "application/vnd.tar-diff" {
+                l["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+                l["digest"] = last["digest"].clone();
+                l["size"] = last["size"].clone();
+            }
+        }
+    });
+    let out = s.copy(&format!("oci:{}:d", dir.display()), &s.dest("repo", "new"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 skipped, 1 full, 0 partial, 0 delta"),
+        "{stdout}"
+    );
+    Tree::from_stored_image(&s.repo("repo"), "new")
+        .unwrap()
+        .assert_same(&s.expected(), "a layer carried whole");
 }
 
 // ---- Bad deltas ----------------------------------------------------------------------------

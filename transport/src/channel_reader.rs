@@ -92,3 +92,35 @@ impl std::io::Write for ChannelWriter<'_> {
         self.send()
     }
 }
+
+/// A blocking [`std::io::Read`] over chunks sent through a channel by an async producer (a
+/// blob streamed from skopeo's proxy or a layout), for blocking consumers (a tar-diff applier).
+pub(crate) struct BlockingChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl BlockingChannelReader {
+    /// Reads what is sent on `rx`; an error sent ends the stream with that error.
+    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for BlockingChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}

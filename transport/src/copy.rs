@@ -113,6 +113,8 @@ impl Observer for NoObserver {
 pub struct CopyOptions {
     /// Layers fetched and imported at once.
     pub jobs: usize,
+    /// Whether the user chose `jobs` (`--jobs`), rather than taking the default.
+    pub jobs_explicit: bool,
     /// How often a failed layer fetch is tried again.
     pub retry_times: u32,
 }

@@ -304,6 +304,7 @@ async fn copy_into<H: FsVerityHashValue>(
         tag,
         &CopyOptions {
             jobs,
+            jobs_explicit: args.jobs.is_some(),
             retry_times: args.retry_times,
         },
         observer.clone(),

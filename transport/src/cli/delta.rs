@@ -87,6 +87,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
                 "old",
                 &CopyOptions {
                     jobs: create.jobs,
+                    jobs_explicit: true,
                     retry_times: 0,
                 },
                 Arc::new(NoObserver),

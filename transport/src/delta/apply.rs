@@ -12,8 +12,10 @@
 //!   deltas label every such blob gzip), checked against its descriptor and the DiffID;
 //! - anything else is an error naming the layer.
 //!
-//! Nothing is tagged unless every layer checks out; layers are rebuilt in parallel (`--jobs`,
-//! default: one per core), streaming into the store: no temporary files.
+//! Nothing is tagged unless every layer checks out; layers are rebuilt in parallel (`--jobs`;
+//! by default one per core from a layout, two from a registry), streaming into the store: no
+//! temporary files. The delta may come from any source: an OCI layout, or a registry through
+//! skopeo's proxy.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -32,11 +34,13 @@ use tokio::task::JoinSet;
 
 use super::source_files::SourceFiles;
 use super::{DeltaManifest, MEDIA_TYPE_TAR_DIFF};
-use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader, ChannelWriter};
+use crate::channel_reader::{BlockingChannelReader, CHANNEL_DEPTH, ChannelReader, ChannelWriter};
 use crate::copy::{CopyEvent, CopyOptions, CopySummary, Observer};
 use crate::layer::{BlobError, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
-use crate::source::layout::LayoutSource;
 use crate::source::{Source, parse_config, parse_manifest};
+
+/// Delta layers fetched from a registry at once when `--jobs` is not given.
+const REGISTRY_DELTA_JOBS: usize = 2;
 
 /// The delta applies to an image the repository does not hold.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +61,8 @@ pub async fn apply_delta<H: FsVerityHashValue>(
     observer: Arc<dyn Observer>,
 ) -> Result<CopySummary> {
     let started = Instant::now();
-    let Source::Layout(layout) = source.as_ref() else {
-        bail!("deltas are applied from oci: and oci-archive: sources");
-    };
     let delta = DeltaManifest::parse(delta_json)?;
-    let manifest_json = layout
+    let manifest_json = source
         .read_small_blob(&delta.target_manifest, MAX_MANIFEST_SIZE)
         .await
         .context("Reading the target manifest the delta carries")?;
@@ -79,7 +80,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         manifest.config().digest(),
         delta.target_config.digest()
     );
-    let config_json = layout
+    let config_json = source
         .read_small_blob(&delta.target_config, MAX_CONFIG_SIZE)
         .await
         .context("Reading the target config the delta carries")?;
@@ -117,7 +118,13 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         manifest_digest: manifest_digest.to_string(),
         ..Default::default()
     };
-    let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
+    // Local blobs: every core. Registries: two delta layers downloading at once, unless
+    // --jobs says otherwise (a tar-diff is small; the source image's reads are the work).
+    let jobs = match source.as_ref() {
+        Source::Proxy(_) if !options.jobs_explicit => REGISTRY_DELTA_JOBS,
+        _ => options.jobs,
+    };
+    let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
     let mut seen = std::collections::HashSet::new();
     for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
@@ -247,14 +254,12 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (blob_tx, blob_rx) = mpsc::channel(CHANNEL_DEPTH);
     let repo = store.repo().clone();
-    let (source, blob) = (source.clone(), blob.clone());
+    let desc = blob.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<()> {
-            let Source::Layout(layout) = source.as_ref() else {
-                bail!("tar-diffs are read from OCI layouts");
-            };
-            let mut delta = VerifiedBlob::open(layout, &blob, fetched)?;
+            let mut delta = VerifiedBlob::new(BlockingChannelReader::new(blob_rx), &desc, fetched);
             let mut files = SourceFiles::new(tree, repo);
             let mut out = ChannelWriter::new(&tx);
             oci_delta::tar_patch_apply(&mut delta, &mut files, &mut out)?;
@@ -267,16 +272,21 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
         }
         result
     });
-    let imported = split_layer_with_index(store, diff_id, ChannelReader::new(rx), stored).await;
+    let (pumped, imported, produced) = tokio::join!(
+        source.pump_blob(blob, blob_tx),
+        split_layer_with_index(store, diff_id, ChannelReader::new(rx), stored),
+        producer
+    );
     // The applier's error says why the stream broke; the import's, what the bytes were.
-    producer.await??;
+    produced??;
+    pumped?;
     imported
 }
 
 /// A blob read from an OCI layout and checked against its descriptor: never more than its
 /// size, and its digest once read to the end.
 struct VerifiedBlob<'a> {
-    inner: std::io::Take<Box<dyn Read + Send>>,
+    inner: std::io::Take<BlockingChannelReader>,
     desc: &'a Descriptor,
     sha: openssl::sha::Sha256,
     count: u64,
@@ -284,14 +294,14 @@ struct VerifiedBlob<'a> {
 }
 
 impl<'a> VerifiedBlob<'a> {
-    fn open(layout: &LayoutSource, desc: &'a Descriptor, fetched: Arc<AtomicU64>) -> Result<Self> {
-        Ok(Self {
-            inner: layout.open_blob(desc)?.take(desc.size() + 1),
+    fn new(reader: BlockingChannelReader, desc: &'a Descriptor, fetched: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: reader.take(desc.size() + 1),
             desc,
             sha: openssl::sha::Sha256::new(),
             count: 0,
             fetched,
-        })
+        }
     }
 
     /// Reads what the applier left and checks size and digest.

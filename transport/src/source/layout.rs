@@ -198,6 +198,17 @@ impl LayoutSource {
         tokio::task::spawn_blocking(move || layout.read_verified(&desc, max)).await?
     }
 
+    /// Streams a blob into `tx` (see [`super::Source::pump_blob`]).
+    pub async fn pump_blob(
+        &self,
+        desc: &Descriptor,
+        tx: mpsc::Sender<std::io::Result<Bytes>>,
+    ) -> Result<()> {
+        let reader = self.open_blob(desc)?;
+        tokio::task::spawn_blocking(move || pump_blob(reader, tx)).await?;
+        Ok(())
+    }
+
     /// Opens a blob for reading from its start (blocking reads; not verified here).
     pub fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
         skiff_storage::digest::require_sha256(desc.digest())?;
@@ -318,7 +329,7 @@ fn pick_descriptor(index: &ImageIndex, reference: Option<&str>, name: &str) -> R
 }
 
 /// Reads a blob in chunks into `tx`; stops when the receiver goes away.
-fn pump_blob(mut reader: Box<dyn BlobRead>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+fn pump_blob(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
     loop {
         let mut chunk = vec![0u8; READ_CHUNK];
         match reader.read(&mut chunk) {

@@ -111,6 +111,27 @@ impl Source {
 }
 
 impl Source {
+    /// Reads a small blob (a manifest or config carried by a delta) whole, verified.
+    pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        match self {
+            Self::Layout(l) => l.read_small_blob(desc, max).await,
+            Self::Proxy(p) => p.read_small_blob(desc, max).await,
+        }
+    }
+
+    /// Streams the blob `desc` into `tx` (not verified here: the consumer checks what it
+    /// reads). Ends early, without error, when the receiver goes away.
+    pub async fn pump_blob(
+        &self,
+        desc: &Descriptor,
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    ) -> Result<()> {
+        match self {
+            Self::Layout(l) => l.pump_blob(desc, tx).await,
+            Self::Proxy(p) => p.pump_blob(desc, tx).await,
+        }
+    }
+
     /// A reader of byte ranges of `desc`'s blob: `None` when this source cannot serve them.
     pub async fn range_source(&self, desc: &Descriptor) -> Result<Option<RangeSource>> {
         match self {

@@ -110,6 +110,63 @@ impl ProxySource {
         })
     }
 
+    /// Reads a small blob whole, verified.
+    pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        anyhow::ensure!(
+            desc.size() <= max,
+            "blob {} claims {} bytes, more than the {max} allowed",
+            desc.digest(),
+            desc.size()
+        );
+        let (reader, driver) = self
+            .proxy
+            .get_blob(&self.image, desc.digest(), desc.size())
+            .await?;
+        let (data, driven) = tokio::join!(read_small_blob(reader, desc, max), driver);
+        let data = data?;
+        driven?;
+        Ok(data)
+    }
+
+    /// Streams a blob into `tx` (see [`super::Source::pump_blob`]).
+    pub async fn pump_blob(
+        &self,
+        desc: &Descriptor,
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    ) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let (mut reader, driver) = self
+            .proxy
+            .get_blob(&self.image, desc.digest(), desc.size())
+            .await?;
+        let pump = async {
+            loop {
+                let mut chunk = vec![0u8; 256 * 1024];
+                match reader.read(&mut chunk).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let ((), driven) = tokio::join!(pump, driver);
+        // A consumer that stopped reading makes the proxy's side fail: not an error here.
+        if let Err(e) = driven
+            && !tx.is_closed()
+        {
+            return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())));
+        }
+        Ok(())
+    }
+
     /// The manifest (converted to OCI by the proxy when the source has a Docker v2s2 one) and
     /// the config.
     #[context("Reading manifest and config of {}", self.reference)]
@@ -119,12 +176,14 @@ impl ProxySource {
                 .fetch_manifest_raw_oci(&self.image)
                 .await
                 .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
-        anyhow::ensure!(
-            !crate::delta::is_delta(&manifest_json),
-            "{} is an oci-delta artifact; skiff applies deltas from oci: and oci-archive: \
-             (copy the delta there first with skopeo)",
-            self.reference
-        );
+        if crate::delta::is_delta(&manifest_json) {
+            anyhow::ensure!(
+                skiff_storage::digest::digest_of(&manifest_json).to_string() == source_digest,
+                "the delta manifest of {} does not match its digest {source_digest}",
+                self.reference
+            );
+            return Ok(Resolved::Delta(manifest_json));
+        }
         let manifest = parse_manifest(&manifest_json, &self.reference)?;
         // The proxy returns the source's manifest digest with the manifest it converted to OCI;
         // a difference means the config was converted too.
