@@ -516,6 +516,106 @@ fn a_delta_in_a_registry_applies_through_skopeo() {
     );
 }
 
+/// skiff's flags to reach `registry` as a source (`src`) or destination (`dest`).
+fn registry_flags(registry: &Registry, side: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    match registry.cert_dir() {
+        Some(dir) => flags.push(format!("--{side}-cert-dir={}", dir.display())),
+        None => flags.push(format!("--{side}-tls-verify=false")),
+    }
+    if let Some((user, password)) = registry.creds() {
+        flags.push(format!("--{side}-creds={user}:{password}"));
+    }
+    flags
+}
+
+#[test]
+fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    let full_id = s.full_pull_id();
+    for registry in [
+        Registry::start_plain().unwrap(),
+        Registry::start_tls_auth("ann", "s3cret").unwrap(),
+    ] {
+        let old_ref = registry.push(&s.src("old"), "app:old").unwrap();
+        let new_ref = registry.push(&s.src("new"), "app:new").unwrap();
+        let push = output(
+            skiff()
+                .args(["delta", "create"])
+                .args(registry_flags(&registry, "dest"))
+                .args([
+                    &s.dest("repo", "old"),
+                    &s.src("new"),
+                    &registry.docker_ref("app:delta"),
+                ]),
+        )
+        .unwrap();
+        assert!(
+            push.status.success(),
+            "{}",
+            String::from_utf8_lossy(&push.stderr)
+        );
+        let src = registry_flags(&registry, "src");
+        let copy = |source: &str, dest: &str, extra: &[&str]| {
+            output(
+                skiff()
+                    .args(["copy", "--progress=plain"])
+                    .args(&src)
+                    .args(extra)
+                    .args([source, dest]),
+            )
+            .unwrap()
+        };
+        // A repository holding the old image: the copy of the new one uses the delta.
+        let repo = format!("with-old-{}", registry.host().replace(':', "-"));
+        assert!(copy(&old_ref, &s.dest(&repo, "app"), &[]).status.success());
+        let out = copy(&new_ref, &s.dest(&repo, "app"), &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("Using delta sha256:"), "{stdout}");
+        assert!(
+            stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("  delta     sha256:"), "{stdout}");
+        assert_eq!(
+            run(cfsctl(&s.repo(&repo)).args(["oci", "compute-id", "app"])).unwrap(),
+            full_id
+        );
+        // --no-delta: the layers themselves.
+        let repo = format!("no-delta-{}", registry.host().replace(':', "-"));
+        assert!(copy(&old_ref, &s.dest(&repo, "app"), &[]).status.success());
+        let out = copy(&new_ref, &s.dest(&repo, "app"), &["--no-delta"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("delta sha256"), "{stdout}");
+        assert!(stdout.contains("2 skipped, 1 full"), "{stdout}");
+        // Without the old image the delta cannot apply: a normal copy.
+        let repo = format!("fresh-{}", registry.host().replace(':', "-"));
+        let out = copy(&new_ref, &s.dest(&repo, "app"), &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("0 skipped, 3 full"), "{stdout}");
+        assert_eq!(
+            run(cfsctl(&s.repo(&repo)).args(["oci", "compute-id", "app"])).unwrap(),
+            full_id
+        );
+    }
+}
+
 #[test]
 fn layers_carried_whole_are_read_by_their_real_compression() {
     let (old, new) = pair();

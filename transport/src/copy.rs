@@ -66,6 +66,15 @@ pub enum CopyEvent {
         /// Why the previous one failed.
         error: String,
     },
+    /// A delta of the image was found and is used instead of its layers.
+    DeltaUsed {
+        /// The delta's manifest digest.
+        digest: String,
+        /// Compressed bytes of the layers it replaces.
+        replaces: u64,
+        /// Bytes of its blobs that will be fetched.
+        size: u64,
+    },
     /// A zstd:chunked layer cannot be pulled partially; it is fetched whole.
     LayerFallback {
         /// The layer's blob digest.
@@ -115,6 +124,8 @@ pub struct CopyOptions {
     pub jobs: usize,
     /// Whether the user chose `jobs` (`--jobs`), rather than taking the default.
     pub jobs_explicit: bool,
+    /// Look for deltas of the image in its registry and use one when it is smaller.
+    pub use_deltas: bool,
     /// How often a failed layer fetch is tried again.
     pub retry_times: u32,
 }
@@ -140,6 +151,11 @@ pub struct CopySummary {
     pub layers_partial: usize,
     /// Layers rebuilt from a delta.
     pub layers_delta: usize,
+    /// The delta used (its manifest digest), if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<String>,
+    /// Compressed bytes the delta saved against fetching the layers it replaced.
+    pub bytes_saved: u64,
     /// Fetches made: one per layer fetched whole, one per byte range of a partial pull.
     pub requests: u64,
     /// Wall time in seconds.
@@ -171,6 +187,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
                 &delta_json,
                 options,
                 observer,
+                None,
             )
             .await;
         }
@@ -191,6 +208,31 @@ pub async fn copy_image<H: FsVerityHashValue>(
                 .with_context(|| format!("the config lists a malformed DiffID {d:?}"))
         })
         .collect::<Result<_>>()?;
+    if options.use_deltas
+        && let Some(found) =
+            crate::delta::discover::find_delta(&source, store, &image, &manifest_digest, &diff_ids)
+                .await
+    {
+        observer.event(&CopyEvent::DeltaUsed {
+            digest: found.digest.clone(),
+            replaces: found.replaces,
+            size: found.size,
+        });
+        let mut summary = crate::delta::apply::apply_delta(
+            source,
+            store,
+            tag,
+            &found.manifest_json,
+            options,
+            observer,
+            Some(&manifest_digest),
+        )
+        .await
+        .with_context(|| format!("Applying delta {}", found.digest))?;
+        summary.bytes_saved = found.replaces.saturating_sub(summary.bytes_fetched);
+        summary.delta = Some(found.digest);
+        return Ok(summary);
+    }
     let mut summary = CopySummary {
         manifest_digest: manifest_digest.to_string(),
         ..Default::default()

@@ -55,6 +55,9 @@ pub(crate) struct CopyArgs {
     /// Write the digest of the stored manifest to PATH.
     #[arg(long, value_name = "PATH")]
     digestfile: Option<PathBuf>,
+    /// Do not look for oci-delta artifacts of the image in its registry.
+    #[arg(long)]
+    no_delta: bool,
     /// Layers fetched and imported at once (default: number of CPUs).
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
@@ -305,6 +308,7 @@ async fn copy_into<H: FsVerityHashValue>(
         &CopyOptions {
             jobs,
             jobs_explicit: args.jobs.is_some(),
+            use_deltas: !args.no_delta,
             retry_times: args.retry_times,
         },
         observer.clone(),

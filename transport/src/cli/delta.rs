@@ -1,5 +1,6 @@
 //! `skiff delta create`: make an oci-delta artifact from two images.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -31,11 +32,24 @@ pub(crate) struct CreateArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Credentials (USER[:PASSWORD]) for a docker:// destination.
+    #[arg(long, value_name = "USER[:PASSWORD]")]
+    dest_creds: Option<String>,
+    /// auth.json for a docker:// destination (else the default lookup).
+    #[arg(long, value_name = "PATH")]
+    dest_authfile: Option<PathBuf>,
+    /// Require HTTPS and verify certificates when pushing to a docker:// destination.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    dest_tls_verify: Option<bool>,
+    /// Certificates (*.crt, *.cert, *.key) for a docker:// destination.
+    #[arg(long, value_name = "PATH")]
+    dest_cert_dir: Option<PathBuf>,
     /// The image the receiver has: composefs:PATH:NAME, or any source skiff reads.
     old: String,
     /// The image the delta rebuilds: oci:PATH[:TAG] or oci-archive:PATH[:TAG].
     new: String,
-    /// Where to write the delta: oci-archive:PATH[:NAME] or oci:PATH[:NAME].
+    /// Where to write the delta: oci-archive:PATH, oci:PATH[:NAME] or docker://NAME[:TAG] (in
+    /// a registry, it is also listed under NEW's referrers tag).
     destination: String,
 }
 
@@ -43,9 +57,28 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
     let old: ImageRef = args.old.parse()?;
     let new: ImageRef = args.new.parse()?;
     let dest: ImageRef = args.destination.parse()?;
-    if !matches!(dest, ImageRef::Oci { .. } | ImageRef::OciArchive { .. }) {
-        bail!("destination {dest}: a delta is written to oci-archive:PATH or oci:PATH");
+    if !matches!(
+        dest,
+        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } | ImageRef::Docker(_)
+    ) {
+        bail!(
+            "destination {dest}: a delta is written to oci-archive:PATH, oci:PATH or docker://NAME"
+        );
     }
+    let dest_options = SourceOptions {
+        creds: match &args.dest_creds {
+            Some(c) => {
+                let (user, password) = c.split_once(':').unwrap_or((c, ""));
+                anyhow::ensure!(!user.is_empty(), "--dest-creds: empty user name");
+                Some((user.to_owned(), password.to_owned()))
+            }
+            None => None,
+        },
+        authfile: args.dest_authfile.clone(),
+        tls_verify: args.dest_tls_verify,
+        cert_dir: args.dest_cert_dir.clone(),
+        ..Default::default()
+    };
     let options = SourceOptions {
         os: global.override_os.clone(),
         arch: global.override_arch.clone(),
@@ -88,6 +121,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
                 &CopyOptions {
                     jobs: create.jobs,
                     jobs_explicit: true,
+                    use_deltas: false,
                     retry_times: 0,
                 },
                 Arc::new(NoObserver),
@@ -97,7 +131,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
             (path, "old".to_owned(), Some(scratch))
         }
     };
-    let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_source, &dest, create).await)?;
+    let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_source, &dest, &dest_options, create).await)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -111,10 +145,11 @@ async fn run<H: FsVerityHashValue>(
     tag: &str,
     new: LayoutSource,
     dest: &ImageRef,
+    dest_options: &SourceOptions,
     options: CreateOptions,
 ) -> Result<CreateSummary> {
     let store = Store::<H>::open(repo_path)?;
-    create_delta(&store, tag, Arc::new(new), dest, options).await
+    create_delta(&store, tag, Arc::new(new), dest, dest_options, options).await
 }
 
 fn print_summary(dest: &ImageRef, s: &CreateSummary) {

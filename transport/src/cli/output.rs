@@ -110,6 +110,9 @@ impl Output {
             "  layers    {} skipped, {} full, {} partial, {} delta",
             s.layers_skipped, s.layers_full, s.layers_partial, s.layers_delta
         );
+        if let Some(delta) = &s.delta {
+            let _ = writeln!(out, "  delta     {delta} (saved {})", human(s.bytes_saved));
+        }
         let _ = writeln!(out, "  time      {:.2}s", s.seconds);
     }
 }
@@ -207,6 +210,15 @@ impl Observer for Renderer {
                     CopyEvent::LayerFallback { digest, reason } => {
                         format!("Fetching blob {} whole: {reason}", short(digest))
                     }
+                    CopyEvent::DeltaUsed {
+                        digest,
+                        replaces,
+                        size,
+                    } => format!(
+                        "Using delta {digest}: {} instead of {} of layers",
+                        human(*size),
+                        human(*replaces)
+                    ),
                     CopyEvent::LayerDone {
                         digest,
                         partial,

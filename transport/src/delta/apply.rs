@@ -59,6 +59,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
     delta_json: &[u8],
     options: &CopyOptions,
     observer: Arc<dyn Observer>,
+    expected_target: Option<&OciDigest>,
 ) -> Result<CopySummary> {
     let started = Instant::now();
     let delta = DeltaManifest::parse(delta_json)?;
@@ -73,6 +74,12 @@ pub async fn apply_delta<H: FsVerityHashValue>(
             "the delta names target {named} but carries manifest {manifest_digest}"
         );
     }
+    if let Some(expected) = expected_target {
+        ensure!(
+            *expected == manifest_digest,
+            "the delta rebuilds {manifest_digest}, not the image {expected} being copied"
+        );
+    }
     let manifest = parse_manifest(&manifest_json, "the delta's target")?;
     ensure!(
         manifest.config().digest() == delta.target_config.digest(),
@@ -85,10 +92,12 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         .await
         .context("Reading the target config the delta carries")?;
     let config = parse_config(&config_json, &manifest)?;
-    observer.event(&CopyEvent::Resolved {
-        manifest_digest: manifest_digest.to_string(),
-        layers: manifest.layers().len(),
-    });
+    if expected_target.is_none() {
+        observer.event(&CopyEvent::Resolved {
+            manifest_digest: manifest_digest.to_string(),
+            layers: manifest.layers().len(),
+        });
+    }
 
     let source_tag = {
         let (store, config) = (store.clone(), delta.source_config.clone());

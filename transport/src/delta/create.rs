@@ -1,5 +1,8 @@
 //! `skiff delta create OLD NEW DESTINATION`: the delta that turns OLD into NEW, as an
-//! oci-archive or OCI layout that oci-delta, cfsctl and skiff apply.
+//! oci-archive, an OCI layout or an artifact in a registry, that oci-delta, cfsctl and skiff
+//! apply. In a registry, the delta is also listed under NEW's referrers tag (`sha256-HEX`,
+//! an image index) unless the registry indexes the `subject` itself, so that copies of NEW
+//! find it.
 //!
 //! OLD is read from a composefs repository (its file tree is what the delta's OPENs name, as
 //! an applier will see it); NEW from an OCI layout (its layer blobs go into the delta where a
@@ -33,6 +36,7 @@ use super::tar_diff::BinaryDiff;
 use super::*;
 use crate::imageref::ImageRef;
 use crate::media::Compression;
+use crate::options::SourceOptions;
 use crate::source::layout::LayoutSource;
 use crate::source::{Resolved, ResolvedImage};
 
@@ -130,12 +134,13 @@ fn go_json(value: &impl Serialize) -> Result<Vec<u8>> {
 }
 
 /// Creates the delta from `old_tag` in `old_store` to the image `new` names, written to
-/// `dest` (`oci-archive:` or `oci:`).
+/// `dest` (`oci-archive:`, `oci:`, or `docker://`, reached with `dest_options`).
 pub async fn create_delta<H: FsVerityHashValue>(
     old_store: &Store<H>,
     old_tag: &str,
     new: Arc<LayoutSource>,
     dest: &ImageRef,
+    dest_options: &SourceOptions,
     options: CreateOptions,
 ) -> Result<CreateSummary> {
     let started = Instant::now();
@@ -311,10 +316,24 @@ pub async fn create_delta<H: FsVerityHashValue>(
         size: delta_manifest.len() as u64,
         data: BlobData::Bytes(delta_manifest.clone()),
     });
+    if let ImageRef::Docker(name) = dest {
+        push(
+            name,
+            dest_options,
+            &blobs,
+            &delta_manifest,
+            &new,
+            &annotations_of(&delta_manifest)?,
+        )
+        .await?;
+        summary.delta_digest = delta_digest;
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
     let (path, name, archive) = match dest {
         ImageRef::OciArchive { path, reference } => (path, reference, true),
         ImageRef::Oci { path, reference } => (path, reference, false),
-        other => bail!("delta destination {other}: use oci-archive:PATH or oci:PATH"),
+        other => bail!("delta destination {other}: use oci-archive:PATH, oci:PATH or docker://"),
     };
     let index_entry = GoDescriptor {
         media_type: MANIFEST_MEDIA_TYPE.to_owned(),
@@ -336,6 +355,77 @@ pub async fn create_delta<H: FsVerityHashValue>(
     summary.delta_digest = delta_digest;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+fn annotations_of(manifest: &[u8]) -> Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(manifest)?;
+    Ok(value["annotations"].clone())
+}
+
+/// Pushes the delta's blobs, then its manifest (by digest, and by tag if the reference has
+/// one), then lists it under the target's referrers tag unless the registry indexes subjects
+/// itself.
+async fn push(
+    name: &str,
+    options: &SourceOptions,
+    blobs: &[Blob],
+    manifest: &[u8],
+    new: &LayoutSource,
+    annotations: &serde_json::Value,
+) -> Result<()> {
+    let client = crate::registry::Client::new_for_push(name, options)?;
+    let (manifest_blob, content) = blobs.split_last().context("no delta manifest")?;
+    for blob in content {
+        let mut data = Vec::with_capacity(blob.size as usize);
+        open_data(blob, new)?.read_to_end(&mut data)?;
+        client.push_blob(&blob.digest, data.into()).await?;
+    }
+    let digest = &manifest_blob.digest;
+    let indexed = client
+        .push_manifest(digest, manifest.to_vec(), MANIFEST_MEDIA_TYPE)
+        .await?;
+    if let Some(tag) = docker_tag(name) {
+        client
+            .push_manifest(tag, manifest.to_vec(), MANIFEST_MEDIA_TYPE)
+            .await?;
+    }
+    if indexed {
+        return Ok(());
+    }
+    let subject = annotations[ANNOTATION_TARGET]
+        .as_str()
+        .context("the delta names no target")?;
+    let tag = crate::registry::referrers_tag(subject);
+    let mut entries: Vec<serde_json::Value> = match client.manifest(&tag).await? {
+        Some((bytes, _)) => {
+            let index: serde_json::Value =
+                serde_json::from_slice(&bytes).context("the referrers tag is not an index")?;
+            index["manifests"].as_array().cloned().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    entries.retain(|e| e["digest"] != digest.as_str());
+    entries.push(serde_json::json!({
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": digest,
+        "size": manifest.len(),
+        "artifactType": ARTIFACT_TYPE,
+        "annotations": annotations,
+    }));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": entries,
+    }))?;
+    client.push_manifest(&tag, index, INDEX_MEDIA_TYPE).await?;
+    Ok(())
+}
+
+/// The tag of a docker name, if it has one.
+fn docker_tag(name: &str) -> Option<&str> {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    name[last..].rfind(':').map(|i| &name[last + i + 1..])
 }
 
 /// The tar-diff of `layer`, if it is smaller than the layer blob.

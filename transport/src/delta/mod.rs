@@ -24,6 +24,7 @@
 
 pub mod apply;
 pub mod create;
+pub mod discover;
 pub mod generate;
 pub mod source_files;
 pub mod tar_diff;

@@ -10,7 +10,12 @@
 //! Endpoints used (distribution spec v1.1):
 //!
 //! - `GET /v2/`: the ping, which also tells how to authenticate;
-//! - `GET /v2/NAME/blobs/DIGEST` with `Range:` ([`byteranges`]).
+//! - `GET /v2/NAME/blobs/DIGEST` with `Range:` ([`byteranges`]);
+//! - `GET /v2/NAME/manifests/REF`: exact manifest bytes;
+//! - `GET /v2/NAME/referrers/DIGEST`, else the referrers tag `sha256-HEX` (an image index):
+//!   the artifacts (deltas) whose `subject` is an image;
+//! - pushing: `HEAD /v2/NAME/blobs/DIGEST`, `POST /v2/NAME/blobs/uploads/` then
+//!   `PUT LOCATION?digest=DIGEST` (monolithic upload), `PUT /v2/NAME/manifests/REF`.
 
 pub mod auth;
 pub mod byteranges;
@@ -107,6 +112,8 @@ pub struct Client {
     target: RepositoryRef,
     insecure: bool,
     credentials: Option<Credentials>,
+    /// Whether tokens are asked for with push access.
+    push: bool,
     /// `https://ENDPOINT`, or `http://ENDPOINT` when allowed and the registry has no TLS.
     base: OnceCell<String>,
     /// The `Authorization` value the registry accepted (or asked for).
@@ -131,9 +138,18 @@ impl Client {
             http: tls::http_client(options, &target.registry)?,
             insecure: options.tls_verify == Some(false),
             credentials,
+            push: false,
             target,
             base: OnceCell::new(),
             authorization: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A client that may also push to the repository of `name`.
+    pub fn new_for_push(name: &str, options: &SourceOptions) -> Result<Self> {
+        Ok(Self {
+            push: true,
+            ..Self::new(name, options)?
         })
     }
 
@@ -171,13 +187,34 @@ impl Client {
     /// Sends `GET PATH` with `headers`, authenticating once when the registry asks.
     async fn get(&self, path: &str, headers: HeaderMap) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base().await?);
+        self.send(reqwest::Method::GET, &url, headers, None).await
+    }
+
+    /// Sends a request (with `body`, which must be cheap to clone), authenticating once when
+    /// the registry asks.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response> {
         let mut authenticated = false;
         loop {
-            let mut request = self.http.get(&url).headers(headers.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
             if let Some(value) = self.authorization.lock().unwrap().clone() {
                 request = request.header(AUTHORIZATION, value);
             }
-            let response = request.send().await.with_context(|| format!("GET {url}"))?;
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("{method} {url}"))?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
@@ -222,7 +259,8 @@ impl Client {
                     realm.starts_with("https://") || realm.starts_with("http://"),
                     "token realm {realm:?} is not an HTTP URL"
                 );
-                let scope = format!("repository:{}:pull", self.target.repository);
+                let access = if self.push { "pull,push" } else { "pull" };
+                let scope = format!("repository:{}:{access}", self.target.repository);
                 let mut query = vec![("scope", scope.as_str())];
                 if let Some(service) = challenge.params.get("service") {
                     query.push(("service", service));
@@ -305,6 +343,176 @@ impl Client {
         })
     }
 }
+
+impl Client {
+    /// The manifest `reference` (tag or digest) names, exactly as stored: `None` when there is
+    /// none. A digest reference is checked against the bytes.
+    #[context("Reading manifest {reference} of {}", self.target.repository)]
+    pub async fn manifest(&self, reference: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::ACCEPT, MANIFEST_ACCEPT.parse()?);
+        let path = format!("/v2/{}/manifests/{reference}", self.target.repository);
+        let response = self.get(&path, headers).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            s if s.is_success() => {}
+            other => bail!("the registry answered HTTP {other}"),
+        }
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = read_limited(response, crate::layer::MAX_MANIFEST_SIZE).await?;
+        if reference.starts_with("sha256:") {
+            let actual = skiff_storage::digest::digest_of(&body).to_string();
+            anyhow::ensure!(actual == reference, "the registry sent manifest {actual}");
+        }
+        Ok(Some((body.to_vec(), media_type)))
+    }
+
+    /// The descriptors of the artifacts of type `artifact_type` whose subject is `digest`: from
+    /// the referrers API, else from the referrers tag (`sha256-HEX`).
+    #[context("Looking for referrers of {digest}")]
+    pub async fn referrers(
+        &self,
+        digest: &str,
+        artifact_type: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let path = format!(
+            "/v2/{}/referrers/{digest}?artifactType={artifact_type}",
+            self.target.repository
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::ACCEPT,
+            "application/vnd.oci.image.index.v1+json".parse()?,
+        );
+        let response = self.get(&path, headers).await?;
+        let index: serde_json::Value = if response.status().is_success() {
+            let body = read_limited(response, crate::layer::MAX_MANIFEST_SIZE).await?;
+            serde_json::from_slice(&body).context("malformed referrers index")?
+        } else {
+            match self.manifest(&referrers_tag(digest)).await? {
+                Some((bytes, _)) => {
+                    serde_json::from_slice(&bytes).context("malformed referrers tag index")?
+                }
+                None => return Ok(Vec::new()),
+            }
+        };
+        Ok(index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["artifactType"] == artifact_type)
+            .cloned()
+            .collect())
+    }
+
+    /// Whether the repository has blob `digest`.
+    pub async fn has_blob(&self, digest: &str) -> Result<bool> {
+        let url = format!(
+            "{}/v2/{}/blobs/{digest}",
+            self.base().await?,
+            self.target.repository
+        );
+        let response = self
+            .send(reqwest::Method::HEAD, &url, HeaderMap::new(), None)
+            .await?;
+        Ok(response.status().is_success())
+    }
+
+    /// Uploads blob `digest` (monolithic: one POST, one PUT), unless the repository has it.
+    #[context("Pushing blob {digest}")]
+    pub async fn push_blob(&self, digest: &str, data: Bytes) -> Result<()> {
+        if self.has_blob(digest).await? {
+            return Ok(());
+        }
+        let base = self.base().await?;
+        let url = format!("{base}/v2/{}/blobs/uploads/", self.target.repository);
+        let response = self
+            .send(reqwest::Method::POST, &url, HeaderMap::new(), None)
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::ACCEPTED,
+            "starting the upload: HTTP {}",
+            response.status()
+        );
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .context("the registry gave no upload location")?;
+        let location = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location.to_owned()
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, "application/octet-stream".parse()?);
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("{location}{separator}digest={digest}"),
+                headers,
+                Some(data),
+            )
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "finishing the upload: HTTP {}",
+            response.status()
+        );
+        Ok(())
+    }
+
+    /// Stores manifest `bytes` (of `media_type`) under `reference` (a tag or its digest).
+    /// Returns whether the registry indexed its subject itself (`OCI-Subject`), so that no
+    /// referrers tag is needed.
+    #[context("Pushing manifest {reference}")]
+    pub async fn push_manifest(
+        &self,
+        reference: &str,
+        bytes: Vec<u8>,
+        media_type: &str,
+    ) -> Result<bool> {
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base().await?,
+            self.target.repository
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, media_type.parse()?);
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                &url,
+                headers,
+                Some(Bytes::from(bytes)),
+            )
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "HTTP {}",
+            response.status()
+        );
+        Ok(response.headers().contains_key("oci-subject"))
+    }
+}
+
+/// The tag under which a registry without the referrers API lists the referrers of `digest`
+/// (OCI distribution spec, "referrers tag schema").
+pub fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// Manifest types asked for: OCI and Docker, images and indexes.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Reads a response body of at most `limit` bytes.
 async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Bytes> {

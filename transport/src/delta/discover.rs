@@ -1,0 +1,115 @@
+//! Finding a delta for an ordinary copy: `skiff copy docker://REG/app:v2 composefs:…` asks the
+//! registry for the artifacts whose subject is v2's manifest (the referrers API, else the
+//! referrers tag `sha256-HEX`), keeps the oci-deltas whose source image the store holds (by
+//! config digest), and takes the cheapest one if it costs fewer bytes than the layers it
+//! replaces. Discovery is best effort: a registry that cannot answer means a normal copy.
+
+use anyhow::Result;
+use skiff_storage::images::find_by_config;
+use skiff_storage::layer_import::stored_layer;
+use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+
+use super::{ANNOTATION_SOURCE_CONFIG, ARTIFACT_TYPE, DeltaManifest};
+use crate::source::{ResolvedImage, Source};
+
+/// A delta worth using.
+#[derive(Debug, Clone)]
+pub struct FoundDelta {
+    /// Its manifest digest.
+    pub digest: String,
+    /// Its manifest bytes (verified against the digest).
+    pub manifest_json: Vec<u8>,
+    /// Bytes of its blobs the copy will fetch.
+    pub size: u64,
+    /// Compressed bytes of the image's layers it replaces.
+    pub replaces: u64,
+}
+
+/// The cheapest usable delta for `image`, if one beats fetching its missing layers.
+pub async fn find_delta<H: FsVerityHashValue>(
+    source: &Source,
+    store: &Store<H>,
+    image: &ResolvedImage,
+    digest: &OciDigest,
+    diff_ids: &[OciDigest],
+) -> Option<FoundDelta> {
+    match search(source, store, image, digest, diff_ids).await {
+        Ok(found) => found,
+        Err(e) => {
+            log::warn!("looking for deltas of {digest}: {e:#}");
+            None
+        }
+    }
+}
+
+async fn search<H: FsVerityHashValue>(
+    source: &Source,
+    store: &Store<H>,
+    image: &ResolvedImage,
+    digest: &OciDigest,
+    diff_ids: &[OciDigest],
+) -> Result<Option<FoundDelta>> {
+    let Source::Proxy(proxy) = source else {
+        return Ok(None);
+    };
+    let Some(client) = proxy.registry_client().await? else {
+        return Ok(None);
+    };
+    // What a normal copy fetches: the layers not stored.
+    let mut missing = Vec::new();
+    for (layer, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
+        if stored_layer(store, diff_id)?.is_none()
+            && !missing
+                .iter()
+                .any(|(l, _): &(String, u64)| *l == layer.digest().to_string())
+        {
+            missing.push((layer.digest().to_string(), layer.size()));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let replaces: u64 = missing.iter().map(|(_, s)| s).sum();
+    let mut best: Option<FoundDelta> = None;
+    for referrer in client.referrers(digest.as_ref(), ARTIFACT_TYPE).await? {
+        let Some(delta_digest) = referrer["digest"].as_str() else {
+            continue;
+        };
+        // The listing may say which image the delta applies to; skip the others unread.
+        if let Some(config) = referrer["annotations"][ANNOTATION_SOURCE_CONFIG].as_str() {
+            let Ok(config) = config.parse::<OciDigest>() else {
+                continue;
+            };
+            if find_by_config(store, &config)?.is_none() {
+                continue;
+            }
+        }
+        let Some((manifest_json, _)) = client.manifest(delta_digest).await? else {
+            continue;
+        };
+        let Ok(delta) = DeltaManifest::parse(&manifest_json) else {
+            log::debug!("{delta_digest}: not a usable delta manifest");
+            continue;
+        };
+        if find_by_config(store, &delta.source_config)?.is_none() {
+            continue;
+        }
+        // Every missing layer must come from the delta.
+        let size: Option<u64> = missing
+            .iter()
+            .map(|(layer, _)| delta.layers_by_to.get(layer).map(|d| d.size()))
+            .sum();
+        let Some(size) = size else {
+            continue;
+        };
+        if size < replaces && best.as_ref().is_none_or(|b| size < b.size) {
+            best = Some(FoundDelta {
+                digest: delta_digest.to_owned(),
+                manifest_json,
+                size,
+                replaces,
+            });
+        }
+    }
+    Ok(best)
+}
