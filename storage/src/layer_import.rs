@@ -160,10 +160,20 @@ pub async fn split_layer<H: FsVerityHashValue>(
     split_layer_with_hints(store, diff_id, tar, None).await
 }
 
-/// A stored object that holds the content of the next file of the tar stored as an object
-/// (files of more than 64 bytes, in tar order), with the content's sha256: its bytes still come
-/// through the tar stream (the DiffID covers them) but are not written again.
-pub type ObjectHint<H> = Option<(H, [u8; 32])>;
+/// What the caller knows of the next file of the tar stored as an object (files of more than
+/// 64 bytes, in tar order): where its content starts in the tar stream and its size (both must
+/// match the tar's own header, or the import fails), and the stored object holding exactly that
+/// content with its sha256, if the store has one. A hinted content's bytes still come through
+/// the stream (the DiffID covers them) but are not written again.
+#[derive(Debug, Clone)]
+pub struct ObjectHint<H> {
+    /// Offset of the file's content in the uncompressed tar.
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+    /// The stored object with that content, and the content's sha256.
+    pub object: Option<(H, [u8; 32])>,
+}
 
 /// [`split_layer`], told by `hints` (one per file stored as an object, `None` for files to
 /// write) which contents the store already holds. The caller vouches that a hinted object
@@ -267,9 +277,9 @@ async fn split_layer_known<H: FsVerityHashValue>(
 }
 
 /// Parses tar entries from `tar` into `builder`.
-async fn split_entries<H: FsVerityHashValue>(
+async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
     repo: &Arc<Repository<H>>,
-    tar: &mut (impl AsyncRead + Unpin),
+    tar: &mut HashingReader<R>,
     split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
     mut known: Option<Known<H>>,
@@ -343,9 +353,26 @@ async fn split_entries<H: FsVerityHashValue>(
                     )));
                 };
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
+                let name = String::from_utf8_lossy(&entry.path).into_owned();
                 split.inline(&buf.split_to(consumed))?;
+                let content_offset = tar.count() - buf.len() as u64;
                 let hint = match (&mut known, external) {
-                    (Some(Known::Hints(h)), true) => h.recv().await.flatten(),
+                    (Some(Known::Hints(h)), true) => {
+                        let hint = h.recv().await.ok_or_else(|| {
+                            malformed(format!(
+                                "tar entry {name:?} at offset {content_offset} has no counterpart in \
+                                 the layer's metadata"
+                            ))
+                        })?;
+                        if (hint.offset, hint.size) != (content_offset, size as u64) {
+                            return Err(malformed(format!(
+                                "tar entry {name:?}: its content is at offset {content_offset} \
+                                 ({size} bytes) but the layer's metadata says {} ({} bytes)",
+                                hint.offset, hint.size
+                            )));
+                        }
+                        hint.object
+                    }
                     _ => None,
                 };
                 // With an index: the content, read first, and the object holding it, if any.

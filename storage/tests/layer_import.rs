@@ -265,3 +265,51 @@ async fn contents_found_in_the_index_are_not_written_again() {
             .is_err()
     );
 }
+
+/// A hint must describe the file the tar has at that place: a hint out of step with the tar
+/// (another offset or size), or a tar with more object-sized files than hints, fails the import
+/// instead of storing an object for bytes it was not checked against.
+#[tokio::test]
+async fn hints_out_of_step_with_the_tar_are_refused() {
+    use skiff_storage::layer_import::{ObjectHint, split_layer_with_hints};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let diff_id = digest_of(&tar);
+    // The object-sized files of the sample, where the tar crate put them.
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(&tar[..]);
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        if entry.header().entry_type().is_file() && entry.size() > 64 {
+            files.push((entry.raw_file_position(), entry.size()));
+        }
+    }
+    assert_eq!(files.len(), 3);
+    let run = |hints: Vec<ObjectHint<Sha256HashValue>>| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for h in hints {
+            tx.send(h).unwrap();
+        }
+        drop(tx);
+        let (store, tar, diff_id) = (store.clone(), tar.clone(), diff_id.clone());
+        async move { split_layer_with_hints(&store, &diff_id, &tar[..], Some(rx)).await }
+    };
+    let hint = |(offset, size): (u64, u64)| ObjectHint {
+        offset,
+        size,
+        object: None,
+    };
+    // In step: imports.
+    assert!(run(files.iter().copied().map(hint).collect()).await.is_ok());
+    // One offset wrong.
+    let mut wrong: Vec<_> = files.iter().copied().map(hint).collect();
+    wrong[1].offset += 512;
+    let e = run(wrong).await.unwrap_err();
+    assert!(format!("{e:#}").contains("layer's metadata says"), "{e:#}");
+    // One hint missing.
+    let e = run(files[..2].iter().copied().map(hint).collect())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no counterpart"), "{e:#}");
+}

@@ -164,7 +164,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
     };
     let repo = store.repo().clone();
     let planning_reuse = reuse.clone();
-    let (meta, plan) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (meta, mut plan) = tokio::task::spawn_blocking(move || -> Result<_> {
         let meta = Metadata::load(
             &layout.toc_digest,
             layout.toc,
@@ -185,19 +185,17 @@ pub async fn import_partial<H: FsVerityHashValue>(
 
     let mut cursor = range_fetch::start(source, plan_requests(&plan.needed), stats.clone());
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    // Every hint is known before the first byte: the importer never waits on the replay for
+    // one, and finds the channel closed when the tar has more files than the plan.
     let (hint_tx, hint_rx) = mpsc::unbounded_channel();
+    for hint in std::mem::take(&mut plan.hints) {
+        let _ = hint_tx.send(hint);
+    }
+    drop(hint_tx);
     let repo = store.repo().clone();
     let producer_stats = stats.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let result = replay(
-            &meta,
-            &plan,
-            &mut cursor,
-            &repo,
-            &producer_stats,
-            &tx,
-            &hint_tx,
-        );
+        let result = replay(&meta, &plan, &mut cursor, &repo, &producer_stats, &tx);
         if let Err(e) = &result {
             // The import sees the stream end with this error.
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
@@ -258,6 +256,9 @@ struct ReplayPlan<H: FsVerityHashValue> {
     files: Vec<(usize, Option<H>)>,
     /// The compressed ranges to fetch, in the order the replay consumes them.
     needed: Vec<Range<u64>>,
+    /// For the importer, one per file it stores as an object: where the content lies in the
+    /// rebuilt tar and the stored object holding it, if any.
+    hints: Vec<ObjectHint<H>>,
 }
 
 fn plan_replay<H: FsVerityHashValue>(
@@ -274,14 +275,21 @@ fn plan_replay<H: FsVerityHashValue>(
     let mut plan = ReplayPlan {
         files: Vec::new(),
         needed: Vec::new(),
+        hints: Vec::new(),
     };
+    // Offset in the rebuilt tar.
+    let mut offset = 0u64;
     for entry in &meta.tar_split.entries {
-        let TarSplitEntry::File { name, size, .. } = entry else {
-            continue;
+        let (name, size) = match entry {
+            TarSplitEntry::Segment(bytes) => {
+                offset += bytes.len() as u64;
+                continue;
+            }
+            TarSplitEntry::File { size: 0, .. } => continue,
+            TarSplitEntry::File { name, size, .. } => (name, size),
         };
-        if *size == 0 {
-            continue;
-        }
+        let content_offset = offset;
+        offset += size;
         let clean = skiff_storage::tree_path::normalize_entry_path(name)
             .map_err(|e| {
                 anyhow::anyhow!("tar-split entry {:?}: {e}", String::from_utf8_lossy(name))
@@ -300,6 +308,14 @@ fn plan_replay<H: FsVerityHashValue>(
             String::from_utf8_lossy(name)
         );
         let found = local.find(file)?;
+        // The importer stores files of more than 64 bytes as objects.
+        if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
+            plan.hints.push(ObjectHint {
+                offset: content_offset,
+                size: file.size,
+                object: found.clone().map(|id| (id, file.sha256)),
+            });
+        }
         if found.is_none() {
             plan.needed.extend(
                 file.chunks
@@ -321,7 +337,6 @@ fn replay<H: FsVerityHashValue>(
     repo: &composefs::repository::Repository<H>,
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
-    hints: &mpsc::UnboundedSender<ObjectHint<H>>,
 ) -> Result<()> {
     let send = |data: Bytes| {
         tx.blocking_send(Ok(data))
@@ -344,14 +359,6 @@ fn replay<H: FsVerityHashValue>(
             check.update(&data);
             send(data)
         };
-        // The importer stores files of more than 64 bytes as objects; for those, say which
-        // the store holds, before their bytes arrive.
-        if file.size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
-            let hint = found.clone().map(|id| (id, file.sha256));
-            hints
-                .send(hint)
-                .map_err(|_| anyhow::anyhow!("the layer import stopped"))?;
-        }
         match found {
             Some(object) => {
                 let mut f = std::fs::File::from(repo.open_object(object)?);
@@ -366,26 +373,44 @@ fn replay<H: FsVerityHashValue>(
             }
             None => {
                 for chunk in &file.chunks {
+                    // In blocks: a chunk's declared size is not trusted with an allocation.
                     if chunk.zeros {
-                        emit(Bytes::from(vec![0u8; chunk.size as usize]))?;
+                        let mut left = chunk.size;
+                        while left > 0 {
+                            let n = left.min(OBJECT_READ_CHUNK as u64);
+                            emit(Bytes::from(vec![0u8; n as usize]))?;
+                            left -= n;
+                        }
                         continue;
                     }
                     let frames = cursor.take(chunk.compressed.clone())?;
-                    let mut data = Vec::with_capacity(chunk.size as usize);
-                    zstd::stream::read::Decoder::new(&frames[..])?
-                        .take(chunk.size + 1)
-                        .read_to_end(&mut data)
-                        .with_context(|| {
+                    let mut decoder =
+                        zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
+                    let mut total = 0u64;
+                    loop {
+                        let mut block = vec![0u8; OBJECT_READ_CHUNK];
+                        let n = decoder.read(&mut block).with_context(|| {
                             format!("Decompressing {:?}", String::from_utf8_lossy(name))
                         })?;
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                        ensure!(
+                            total <= chunk.size,
+                            "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
+                            String::from_utf8_lossy(name),
+                            chunk.size
+                        );
+                        block.truncate(n);
+                        emit(Bytes::from(block))?;
+                    }
                     ensure!(
-                        data.len() as u64 == chunk.size,
-                        "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
+                        total == chunk.size,
+                        "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
                         String::from_utf8_lossy(name),
-                        data.len(),
                         chunk.size
                     );
-                    emit(Bytes::from(data))?;
                 }
             }
         }

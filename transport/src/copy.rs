@@ -218,20 +218,28 @@ pub async fn copy_image<H: FsVerityHashValue>(
             replaces: found.replaces,
             size: found.size,
         });
-        let mut summary = crate::delta::apply::apply_delta(
-            source,
+        match crate::delta::apply::apply_delta(
+            source.clone(),
             store,
             tag,
             &found.manifest_json,
             options,
-            observer,
+            observer.clone(),
             Some(&manifest_digest),
         )
         .await
-        .with_context(|| format!("Applying delta {}", found.digest))?;
-        summary.bytes_saved = found.replaces.saturating_sub(summary.bytes_fetched);
-        summary.delta = Some(found.digest);
-        return Ok(summary);
+        {
+            Ok(mut summary) => {
+                summary.bytes_saved = found.replaces.saturating_sub(summary.bytes_fetched);
+                summary.delta = Some(found.digest);
+                return Ok(summary);
+            }
+            // The image is still there to copy: a bad delta costs a full copy, not the copy.
+            Err(e) => observer.event(&CopyEvent::LayerFallback {
+                digest: found.digest.clone(),
+                reason: format!("the delta failed, copying the layers instead: {e:#}"),
+            }),
+        }
     }
     let mut summary = CopySummary {
         manifest_digest: manifest_digest.to_string(),

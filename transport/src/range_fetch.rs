@@ -6,8 +6,10 @@
 //! them would hold the whole answer in memory and trip header limits. So:
 //!
 //! 1. [`plan_requests`]: ranges at most [`MERGE_GAP`] apart become one span (a tar header frame
-//!    between two files is ~100 bytes: runs of missing files become one span); spans are grouped
-//!    into requests of at most [`MAX_RANGES_PER_REQUEST`] ranges and [`MAX_REQUEST_BYTES`].
+//!    between two files is ~100 bytes: runs of missing files become one span) as long as the
+//!    span stays within [`MAX_REQUEST_BYTES`]; spans are grouped into requests of at most
+//!    [`MAX_RANGES_PER_REQUEST`] ranges and [`MAX_REQUEST_BYTES`] (a single larger range is a
+//!    request of its own).
 //! 2. [`start`]: up to [`PARALLEL_REQUESTS`] requests in flight; answers are delivered in plan
 //!    order, so memory stays at about `PARALLEL_REQUESTS × MAX_REQUEST_BYTES`.
 //! 3. [`SpanCursor`]: the blocking consumer takes each range, in the order they were planned.
@@ -134,7 +136,11 @@ pub fn plan_requests(needed: &[Range<u64>]) -> Vec<Vec<Range<u64>>> {
     let mut spans: Vec<Range<u64>> = Vec::new();
     for r in needed.iter().filter(|r| r.start < r.end) {
         match spans.last_mut() {
-            Some(last) if r.start >= last.start && r.start <= last.end + MERGE_GAP => {
+            Some(last)
+                if r.start >= last.start
+                    && r.start <= last.end + MERGE_GAP
+                    && r.end.max(last.end) - last.start <= MAX_REQUEST_BYTES =>
+            {
                 last.end = last.end.max(r.end);
             }
             _ => spans.push(r.clone()),
@@ -177,16 +183,16 @@ pub fn start(
     tokio::spawn(async move {
         for ranges in requests {
             let (done_tx, done_rx) = oneshot::channel();
+            // Queued first, started then: the queue's bound is the bound on requests.
+            if tx.send(done_rx).await.is_err() {
+                // The consumer stopped: no more requests.
+                return;
+            }
             let (source, stats) = (source.clone(), stats.clone());
-            let task = tokio::spawn(async move {
+            tokio::spawn(async move {
                 let fetched = source.fetch(ranges.clone(), &stats).await;
                 let _ = done_tx.send(fetched.map(|f| (ranges, f)));
             });
-            if tx.send(done_rx).await.is_err() {
-                // The consumer stopped: no more requests.
-                task.abort();
-                return;
-            }
         }
     });
     SpanCursor {

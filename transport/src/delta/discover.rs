@@ -52,9 +52,6 @@ async fn search<H: FsVerityHashValue>(
     let Source::Proxy(proxy) = source else {
         return Ok(None);
     };
-    let Some(client) = proxy.registry_client().await? else {
-        return Ok(None);
-    };
     // What a normal copy fetches: the layers not stored.
     let mut missing = Vec::new();
     for (layer, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
@@ -70,9 +67,15 @@ async fn search<H: FsVerityHashValue>(
         return Ok(None);
     }
     let replaces: u64 = missing.iter().map(|(_, s)| s).sum();
+    let Some(client) = proxy.registry_client().await? else {
+        return Ok(None);
+    };
     let mut best: Option<FoundDelta> = None;
     for referrer in client.referrers(digest.as_ref(), ARTIFACT_TYPE).await? {
-        let Some(delta_digest) = referrer["digest"].as_str() else {
+        let Some(delta_digest) = referrer["digest"].as_str().filter(|d| {
+            d.parse::<OciDigest>()
+                .is_ok_and(|d| skiff_storage::digest::require_sha256(&d).is_ok())
+        }) else {
             continue;
         };
         // The listing may say which image the delta applies to; skip the others unread.

@@ -62,7 +62,7 @@ pub fn parse_content_range(value: &str) -> Result<Range<u64>> {
     let first: u64 = first.trim().parse().ok().with_context(bad)?;
     let last: u64 = last.trim().parse().ok().with_context(bad)?;
     ensure!(first <= last, "{}", bad());
-    Ok(first..last + 1)
+    Ok(first..last.checked_add(1).with_context(bad)?)
 }
 
 /// The boundary of a `multipart/byteranges` content type, or `None` for another type.

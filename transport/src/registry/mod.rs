@@ -208,7 +208,13 @@ impl Client {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            if let Some(value) = self.authorization.lock().unwrap().clone() {
+            // Credentials go to the registry only, never to another host an upload location
+            // or redirect names.
+            let own = self
+                .base
+                .get()
+                .is_some_and(|b| url == b || url.starts_with(&format!("{b}/")));
+            if own && let Some(value) = self.authorization.lock().unwrap().clone() {
                 request = request.header(AUTHORIZATION, value);
             }
             let response = request
@@ -447,6 +453,10 @@ impl Client {
         let location = if location.starts_with('/') {
             format!("{base}{location}")
         } else {
+            anyhow::ensure!(
+                !(base.starts_with("https://") && location.starts_with("http://")),
+                "the registry sends the upload to plain HTTP ({location})"
+            );
             location.to_owned()
         };
         let separator = if location.contains('?') { '&' } else { '?' };

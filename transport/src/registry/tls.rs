@@ -19,12 +19,17 @@ use crate::options::SourceOptions;
 /// registry that is down is reported while the user still waits for an answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a registry may send nothing while an answer is expected: a stalled transfer is an
+/// error (which a retry or a fallback can handle), not a hang.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// An HTTP client for `host` with the TLS settings of `options`.
 #[context("Setting up TLS for {host}")]
 pub fn http_client(options: &SourceOptions, host: &str) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
         .danger_accept_invalid_certs(options.tls_verify == Some(false));
     if let Some(dir) = cert_dir(options, host) {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -36,9 +41,12 @@ pub fn http_client(options: &SourceOptions, host: &str) -> Result<reqwest::Clien
             match path.extension().and_then(|e| e.to_str()) {
                 Some("crt") => {
                     let pem = std::fs::read(&path)?;
-                    let cert = reqwest::Certificate::from_pem(&pem)
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
                         .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-                    builder = builder.add_root_certificate(cert);
+                    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+                    for cert in certs {
+                        builder = builder.add_root_certificate(cert);
+                    }
                 }
                 Some("cert") => {
                     builder = builder.identity(client_identity(&path)?);

@@ -135,32 +135,35 @@ impl ProxySource {
         tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     ) -> Result<()> {
         use tokio::io::AsyncReadExt;
-        let (mut reader, driver) = self
+        let (reader, driver) = self
             .proxy
             .get_blob(&self.image, desc.digest(), desc.size())
             .await?;
-        let pump = async {
+        // The pump owns the reader and the sender: when it stops, both close, so skopeo's
+        // side of the pipe ends and the consumer sees the end of the stream.
+        let pump = async move {
+            let mut reader = reader;
             loop {
                 let mut chunk = vec![0u8; 256 * 1024];
                 match reader.read(&mut chunk).await {
-                    Ok(0) => return,
+                    Ok(0) => return false,
                     Ok(n) => {
                         chunk.truncate(n);
                         if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err() {
-                            return;
+                            return true;
                         }
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
-                        return;
+                        return false;
                     }
                 }
             }
         };
-        let ((), driven) = tokio::join!(pump, driver);
+        let (consumer_gone, driven) = tokio::join!(pump, driver);
         // A consumer that stopped reading makes the proxy's side fail: not an error here.
         if let Err(e) = driven
-            && !tx.is_closed()
+            && !consumer_gone
         {
             return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())));
         }
