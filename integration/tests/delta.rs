@@ -540,13 +540,15 @@ fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
     ] {
         let old_ref = registry.push(&s.src("old"), "app:old").unwrap();
         let new_ref = registry.push(&s.src("new"), "app:new").unwrap();
+        // NEW read from the registry too (through skopeo, digests preserved).
         let push = output(
             skiff()
                 .args(["delta", "create"])
                 .args(registry_flags(&registry, "dest"))
+                .args(registry_flags(&registry, "src"))
                 .args([
                     &s.dest("repo", "old"),
-                    &s.src("new"),
+                    &new_ref,
                     &registry.docker_ref("app:delta"),
                 ]),
         )

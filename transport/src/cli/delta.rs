@@ -44,9 +44,23 @@ pub(crate) struct CreateArgs {
     /// Certificates (*.crt, *.cert, *.key) for a docker:// destination.
     #[arg(long, value_name = "PATH")]
     dest_cert_dir: Option<PathBuf>,
+    /// Credentials (USER[:PASSWORD]) for OLD and NEW in a registry.
+    #[arg(long, value_name = "USER[:PASSWORD]")]
+    src_creds: Option<String>,
+    /// auth.json for OLD and NEW in a registry.
+    #[arg(long, value_name = "PATH")]
+    src_authfile: Option<PathBuf>,
+    /// Require HTTPS and verify certificates when reading OLD and NEW from a registry.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    src_tls_verify: Option<bool>,
+    /// Certificates (*.crt, *.cert, *.key) for OLD and NEW in a registry.
+    #[arg(long, value_name = "PATH")]
+    src_cert_dir: Option<PathBuf>,
     /// The image the receiver has: composefs:PATH:NAME, or any source skiff reads.
     old: String,
-    /// The image the delta rebuilds: oci:PATH[:TAG] or oci-archive:PATH[:TAG].
+    /// The image the delta rebuilds: any source skopeo reads (oci: and uncompressed
+    /// oci-archive: directly; others are first copied by skopeo into a temporary OCI layout,
+    /// digests preserved).
     new: String,
     /// Where to write the delta: oci-archive:PATH, oci:PATH[:NAME] or docker://NAME[:TAG] (in
     /// a registry, it is also listed under NEW's referrers tag).
@@ -66,20 +80,17 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         );
     }
     let dest_options = SourceOptions {
-        creds: match &args.dest_creds {
-            Some(c) => {
-                let (user, password) = c.split_once(':').unwrap_or((c, ""));
-                anyhow::ensure!(!user.is_empty(), "--dest-creds: empty user name");
-                Some((user.to_owned(), password.to_owned()))
-            }
-            None => None,
-        },
+        creds: parse_creds(args.dest_creds.as_deref(), "--dest-creds")?,
         authfile: args.dest_authfile.clone(),
         tls_verify: args.dest_tls_verify,
         cert_dir: args.dest_cert_dir.clone(),
         ..Default::default()
     };
     let options = SourceOptions {
+        creds: parse_creds(args.src_creds.as_deref(), "--src-creds")?,
+        authfile: args.src_authfile.clone(),
+        tls_verify: args.src_tls_verify,
+        cert_dir: args.src_cert_dir.clone(),
         os: global.override_os.clone(),
         arch: global.override_arch.clone(),
         variant: global.override_variant.clone(),
@@ -87,12 +98,21 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         insecure_policy: global.insecure_policy,
         ..Default::default()
     };
-    let new_source = match &new {
-        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => LayoutSource::open(&new, &options)?
-            .with_context(|| {
-            format!("{new}: a compressed archive cannot be read directly; unpack it first")
-        })?,
-        other => bail!("NEW {other}: deltas are made from oci: or oci-archive: images"),
+    let direct = match &new {
+        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => LayoutSource::open(&new, &options)?,
+        ImageRef::Composefs { .. } => {
+            bail!(
+                "NEW {new}: deltas are not yet made from composefs storage (it keeps no layer blobs)"
+            )
+        }
+        _ => None,
+    };
+    let (new_source, _new_scratch) = match direct {
+        Some(layout) => (layout, None),
+        None => {
+            let (layout, scratch) = copy_to_layout(&new, &options)?;
+            (layout, Some(scratch))
+        }
     };
     let create = CreateOptions {
         binary_diff: args.binary_diff,
@@ -150,6 +170,69 @@ async fn run<H: FsVerityHashValue>(
 ) -> Result<CreateSummary> {
     let store = Store::<H>::open(repo_path)?;
     create_delta(&store, tag, Arc::new(new), dest, dest_options, options).await
+}
+
+fn parse_creds(creds: Option<&str>, flag: &str) -> Result<Option<(String, String)>> {
+    let Some(c) = creds else {
+        return Ok(None);
+    };
+    let (user, password) = c.split_once(':').unwrap_or((c, ""));
+    anyhow::ensure!(!user.is_empty(), "{flag}: empty user name");
+    Ok(Some((user.to_owned(), password.to_owned())))
+}
+
+/// Copies `image` with skopeo into a temporary OCI layout, manifest and blobs unchanged
+/// (`--preserve-digests`: skopeo refuses rather than convert), after skiff's policy check.
+fn copy_to_layout(
+    image: &ImageRef,
+    options: &SourceOptions,
+) -> Result<(LayoutSource, tempfile::TempDir)> {
+    skiff_transport::policy::check_reference(image, options)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("skiff-delta-new-")
+        .tempdir()?;
+    let dir = scratch.path().join("layout");
+    let mut skopeo = std::process::Command::new("skopeo");
+    for (flag, value) in [
+        ("--override-os", &options.os),
+        ("--override-arch", &options.arch),
+        ("--override-variant", &options.variant),
+    ] {
+        if let Some(v) = value {
+            skopeo.arg(flag).arg(v);
+        }
+    }
+    skopeo.args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"]);
+    if let Some((user, password)) = &options.creds {
+        skopeo.arg(format!("--src-creds={user}:{password}"));
+    }
+    if let Some(path) = &options.authfile {
+        skopeo.arg("--src-authfile").arg(path);
+    }
+    if let Some(verify) = options.tls_verify {
+        skopeo.arg(format!("--src-tls-verify={verify}"));
+    }
+    if let Some(path) = &options.cert_dir {
+        skopeo.arg("--src-cert-dir").arg(path);
+    }
+    skopeo
+        .arg(image.to_string())
+        .arg(format!("oci:{}:new", dir.display()));
+    let out = skopeo.output().context("Running skopeo")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "Reading NEW {image} with skopeo: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let layout = LayoutSource::open(
+        &ImageRef::Oci {
+            path: dir,
+            reference: Some("new".into()),
+        },
+        options,
+    )?
+    .context("the layout skopeo wrote cannot be read")?;
+    Ok((layout, scratch))
 }
 
 fn print_summary(dest: &ImageRef, s: &CreateSummary) {
