@@ -379,6 +379,114 @@ fn create_then_apply_with_skiff_cfsctl_and_the_crate() {
 }
 
 #[test]
+fn new_from_a_composefs_repository() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    // NEW as a repository holds it: no layer blobs, tars from the store.
+    assert!(
+        s.copy(&s.src("new"), &s.dest("holder", "new"))
+            .status
+            .success()
+    );
+    let archive = s.root.join("delta.tar");
+    let out = output(skiff().args([
+        "delta",
+        "create",
+        "--json",
+        &s.dest("repo", "old"),
+        &s.dest("holder", "new"),
+        &format!("oci-archive:{}", archive.display()),
+    ]))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["layers_reused"], 2, "{summary}");
+    let out = s.copy(
+        &format!("oci-archive:{}", archive.display()),
+        &s.dest("repo", "new"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
+        s.full_pull_id()
+    );
+    assert_eq!(apply_with_the_crate(&archive, &old), 1);
+}
+
+/// A layer no tar-diff beats, from a composefs NEW (which keeps no blob): carried as a gzip
+/// of its tar, under its own digest, and applied by skiff and cfsctl.
+#[test]
+fn layers_carried_whole_from_a_composefs_new_are_recompressed() {
+    let old = fixtures::rich_image();
+    let mut new = old.clone();
+    let mut fresh = Layer::default();
+    fresh
+        .add("opt/", dir())
+        .add("opt/random.bin", file(noise(31, 2_000_000)));
+    new.push(fresh);
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    assert!(
+        s.copy(&s.src("new"), &s.dest("holder", "new"))
+            .status
+            .success()
+    );
+    let archive = s.root.join("delta.tar");
+    let out = output(skiff().args([
+        "delta",
+        "create",
+        "--json",
+        &s.dest("repo", "old"),
+        &s.dest("holder", "new"),
+        &format!("oci-archive:{}", archive.display()),
+    ]))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = s.copy(
+        &format!("oci-archive:{}", archive.display()),
+        &s.dest("repo", "new"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
+        s.full_pull_id()
+    );
+    let theirs = s.repo("cfsctl");
+    run(cfsctl(&theirs).arg("init").arg("--insecure").arg(&theirs)).unwrap();
+    run(cfsctl(&theirs).args(["oci", "pull", &s.src("old"), "old"])).unwrap();
+    run(cfsctl(&theirs).args([
+        "oci",
+        "pull",
+        &format!("oci-archive:{}", archive.display()),
+        "new",
+    ]))
+    .unwrap();
+    assert_eq!(
+        run(cfsctl(&theirs).args(["oci", "compute-id", "new"])).unwrap(),
+        s.full_pull_id()
+    );
+    assert_eq!(summary["layers_original"], 1, "{summary}");
+    assert!(stdout.contains("2 skipped, 1 full"), "{stdout}");
+}
+
+#[test]
 fn the_delta_manifest_is_serialised_as_go_does() {
     let (old, new) = pair();
     let s = Setup::new(&old, &new, Compression::Gzip);

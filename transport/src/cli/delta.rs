@@ -8,7 +8,7 @@ use clap::Args;
 use skiff_storage::images::StoredRef;
 use skiff_storage::{FsVerityHashValue, InitOptions, Store};
 use skiff_transport::copy::{CopyOptions, NoObserver, copy_image};
-use skiff_transport::delta::create::{CreateOptions, CreateSummary, create_delta};
+use skiff_transport::delta::create::{CreateOptions, CreateSummary, NewImage, create_delta};
 use skiff_transport::delta::tar_diff::BinaryDiff;
 use skiff_transport::imageref::{ImageRef, repository_path};
 use skiff_transport::options::SourceOptions;
@@ -58,9 +58,9 @@ pub(crate) struct CreateArgs {
     src_cert_dir: Option<PathBuf>,
     /// The image the receiver has: composefs:PATH:NAME, or any source skiff reads.
     old: String,
-    /// The image the delta rebuilds: any source skopeo reads (oci: and uncompressed
-    /// oci-archive: directly; others are first copied by skopeo into a temporary OCI layout,
-    /// digests preserved).
+    /// The image the delta rebuilds: composefs:PATH:NAME, or any source skopeo reads (oci: and
+    /// uncompressed oci-archive: directly; others are first copied by skopeo into a temporary
+    /// OCI layout, digests preserved).
     new: String,
     /// Where to write the delta: oci-archive:PATH, oci:PATH[:NAME] or docker://NAME[:TAG] (in
     /// a registry, it is also listed under NEW's referrers tag).
@@ -98,20 +98,29 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         insecure_policy: global.insecure_policy,
         ..Default::default()
     };
-    let direct = match &new {
-        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => LayoutSource::open(&new, &options)?,
-        ImageRef::Composefs { .. } => {
-            bail!(
-                "NEW {new}: deltas are not yet made from composefs storage (it keeps no layer blobs)"
-            )
+    let (new_image, _new_scratch) = match &new {
+        ImageRef::Composefs { repo, image } => {
+            let path = repository_path(repo)?;
+            let image =
+                with_repo_hash!(&path, H => NewImage::from_store(Store::<H>::open(&path)?, image))
+                    .with_context(|| format!("NEW {new}"))?;
+            (image, None)
         }
-        _ => None,
-    };
-    let (new_source, _new_scratch) = match direct {
-        Some(layout) => (layout, None),
-        None => {
-            let (layout, scratch) = copy_to_layout(&new, &options)?;
-            (layout, Some(scratch))
+        _ => {
+            let direct = match &new {
+                ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
+                    LayoutSource::open(&new, &options)?
+                }
+                _ => None,
+            };
+            let (layout, scratch) = match direct {
+                Some(layout) => (layout, None),
+                None => {
+                    let (layout, scratch) = copy_to_layout(&new, &options)?;
+                    (layout, Some(scratch))
+                }
+            };
+            (NewImage::from_layout(layout).await?, scratch)
         }
     };
     let create = CreateOptions {
@@ -151,7 +160,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
             (path, "old".to_owned(), Some(scratch))
         }
     };
-    let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_source, &dest, &dest_options, create).await)?;
+    let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_image, &dest, &dest_options, create).await)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -163,13 +172,13 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
 async fn run<H: FsVerityHashValue>(
     repo_path: &std::path::Path,
     tag: &str,
-    new: LayoutSource,
+    new: NewImage,
     dest: &ImageRef,
     dest_options: &SourceOptions,
     options: CreateOptions,
 ) -> Result<CreateSummary> {
     let store = Store::<H>::open(repo_path)?;
-    create_delta(&store, tag, Arc::new(new), dest, dest_options, options).await
+    create_delta(&store, tag, new, dest, dest_options, options).await
 }
 
 fn parse_creds(creds: Option<&str>, flag: &str) -> Result<Option<(String, String)>> {

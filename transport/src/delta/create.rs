@@ -6,7 +6,8 @@
 //!
 //! OLD is read from a composefs repository (its file tree is what the delta's OPENs name, as
 //! an applier will see it); NEW from an OCI layout (its layer blobs go into the delta where a
-//! tar-diff would not be smaller). Layers of NEW whose DiffID OLD has are left out (listed in
+//! tar-diff would not be smaller) or a composefs repository (layer tars from the store; a layer
+//! carried whole is recompressed with gzip). Layers of NEW whose DiffID OLD has are left out (listed in
 //! `delta.reused`); every other layer becomes a tar-diff ([`super::generate`]) when that is
 //! smaller than the layer blob, else the blob itself.
 //!
@@ -37,8 +38,9 @@ use super::*;
 use crate::imageref::ImageRef;
 use crate::media::Compression;
 use crate::options::SourceOptions;
+use crate::source::ResolvedImage;
 use crate::source::layout::LayoutSource;
-use crate::source::{Resolved, ResolvedImage};
+use skiff_storage::layer_import::stored_layer;
 
 /// The empty config every delta names.
 const EMPTY_CONFIG: &[u8] = b"{}";
@@ -133,12 +135,114 @@ fn go_json(value: &impl Serialize) -> Result<Vec<u8>> {
         .into_bytes())
 }
 
+/// Where NEW's layers are read from.
+pub trait NewLayers: Send + Sync {
+    /// The layer's uncompressed tar (checked against its DiffID by the caller).
+    fn tar(&self, layer: &Descriptor, diff_id: &str) -> Result<Box<dyn Read + Send>>;
+    /// The layer blob the manifest names, if this source keeps it.
+    fn blob(&self, layer: &Descriptor) -> Result<Option<Box<dyn Read + Send>>>;
+}
+
+impl NewLayers for LayoutSource {
+    fn tar(&self, layer: &Descriptor, _diff_id: &str) -> Result<Box<dyn Read + Send>> {
+        let mut blob = std::io::BufReader::with_capacity(128 * 1024, self.open_blob(layer)?);
+        let head = std::io::BufRead::fill_buf(&mut blob)?;
+        Ok(match Compression::sniff(head) {
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob)?),
+            Compression::None => Box::new(blob),
+        })
+    }
+
+    fn blob(&self, layer: &Descriptor) -> Result<Option<Box<dyn Read + Send>>> {
+        Ok(Some(Box::new(self.open_blob(layer)?.take(layer.size()))))
+    }
+}
+
+/// NEW as a composefs repository holds it: layer tars rebuilt from their splitstreams; no
+/// compressed blobs (a layer carried whole is recompressed with gzip, under a new digest, as
+/// Go oci-delta does for containers-storage).
+#[derive(Debug)]
+pub struct StoredLayers<H: FsVerityHashValue> {
+    /// The repository.
+    pub store: Store<H>,
+}
+
+impl<H: FsVerityHashValue> NewLayers for StoredLayers<H> {
+    fn tar(&self, _layer: &Descriptor, diff_id: &str) -> Result<Box<dyn Read + Send>> {
+        let id = stored_layer(&self.store, &diff_id.parse()?)?
+            .with_context(|| format!("layer {diff_id} is not in the repository"))?;
+        let (reader, mut writer) = std::io::pipe()?;
+        let repo = self.store.repo().clone();
+        // A failure ends the tar early; the caller's DiffID check reports it.
+        std::thread::spawn(move || {
+            let written = repo
+                .open_stream("", Some(&id), None)
+                .and_then(|mut stream| stream.cat(&repo, &mut writer));
+            if let Err(e) = written {
+                log::warn!("reading layer {id:?}: {e:#}");
+            }
+        });
+        Ok(Box::new(reader))
+    }
+
+    fn blob(&self, _layer: &Descriptor) -> Result<Option<Box<dyn Read + Send>>> {
+        Ok(None)
+    }
+}
+
+/// The image a delta rebuilds, and where its layers are read from.
+pub struct NewImage {
+    /// Its manifest and config.
+    pub image: ResolvedImage,
+    /// Its layers.
+    pub layers: Arc<dyn NewLayers>,
+}
+
+impl NewImage {
+    /// NEW from an OCI layout.
+    pub async fn from_layout(layout: LayoutSource) -> Result<Self> {
+        match layout.resolve().await? {
+            crate::source::Resolved::Image(image) => Ok(Self {
+                image: *image,
+                layers: Arc::new(layout),
+            }),
+            crate::source::Resolved::Delta(_) => bail!("NEW is a delta, not an image"),
+        }
+    }
+
+    /// NEW from a composefs repository.
+    pub fn from_store<H: FsVerityHashValue>(
+        store: Store<H>,
+        reference: &StoredRef,
+    ) -> Result<Self> {
+        let (manifest_json, config_json) = raw_manifest_and_config(&store, reference)?;
+        let manifest = crate::source::parse_manifest(&manifest_json, "NEW")?;
+        let config = crate::source::parse_config(&config_json, &manifest)?;
+        Ok(Self {
+            image: ResolvedImage {
+                manifest_json,
+                manifest,
+                config_json,
+                config,
+            },
+            layers: Arc::new(StoredLayers { store }),
+        })
+    }
+}
+
+impl std::fmt::Debug for NewImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewImage").finish_non_exhaustive()
+    }
+}
+
 /// Creates the delta from `old_tag` in `old_store` to the image `new` names, written to
 /// `dest` (`oci-archive:`, `oci:`, or `docker://`, reached with `dest_options`).
 pub async fn create_delta<H: FsVerityHashValue>(
     old_store: &Store<H>,
     old_tag: &str,
-    new: Arc<LayoutSource>,
+    new: NewImage,
     dest: &ImageRef,
     dest_options: &SourceOptions,
     options: CreateOptions,
@@ -153,15 +257,16 @@ pub async fn create_delta<H: FsVerityHashValue>(
         serde_json::from_value(config["rootfs"]["diff_ids"].clone())
             .context("the old image's config has no DiffIDs")?
     };
-    let ResolvedImage {
-        manifest_json,
-        manifest,
-        config_json,
-        config,
-    } = match new.resolve().await? {
-        Resolved::Image(image) => *image,
-        Resolved::Delta(_) => bail!("NEW is a delta, not an image"),
-    };
+    let NewImage {
+        image:
+            ResolvedImage {
+                manifest_json,
+                manifest,
+                config_json,
+                config,
+            },
+        layers: new,
+    } = new;
     let target_digest = skiff_storage::digest::digest_of(&manifest_json).to_string();
 
     let tree = {
@@ -193,13 +298,19 @@ pub async fn create_delta<H: FsVerityHashValue>(
         let permit = semaphore.clone().acquire_owned().await?;
         let (new, sources) = (new.clone(), sources.clone());
         tasks.spawn_blocking(move || {
-            let result = diff_layer(&new, &sources, &layer, &diff_id, options.binary_diff)
-                .with_context(|| format!("Diffing layer {}", layer.digest()));
+            let result = diff_layer(
+                new.as_ref(),
+                &sources,
+                &layer,
+                &diff_id,
+                options.binary_diff,
+            )
+            .with_context(|| format!("Diffing layer {}", layer.digest()));
             drop(permit);
             result.map(|blob| (index, blob))
         });
     }
-    let mut diffs: Vec<Option<Option<Blob>>> = (0..todo.len()).map(|_| None).collect();
+    let mut diffs: Vec<Option<LayerChoice>> = (0..todo.len()).map(|_| None).collect();
     while let Some(done) = tasks.join_next().await {
         let (index, blob) = done??;
         diffs[index] = Some(blob);
@@ -243,7 +354,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
         annotations.insert(ANNOTATION_TO.to_owned(), layer.digest().to_string());
         summary.replaced_bytes += layer.size();
         let blob = match diff {
-            Some(tar_diff) => {
+            LayerChoice::TarDiff(tar_diff) => {
                 summary.layers_tar_diff += 1;
                 layers.push(GoDescriptor {
                     media_type: MEDIA_TYPE_TAR_DIFF.to_owned(),
@@ -253,7 +364,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
                 });
                 tar_diff
             }
-            None => {
+            LayerChoice::Original => {
                 summary.layers_original += 1;
                 layers.push(GoDescriptor {
                     media_type: LAYER_GZIP.to_owned(),
@@ -266,6 +377,16 @@ pub async fn create_delta<H: FsVerityHashValue>(
                     size: layer.size(),
                     data: BlobData::Layout(Box::new(layer.clone())),
                 }
+            }
+            LayerChoice::Recompressed(blob) => {
+                summary.layers_original += 1;
+                layers.push(GoDescriptor {
+                    media_type: LAYER_GZIP.to_owned(),
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                    annotations: Some(annotations),
+                });
+                blob
             }
         };
         summary.delta_bytes += blob.size;
@@ -322,7 +443,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
             dest_options,
             &blobs,
             &delta_manifest,
-            &new,
+            new.as_ref(),
             &annotations_of(&delta_manifest)?,
         )
         .await?;
@@ -346,9 +467,9 @@ pub async fn create_delta<H: FsVerityHashValue>(
     let (path, new_layout) = (path.clone(), new.clone());
     tokio::task::spawn_blocking(move || {
         if archive {
-            write_archive(&path, &blobs, index_entry, &new_layout)
+            write_archive(&path, &blobs, index_entry, new_layout.as_ref())
         } else {
-            write_directory(&path, &blobs, index_entry, &new_layout)
+            write_directory(&path, &blobs, index_entry, new_layout.as_ref())
         }
     })
     .await??;
@@ -370,7 +491,7 @@ async fn push(
     options: &SourceOptions,
     blobs: &[Blob],
     manifest: &[u8],
-    new: &LayoutSource,
+    new: &dyn NewLayers,
     annotations: &serde_json::Value,
 ) -> Result<()> {
     let client = crate::registry::Client::new_for_push(name, options)?;
@@ -428,21 +549,25 @@ fn docker_tag(name: &str) -> Option<&str> {
     name[last..].rfind(':').map(|i| &name[last + i + 1..])
 }
 
-/// The tar-diff of `layer`, if it is smaller than the layer blob.
+/// How a layer of NEW goes into the delta.
+enum LayerChoice {
+    /// As this tar-diff.
+    TarDiff(Blob),
+    /// As NEW's own blob.
+    Original,
+    /// As this gzip of its tar (NEW keeps no blob).
+    Recompressed(Blob),
+}
+
+/// The tar-diff of `layer` if it is smaller than the layer blob, else the blob.
 fn diff_layer<H: FsVerityHashValue>(
-    new: &LayoutSource,
+    new: &dyn NewLayers,
     sources: &SourceSet<H>,
     layer: &Descriptor,
     diff_id: &str,
     method: BinaryDiff,
-) -> Result<Option<Blob>> {
-    let mut blob = std::io::BufReader::with_capacity(128 * 1024, new.open_blob(layer)?);
-    let head = std::io::BufRead::fill_buf(&mut blob)?;
-    let tar: Box<dyn Read> = match Compression::sniff(head) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob)?),
-        Compression::None => Box::new(blob),
-    };
+) -> Result<LayerChoice> {
+    let tar = new.tar(layer, diff_id)?;
     let out = HashingWriter::new(tempfile::NamedTempFile::new()?);
     let (out, stats) = write_layer_diff(sources, tar, out, method)?;
     anyhow::ensure!(
@@ -458,11 +583,22 @@ fn diff_layer<H: FsVerityHashValue>(
         out.count,
         layer.size()
     );
-    if out.count >= layer.size() {
-        return Ok(None);
+    if out.count < layer.size() {
+        let (file, digest, size) = out.finish()?;
+        return Ok(LayerChoice::TarDiff(Blob {
+            digest,
+            size,
+            data: BlobData::File(file),
+        }));
     }
-    let (file, digest, size) = out.finish()?;
-    Ok(Some(Blob {
+    if new.blob(layer)?.is_some() {
+        return Ok(LayerChoice::Original);
+    }
+    let out = HashingWriter::new(tempfile::NamedTempFile::new()?);
+    let mut gzip = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    std::io::copy(&mut new.tar(layer, diff_id)?, &mut gzip)?;
+    let (file, digest, size) = gzip.finish()?.finish()?;
+    Ok(LayerChoice::Recompressed(Blob {
         digest,
         size,
         data: BlobData::File(file),
@@ -505,11 +641,11 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn open_data<'a>(blob: &'a Blob, new: &'a LayoutSource) -> Result<Box<dyn Read + 'a>> {
+fn open_data<'a>(blob: &'a Blob, new: &'a dyn NewLayers) -> Result<Box<dyn Read + 'a>> {
     Ok(match &blob.data {
         BlobData::Bytes(b) => Box::new(&b[..]),
         BlobData::File(f) => Box::new(f.reopen()?),
-        BlobData::Layout(desc) => Box::new(new.open_blob(desc)?.take(desc.size())),
+        BlobData::Layout(desc) => new.blob(desc)?.context("NEW has no layer blob")?,
     })
 }
 
@@ -536,7 +672,7 @@ fn write_archive(
     path: &Path,
     blobs: &[Blob],
     index_entry: GoDescriptor,
-    new: &LayoutSource,
+    new: &dyn NewLayers,
 ) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
@@ -590,7 +726,7 @@ fn write_directory(
     path: &Path,
     blobs: &[Blob],
     index_entry: GoDescriptor,
-    new: &LayoutSource,
+    new: &dyn NewLayers,
 ) -> Result<()> {
     let blob_dir: PathBuf = path.join("blobs/sha256");
     std::fs::create_dir_all(&blob_dir)
