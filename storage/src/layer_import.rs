@@ -375,9 +375,22 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                     }
                     _ => None,
                 };
-                // With an index: the content, read first, and the object holding it, if any.
-                let mut prechecked = None;
-                if let (Some(Known::Index(stored)), true) = (&known, external)
+                if !external {
+                    copy_inline(split, &mut buf, tar, padded).await?;
+                    need = HEADER_SIZE;
+                    continue;
+                }
+                // Where the object comes from: the store (by hint, or found by digest after
+                // reading the content), or a writer fed from memory or from the stream.
+                let mut from_memory = None;
+                let mut stored = match hint {
+                    Some(found) => {
+                        skip_bytes(&mut buf, tar, size).await?;
+                        Some(found)
+                    }
+                    None => None,
+                };
+                if let Some(Known::Index(index_of_store)) = &known
                     && size <= PRECHECK_MAX
                 {
                     let mut content = BytesMut::with_capacity(size);
@@ -387,15 +400,12 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                         );
                     }
                     let sha256 = openssl::sha::sha256(&content);
-                    prechecked = Some((
-                        content.freeze(),
-                        stored
-                            .find(&sha256, size as u64)
-                            .map(|id| (id.clone(), sha256)),
-                    ));
+                    stored = index_of_store
+                        .find(&sha256, size as u64)
+                        .map(|id| (id.clone(), sha256));
+                    from_memory = Some(content.freeze());
                 }
-                if let Some((content, Some((object, sha256)))) = prechecked {
-                    drop(content);
+                if let Some((object, sha256)) = stored {
                     let id = object.clone();
                     let ready =
                         tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
@@ -405,34 +415,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                         size: size as u64,
                     });
                     split.builder.push_external(ready, size as u64);
-                    copy_inline(split, &mut buf, tar, padded - size).await?;
-                } else if let Some((content, None)) = prechecked {
-                    let permit = semaphore.clone().acquire_owned().await?;
-                    let (tx, rx) = mpsc::channel::<Bytes>(1);
-                    let task_repo = repo.clone();
-                    let task_index = index.clone();
-                    let _ = tx.send(content).await;
-                    drop(tx);
-                    let handle = tokio::task::spawn_blocking(move || {
-                        let result = write_object(rx, size as u64, &task_repo, &task_index);
-                        drop(permit);
-                        result
-                    });
-                    split.builder.push_external(handle, size as u64);
-                    copy_inline(split, &mut buf, tar, padded - size).await?;
-                } else if let Some((object, sha256)) = hint {
-                    skip_bytes(&mut buf, tar, size).await?;
-                    let id = object.clone();
-                    let ready =
-                        tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
-                    let _ = index.send(IndexEntry {
-                        sha256,
-                        object,
-                        size: size as u64,
-                    });
-                    split.builder.push_external(ready, size as u64);
-                    copy_inline(split, &mut buf, tar, padded - size).await?;
-                } else if external {
+                } else {
                     let permit = semaphore.clone().acquire_owned().await?;
                     let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
                     let task_repo = repo.clone();
@@ -442,7 +425,10 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                         drop(permit);
                         result
                     });
-                    let sent = send_file(&tx, &mut buf, tar, size).await;
+                    let sent = match from_memory {
+                        Some(content) => tx.send(content).await.map_err(|_| SendError::WriterGone),
+                        None => send_file(&tx, &mut buf, tar, size).await,
+                    };
                     drop(tx);
                     match sent {
                         Ok(()) => {}
@@ -454,10 +440,8 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                         Err(SendError::Read(e)) => return Err(e),
                     }
                     split.builder.push_external(handle, size as u64);
-                    copy_inline(split, &mut buf, tar, padded - size).await?;
-                } else {
-                    copy_inline(split, &mut buf, tar, padded).await?;
                 }
+                copy_inline(split, &mut buf, tar, padded - size).await?;
                 need = HEADER_SIZE;
             }
         }

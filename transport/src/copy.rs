@@ -334,6 +334,29 @@ pub async fn copy_image<H: FsVerityHashValue>(
         add_layer(&mut summary, done??);
     }
 
+    publish(
+        store,
+        &diff_ids,
+        image.manifest_json,
+        image.config_json,
+        tag,
+        observer.as_ref(),
+    )
+    .await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Stores the image (config, manifest, EROFS) once every layer of `diff_ids` is stored, and
+/// moves `tag` to it.
+pub(crate) async fn publish<H: FsVerityHashValue>(
+    store: &Store<H>,
+    diff_ids: &[OciDigest],
+    manifest_json: Vec<u8>,
+    config_json: Vec<u8>,
+    tag: &str,
+    observer: &dyn Observer,
+) -> Result<()> {
     let layers: Vec<(OciDigest, H)> = diff_ids
         .iter()
         .map(|d| {
@@ -342,8 +365,8 @@ pub async fn copy_image<H: FsVerityHashValue>(
                 .map(|v| (d.clone(), v))
         })
         .collect::<Result<_>>()?;
+    let manifest_digest = skiff_storage::digest::digest_of(&manifest_json);
     let (publish_store, tag_owned) = (store.clone(), tag.to_owned());
-    let (manifest_json, config_json) = (image.manifest_json, image.config_json);
     tokio::task::spawn_blocking(move || {
         publish_image(
             &publish_store,
@@ -358,8 +381,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
         manifest_digest: manifest_digest.to_string(),
         tag: tag.to_owned(),
     });
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok(())
 }
 
 /// How one layer came into the store.

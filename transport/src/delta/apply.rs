@@ -27,7 +27,6 @@ use containers_image_proxy::oci_spec::image::Descriptor;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, find_by_config};
 use skiff_storage::layer_import::{PendingLayer, split_layer_with_index, stored_layer};
-use skiff_storage::publish::publish_image;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -208,29 +207,15 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         add_layer(&mut summary, done??);
     }
 
-    let layers: Vec<(OciDigest, H)> = diff_ids
-        .iter()
-        .map(|d| {
-            stored_layer(store, d)?
-                .ok_or_else(|| anyhow::anyhow!("layer {d} vanished from the store during the copy"))
-                .map(|v| (d.clone(), v))
-        })
-        .collect::<Result<_>>()?;
-    let (publish_store, tag_owned) = (store.clone(), tag.to_owned());
-    tokio::task::spawn_blocking(move || {
-        publish_image(
-            &publish_store,
-            &manifest_json,
-            &config_json,
-            &layers,
-            Some(&tag_owned),
-        )
-    })
-    .await??;
-    observer.event(&CopyEvent::Published {
-        manifest_digest: manifest_digest.to_string(),
-        tag: tag.to_owned(),
-    });
+    crate::copy::publish(
+        store,
+        &diff_ids,
+        manifest_json,
+        config_json,
+        tag,
+        observer.as_ref(),
+    )
+    .await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
