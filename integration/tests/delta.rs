@@ -79,12 +79,7 @@ impl Setup {
             layout,
             new_layers: new.to_vec(),
         };
-        let out = s.copy(&s.src("old"), &s.dest("repo", "old"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        s.copied(&s.src("old"), &s.dest("repo", "old"));
         s
     }
 
@@ -104,25 +99,30 @@ impl Setup {
         output(skiff().args(["copy", "--progress=plain", source, dest])).unwrap()
     }
 
-    /// `skiff delta create` from the stored old image to `new`; the JSON summary.
+    /// A copy that must succeed; its output.
+    fn copied(&self, source: &str, dest: &str) -> String {
+        run(skiff().args(["copy", "--progress=plain", source, dest])).unwrap()
+    }
+
+    /// `skiff delta create` from the stored old image to the layout's `new`; the JSON summary.
     fn create(&self, method: &str, dest: &str) -> serde_json::Value {
-        let out = output(skiff().args([
+        self.create_from(&self.src("new"), method, dest)
+    }
+
+    /// `skiff delta create` from the stored old image to `new`; the JSON summary.
+    fn create_from(&self, new: &str, method: &str, dest: &str) -> serde_json::Value {
+        let out = run(skiff().args([
             "delta",
             "create",
             "--json",
             "--binary-diff",
             method,
             &self.dest("repo", "old"),
-            &self.src("new"),
+            new,
             dest,
         ]))
         .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(out.as_bytes()).unwrap()
     }
 
     fn expected(&self) -> Tree {
@@ -330,20 +330,10 @@ fn create_then_apply_with_skiff_cfsctl_and_the_crate() {
 
         // skiff, into a repository holding the old image.
         let (repo, tag) = (format!("repo-{method}"), "new");
-        assert!(
-            s.copy(&s.src("old"), &s.dest(&repo, "old"))
-                .status
-                .success()
-        );
-        let out = s.copy(
+        s.copied(&s.src("old"), &s.dest(&repo, "old"));
+        let stdout = s.copied(
             &format!("oci-archive:{}", archive.display()),
             &s.dest(&repo, tag),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         assert!(
             stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
@@ -383,36 +373,17 @@ fn new_from_a_composefs_repository() {
     let (old, new) = pair();
     let s = Setup::new(&old, &new, Compression::Gzip);
     // NEW as a repository holds it: no layer blobs, tars from the store.
-    assert!(
-        s.copy(&s.src("new"), &s.dest("holder", "new"))
-            .status
-            .success()
-    );
+    s.copied(&s.src("new"), &s.dest("holder", "new"));
     let archive = s.root.join("delta.tar");
-    let out = output(skiff().args([
-        "delta",
-        "create",
-        "--json",
-        &s.dest("repo", "old"),
+    let summary = s.create_from(
         &s.dest("holder", "new"),
+        "bsdiff",
         &format!("oci-archive:{}", archive.display()),
-    ]))
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["layers_reused"], 2, "{summary}");
-    let out = s.copy(
+    s.copied(
         &format!("oci-archive:{}", archive.display()),
         &s.dest("repo", "new"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
@@ -433,36 +404,16 @@ fn layers_carried_whole_from_a_composefs_new_are_recompressed() {
         .add("opt/random.bin", file(noise(31, 2_000_000)));
     new.push(fresh);
     let s = Setup::new(&old, &new, Compression::Gzip);
-    assert!(
-        s.copy(&s.src("new"), &s.dest("holder", "new"))
-            .status
-            .success()
-    );
+    s.copied(&s.src("new"), &s.dest("holder", "new"));
     let archive = s.root.join("delta.tar");
-    let out = output(skiff().args([
-        "delta",
-        "create",
-        "--json",
-        &s.dest("repo", "old"),
+    let summary = s.create_from(
         &s.dest("holder", "new"),
+        "bsdiff",
         &format!("oci-archive:{}", archive.display()),
-    ]))
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let out = s.copy(
+    let stdout = s.copied(
         &format!("oci-archive:{}", archive.display()),
         &s.dest("repo", "new"),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
@@ -575,14 +526,9 @@ fn files_over_192_mib_use_the_rolling_checksum() {
     assert_eq!(summary["layers_tar_diff"], 1, "{summary}");
     let delta = summary["delta_bytes"].as_u64().unwrap();
     assert!(delta < 10 * 1024 * 1024, "{delta} bytes: {summary}");
-    let out = s.copy(
+    s.copied(
         &format!("oci-archive:{}", archive.display()),
         &s.dest("repo", "new"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     Tree::from_stored_image(&s.repo("repo"), "new")
         .unwrap()
@@ -750,13 +696,7 @@ fn layers_carried_whole_are_read_by_their_real_compression() {
             }
         }
     });
-    let out = s.copy(&format!("oci:{}:d", dir.display()), &s.dest("repo", "new"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = s.copied(&format!("oci:{}:d", dir.display()), &s.dest("repo", "new"));
     assert!(
         stdout.contains("2 skipped, 1 full, 0 partial, 0 delta"),
         "{stdout}"

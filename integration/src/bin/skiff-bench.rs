@@ -300,39 +300,34 @@ fn main() -> Result<()> {
             .arg(&cfsctl_v1)
             .args(["oci", "pull", &src, "v1"]),
     )?;
+    // An update: a fresh copy of the store holding v1, then skiff copy / cfsctl oci pull.
+    let skiff_update = |args: &[&str]| -> Result<Command> {
+        let repo = work.join("skiff-update");
+        copy_dir(&skiff_v1, &repo)?;
+        let mut c = Command::new(&skiff);
+        c.args(["copy", "--quiet"])
+            .args(args)
+            .arg(format!("composefs:{}:v2", repo.display()));
+        Ok(c)
+    };
+    let cfsctl_update = |source: &str| -> Result<Command> {
+        let repo = work.join("cfsctl-update");
+        copy_dir(&cfsctl_v1, &repo)?;
+        let mut c = Command::new(&cfsctl);
+        c.arg("--repo")
+            .arg(&repo)
+            .args(["oci", "pull", source, "v2"])
+            .env("HOME", &home);
+        Ok(c)
+    };
     eprintln!("update v1 -> v2 ({runs} runs each)");
     run_scenario(
         &mut rows,
         runs,
         "update to v2",
         vec![
-            (
-                "skiff",
-                Box::new(|_| {
-                    let repo = work.join("skiff-update");
-                    copy_dir(&skiff_v1, &repo)?;
-                    let mut c = Command::new(&skiff);
-                    c.args([
-                        "copy",
-                        "--quiet",
-                        &src_v2,
-                        &format!("composefs:{}:v2", repo.display()),
-                    ]);
-                    Ok(c)
-                }),
-            ),
-            (
-                "cfsctl",
-                Box::new(|_| {
-                    let repo = work.join("cfsctl-update");
-                    copy_dir(&cfsctl_v1, &repo)?;
-                    let mut c = Command::new(&cfsctl);
-                    c.arg("--repo")
-                        .arg(&repo)
-                        .args(["oci", "pull", &src_v2, "v2"]);
-                    Ok(c)
-                }),
-            ),
+            ("skiff", Box::new(|_| skiff_update(&[&src_v2]))),
+            ("cfsctl", Box::new(|_| cfsctl_update(&src_v2))),
         ],
     )?;
     let update = update_bytes(
@@ -353,33 +348,9 @@ fn main() -> Result<()> {
         vec![
             (
                 "skiff",
-                Box::new(|_| {
-                    let repo = work.join("skiff-update");
-                    copy_dir(&skiff_v1, &repo)?;
-                    let mut c = Command::new(&skiff);
-                    c.args([
-                        "copy",
-                        "--quiet",
-                        "--src-tls-verify=false",
-                        &remote_v2,
-                        &format!("composefs:{}:v2", repo.display()),
-                    ]);
-                    Ok(c)
-                }),
+                Box::new(|_| skiff_update(&["--src-tls-verify=false", &remote_v2])),
             ),
-            (
-                "cfsctl",
-                Box::new(|_| {
-                    let repo = work.join("cfsctl-update");
-                    copy_dir(&cfsctl_v1, &repo)?;
-                    let mut c = Command::new(&cfsctl);
-                    c.arg("--repo")
-                        .arg(&repo)
-                        .args(["oci", "pull", &remote_v2, "v2"])
-                        .env("HOME", &home);
-                    Ok(c)
-                }),
-            ),
+            ("cfsctl", Box::new(|_| cfsctl_update(&remote_v2))),
         ],
     )?;
     let registry_update = update_bytes(
@@ -421,33 +392,8 @@ fn main() -> Result<()> {
         runs,
         "delta apply",
         vec![
-            (
-                "skiff",
-                Box::new(|_| {
-                    let repo = work.join("skiff-update");
-                    copy_dir(&skiff_v1, &repo)?;
-                    let mut c = Command::new(&skiff);
-                    c.args([
-                        "copy",
-                        "--quiet",
-                        &delta_ref,
-                        &format!("composefs:{}:v2", repo.display()),
-                    ]);
-                    Ok(c)
-                }),
-            ),
-            (
-                "cfsctl",
-                Box::new(|_| {
-                    let repo = work.join("cfsctl-update");
-                    copy_dir(&cfsctl_v1, &repo)?;
-                    let mut c = Command::new(&cfsctl);
-                    c.arg("--repo")
-                        .arg(&repo)
-                        .args(["oci", "pull", &delta_ref, "v2"]);
-                    Ok(c)
-                }),
-            ),
+            ("skiff", Box::new(|_| skiff_update(&[&delta_ref]))),
+            ("cfsctl", Box::new(|_| cfsctl_update(&delta_ref))),
         ],
     )?;
 
