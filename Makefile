@@ -5,8 +5,10 @@
 
 CARGO ?= cargo
 export SKIFF_BIN := $(CURDIR)/target/release/skiff
-# cfsctl is installed with `cargo install`.
-export PATH := $(HOME)/.cargo/bin:$(PATH)
+# cfsctl is installed with `cargo install`; the Go peers by contrib/install-deps.sh into
+# $(SKIFF_PEERS_DIR)/bin.
+export SKIFF_PEERS_DIR ?= /var/cache/skiff/go-peers
+export PATH := $(SKIFF_PEERS_DIR)/bin:$(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 
 .PHONY: all deps build test demo bench clean
 

@@ -31,3 +31,38 @@ cfsctl_version=0.9.4
 if ! command -v cfsctl >/dev/null 2>&1 || ! cfsctl --version 2>/dev/null | grep -q "$cfsctl_version"; then
     cargo install composefs-ctl --version "$cfsctl_version" --locked
 fi
+
+# ferro-oci-server 1.0.0: a registry with the OCI 1.1 referrers API as specified (OCI-Subject,
+# artifactType filter), for the delta-discovery tests; distribution 2.8 has no referrers API.
+ferro_version=1.0.0
+if ! command -v ferro-oci-server >/dev/null 2>&1 ||
+    ! grep -q "\"ferro-oci-server $ferro_version " "${CARGO_HOME:-$HOME/.cargo}/.crates.toml" 2>/dev/null; then
+    cargo install ferro-oci-server --version "$ferro_version" --locked
+fi
+
+# Go peers, built from the module proxy by contrib/go-peers (a tools module of our own, pinned by
+# its go.mod and go.sum): skiff-peer-copy (containers/image's copy, i.e. skopeo copy, writing
+# current containers/storage zstd:chunked) and skiff-peer-registry (go-containerregistry's
+# registry with the OCI 1.1 referrers API). They are built once per version of the module into a
+# cache outside the work tree; $SKIFF_PEERS_DIR/bin points at the current build (the Makefile puts
+# it on PATH).
+peers_dir="${SKIFF_PEERS_DIR:-/var/cache/skiff/go-peers}"
+peers_src="$(cd "$(dirname "$0")/go-peers" && pwd)"
+command -v go >/dev/null 2>&1 || export PATH="/usr/local/go/bin:$PATH"
+if ! command -v go >/dev/null 2>&1; then
+    echo "install-deps: Go is needed to build the Go peers (contrib/go-peers) and is not installed" >&2
+    exit 1
+fi
+peers_key="$(cd "$peers_src" && cat go.mod go.sum $(find cmd -name '*.go' | sort) | sha256sum | cut -c1-16)"
+if [ ! -x "$peers_dir/$peers_key/skiff-peer-copy" ] || [ ! -x "$peers_dir/$peers_key/skiff-peer-registry" ]; then
+    mkdir -p "$peers_dir"
+    staging="$(mktemp -d "$peers_dir/.build.XXXXXX")"
+    chmod 755 "$staging"
+    # The build tags drop gpgme, btrfs and devicemapper, as for skopeo's static builds.
+    (cd "$peers_src" && go build -trimpath -mod=readonly \
+        -tags 'containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper' \
+        -o "$staging/" ./cmd/...)
+    rm -rf "$peers_dir/$peers_key"
+    mv "$staging" "$peers_dir/$peers_key"
+fi
+ln -sfn "$peers_key" "$peers_dir/bin"
