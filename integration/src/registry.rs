@@ -1,5 +1,9 @@
-//! Local registry harness: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1, either
-//! plain HTTP or TLS with a test-made CA and htpasswd (bcrypt) authentication.
+//! Local registry harness, on 127.0.0.1: Debian's `docker-registry` (distribution 2.8), either
+//! plain HTTP or TLS with a test-made CA and htpasswd (bcrypt) authentication; or, plain HTTP,
+//! one of two registries with the OCI 1.1 referrers API that distribution 2.8 lacks:
+//! `ferro-oci-server` (crates.io; answers `OCI-Subject`, applies the `artifactType` filter) and
+//! go-containerregistry's registry (`skiff-peer-registry`; no `OCI-Subject`, lists a referrer's
+//! config media type as its `artifactType`). contrib/install-deps.sh installs both.
 //!
 //! Every instance has its own temporary directory (configuration, storage, certificates,
 //! credentials, log) and a port chosen at run time; it is killed when dropped.
@@ -31,9 +35,32 @@ struct Tls {
     cert_dir: PathBuf,
 }
 
-/// A running `docker-registry` bound to 127.0.0.1, stopped when dropped.
+/// Which registry program serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// Debian's `docker-registry`: byte ranges, TLS, htpasswd; no referrers API.
+    Distribution,
+    /// `ferro-oci-server`: the referrers API as OCI 1.1 specifies it.
+    Ferro,
+    /// `skiff-peer-registry` (go-containerregistry): the referrers API as an early draft had it.
+    Ggcr,
+}
+
+impl Server {
+    fn program(self) -> &'static str {
+        match self {
+            Server::Distribution => "docker-registry",
+            Server::Ferro => "ferro-oci-server",
+            Server::Ggcr => "skiff-peer-registry",
+        }
+    }
+}
+
+/// A running registry bound to 127.0.0.1, stopped when dropped.
 #[derive(Debug)]
 pub struct Registry {
+    /// The program serving.
+    server: Server,
     /// Holds the configuration, storage, certificates, credentials and log.
     dir: tempfile::TempDir,
     /// The port on 127.0.0.1.
@@ -52,7 +79,20 @@ impl Registry {
     /// Starts a plain-HTTP registry without authentication.
     pub fn start_plain() -> Result<Registry> {
         let dir = new_dir()?;
-        Self::start(dir, None, None)
+        Self::start(Server::Distribution, dir, None, None)
+    }
+
+    /// Starts a plain-HTTP registry with the OCI 1.1 referrers API (`ferro-oci-server`).
+    pub fn start_referrers() -> Result<Registry> {
+        let dir = new_dir()?;
+        Self::start(Server::Ferro, dir, None, None)
+    }
+
+    /// Starts go-containerregistry's registry (plain HTTP), whose referrers API lists a
+    /// referrer's config media type as its `artifactType` and which answers no `OCI-Subject`.
+    pub fn start_ggcr() -> Result<Registry> {
+        let dir = new_dir()?;
+        Self::start(Server::Ggcr, dir, None, None)
     }
 
     /// Starts an HTTPS registry whose certificate (for IP 127.0.0.1) is signed by a CA made
@@ -63,15 +103,22 @@ impl Registry {
             make_certificates(dir.path()).context("creating the test CA and server certificate")?;
         let htpasswd = run(Command::new(require("htpasswd")).args(["-Bbn", user, password]))?;
         std::fs::write(dir.path().join("htpasswd"), htpasswd)?;
-        Self::start(dir, Some(tls), Some((user.to_owned(), password.to_owned())))
+        Self::start(
+            Server::Distribution,
+            dir,
+            Some(tls),
+            Some((user.to_owned(), password.to_owned())),
+        )
     }
 
     fn start(
+        server: Server,
         dir: tempfile::TempDir,
         tls: Option<Tls>,
         creds: Option<(String, String)>,
     ) -> Result<Registry> {
         let mut registry = Registry {
+            server,
             dir,
             port: 0,
             child: None,
@@ -98,30 +145,45 @@ impl Registry {
     /// Picks a port, writes the configuration, starts the server and waits until it answers.
     fn launch(&mut self) -> Result<()> {
         self.port = free_port()?;
-        let config = self.dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            config_yaml(
-                self.dir.path(),
-                self.port,
-                self.tls.as_ref(),
-                self.creds.is_some(),
-            )?,
-        )?;
         let log_path = self.dir.path().join("registry.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut cmd = Command::new(require("docker-registry"));
-        cmd.arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // The environment overrides the configuration (REGISTRY_HTTP_DEBUG_ADDR, ...).
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("REGISTRY_") {
-                cmd.env_remove(name);
+        let mut cmd = Command::new(require(self.server.program()));
+        match self.server {
+            Server::Distribution => {
+                let config = self.dir.path().join("config.yml");
+                std::fs::write(
+                    &config,
+                    config_yaml(
+                        self.dir.path(),
+                        self.port,
+                        self.tls.as_ref(),
+                        self.creds.is_some(),
+                    )?,
+                )?;
+                cmd.arg("serve").arg(&config);
+                // The environment overrides the configuration (REGISTRY_HTTP_DEBUG_ADDR, ...).
+                for (name, _) in std::env::vars_os() {
+                    if name.to_string_lossy().starts_with("REGISTRY_") {
+                        cmd.env_remove(name);
+                    }
+                }
+            }
+            Server::Ferro => {
+                let data = self.dir.path().join("data");
+                std::fs::create_dir_all(&data)?;
+                cmd.env("FERRO_OCI_LISTEN", self.host())
+                    .env("FERRO_OCI_STORAGE_DIR", &data)
+                    .env("NO_COLOR", "1");
+            }
+            Server::Ggcr => {
+                let data = self.dir.path().join("data");
+                std::fs::create_dir_all(&data)?;
+                cmd.arg("-listen").arg(self.host()).arg("-disk").arg(&data);
             }
         }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         self.child = Some(cmd.spawn().with_context(|| format!("starting {cmd:?}"))?);
         let ready = self.wait_ready(&log_path);
         if ready.is_err() {
@@ -137,14 +199,18 @@ impl Registry {
             let child = self.child.as_mut().expect("registry is running");
             if let Some(status) = child.try_wait()? {
                 let log = std::fs::read_to_string(log_path).unwrap_or_default();
-                bail!("docker-registry exited ({status}) before answering:\n{log}");
+                bail!(
+                    "{} exited ({status}) before answering:\n{log}",
+                    self.server.program()
+                );
             }
             match self.probe() {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     let log = std::fs::read_to_string(log_path).unwrap_or_default();
                     bail!(
-                        "docker-registry did not answer on {} within {START_TIMEOUT:?}: {e:#}\n{log}",
+                        "{} did not answer on {} within {START_TIMEOUT:?}: {e:#}\n{log}",
+                        self.server.program(),
                         self.host()
                     );
                 }
@@ -204,6 +270,33 @@ impl Registry {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the registry answers a manifest PUT with `subject` by `OCI-Subject` (it indexes
+    /// referrers itself, so a client writes no `sha256-<hex>` referrers tag).
+    pub fn indexes_subjects(&self) -> bool {
+        self.server == Server::Ferro
+    }
+
+    /// The tags of `repo`, as `skopeo list-tags` reads them.
+    pub fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        let mut cmd = skopeo();
+        cmd.arg("list-tags");
+        match &self.tls {
+            None => cmd.arg("--tls-verify=false"),
+            Some(tls) => cmd.arg("--cert-dir").arg(&tls.cert_dir),
+        };
+        if let Some((user, password)) = &self.creds {
+            cmd.arg("--creds").arg(format!("{user}:{password}"));
+        }
+        let out = run(cmd.arg(format!("docker://{}/{repo}", self.host())))?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(list["Tags"]
+            .as_array()
+            .context("list-tags without Tags")?
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// `127.0.0.1:PORT`.

@@ -564,9 +564,43 @@ fn a_delta_in_a_registry_applies_through_skopeo() {
         stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
         "{stdout}"
     );
+    let full_id = s.full_pull_id();
     assert_eq!(
         run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
-        s.full_pull_id()
+        full_id
+    );
+    // Pushed by skopeo to a registry with the referrers API (skopeo writes no fallback tag): an
+    // ordinary copy of the target, into a store holding the old image, finds it through the API.
+    let referrers = Registry::start_referrers().unwrap();
+    let new_ref = referrers.push(&s.src("new"), "app:new").unwrap();
+    referrers
+        .push(&format!("oci-archive:{}", archive.display()), "app:delta")
+        .unwrap();
+    let tags = referrers.tags("app").unwrap();
+    assert!(tags.iter().all(|t| !t.starts_with("sha256-")), "{tags:?}");
+    s.copied(&s.src("old"), &s.dest("api", "app"));
+    let out = output(skiff().args([
+        "copy",
+        "--progress=plain",
+        "--src-tls-verify=false",
+        &new_ref,
+        &s.dest("api", "app"),
+    ]))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Using delta sha256:"), "{stdout}");
+    assert!(
+        stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
+        "{stdout}"
+    );
+    assert_eq!(
+        run(cfsctl(&s.repo("api")).args(["oci", "compute-id", "app"])).unwrap(),
+        full_id
     );
 }
 
@@ -591,6 +625,9 @@ fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
     for registry in [
         Registry::start_plain().unwrap(),
         Registry::start_tls_auth("ann", "s3cret").unwrap(),
+        // The referrers API: the delta is listed there, the copies below find it through it.
+        Registry::start_referrers().unwrap(),
+        Registry::start_ggcr().unwrap(),
     ] {
         let old_ref = registry.push(&s.src("old"), "app:old").unwrap();
         let new_ref = registry.push(&s.src("new"), "app:new").unwrap();
@@ -612,6 +649,14 @@ fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
             "{}",
             String::from_utf8_lossy(&push.stderr)
         );
+        // The fallback tag exists exactly when the registry does not say it indexes the subject.
+        let fallback_tags = registry
+            .tags("app")
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.starts_with("sha256-"))
+            .count();
+        assert_eq!(fallback_tags, usize::from(!registry.indexes_subjects()));
         let src = registry_flags(&registry, "src");
         let copy = |source: &str, dest: &str, extra: &[&str]| {
             output(

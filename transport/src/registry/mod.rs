@@ -411,7 +411,9 @@ impl Client {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|d| d["artifactType"] == artifact_type)
+            .filter(|d| {
+                d["artifactType"] == artifact_type || d["artifactType"] == EMPTY_CONFIG_MEDIA_TYPE
+            })
             .cloned()
             .collect())
     }
@@ -511,6 +513,12 @@ impl Client {
         Ok(response.headers().contains_key("oci-subject"))
     }
 }
+
+/// The media type of the empty config (`{}`) that artifacts such as oci-deltas carry. Some
+/// registries (go-containerregistry's, to v0.22 at least) list a referrer's config media type as
+/// its `artifactType`, whatever the manifest says, and ignore the `artifactType` filter; their
+/// entries with this type are kept, and the caller reads the manifest to know what it is.
+const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
 /// The tag under which a registry without the referrers API lists the referrers of `digest`
 /// (OCI distribution spec, "referrers tag schema").
