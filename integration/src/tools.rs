@@ -75,3 +75,9 @@ pub fn skopeo() -> Command {
     c.arg("--insecure-policy");
     c
 }
+
+/// A `Command` for `skiff-peer-copy`: containers/image's copy (the library call behind `skopeo
+/// copy`) at the version contrib/go-peers pins, writing current containers/storage zstd:chunked.
+pub fn peer_copy() -> Command {
+    Command::new(require("skiff-peer-copy"))
+}

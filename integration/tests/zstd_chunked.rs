@@ -1,12 +1,13 @@
-//! skiff's zstd:chunked writer against independent implementations: skopeo 1.9.3 cuts the same
-//! tar at the same chunk boundaries (the rolling checksum and the zero-run rule), and its
-//! (legacy) output is recognised as not usable for partial pulls; the `zstd-chunked` crate
-//! reads skiff's output and rebuilds the tar from it.
+//! skiff's zstd:chunked writer against independent implementations: current containers/storage
+//! (through `skiff-peer-copy`) writes the same TOC for the same tar, every field but the
+//! compressed offsets; skopeo 1.9.3 cuts the same tar at the same chunk boundaries (the rolling
+//! checksum and the zero-run rule), and its (legacy) output is recognised as not usable for
+//! partial pulls; the `zstd-chunked` crate reads skiff's output and rebuilds the tar from it.
 
 use std::collections::{BTreeMap, HashMap};
 
 use skiff_integration::fixtures::{self, Compression, Layer};
-use skiff_integration::tools::{run, skopeo};
+use skiff_integration::tools::{peer_copy, run, skopeo};
 use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata, writer};
 
 fn boundaries(toc: &Toc) -> BTreeMap<Vec<u8>, Vec<(u64, u64, bool)>> {
@@ -24,9 +25,9 @@ fn boundaries(toc: &Toc) -> BTreeMap<Vec<u8>, Vec<(u64, u64, bool)>> {
         .collect()
 }
 
-#[test]
-fn chunk_boundaries_match_skopeo() {
-    let dir = tempfile::tempdir().unwrap();
+/// A layer that exercises the chunking rules: a large noise file (many rolling-checksum chunks),
+/// text, runs of zeros above and below the hole threshold, a small file.
+fn chunking_layer() -> Layer {
     let mut l = Layer::default();
     let mut holes = fixtures::noise(3, 70_000);
     holes.extend(std::iter::repeat_n(0u8, 200_000));
@@ -41,7 +42,13 @@ fn chunk_boundaries_match_skopeo() {
         .add("usr/text.txt", fixtures::file(fixtures::text(2, 400_000)))
         .add("usr/holes.bin", fixtures::file(holes))
         .add("usr/small", fixtures::file("small"));
-    let tar = fixtures::layer_tar(&l).unwrap();
+    l
+}
+
+#[test]
+fn chunk_boundaries_match_skopeo() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = fixtures::layer_tar(&chunking_layer()).unwrap();
     let layout = dir.path().join("plain");
     fixtures::write_image_raw(
         &layout,
@@ -196,4 +203,73 @@ fn the_zstd_chunked_crate_reads_what_skiff_writes() {
         same_diff_id >= 6,
         "only {same_diff_id} layers rebuilt whole"
     );
+}
+
+/// The TOC of a zstd:chunked blob, its entries as JSON objects without the compressed offsets
+/// (compression levels and encoders differ; everything else is a function of the tar).
+fn toc_entries(blob: &[u8], annotations: &BTreeMap<String, String>) -> Vec<serde_json::Value> {
+    let map = annotations.clone().into_iter().collect();
+    let Annotations::Chunked { toc, .. } = Annotations::parse(Some(&map)).unwrap() else {
+        panic!("not zstd:chunked: {annotations:?}");
+    };
+    let compressed = &blob[toc.offset as usize..(toc.offset + toc.length) as usize];
+    let json = decompress_metadata(compressed, toc.uncompressed).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let o = e.as_object_mut().unwrap();
+            o.remove("offset");
+            o.remove("endOffset");
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn writer_agrees_with_current_containers_storage_on_the_toc() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let mut compared = 0;
+    for kind in ["rich", "big-file", "demo-v2", "chunking"] {
+        let layers = match kind {
+            "chunking" => vec![chunking_layer()],
+            _ => fixtures::by_name(kind).unwrap(),
+        };
+        fixtures::write_oci_layout(&layout, kind, &layers, Compression::Gzip).unwrap();
+        let theirs = format!("{kind}-cstorage");
+        run(peer_copy().args([
+            "--dest-compress-format",
+            "zstd:chunked",
+            &format!("oci:{}:{kind}", layout.display()),
+            &format!("oci:{}:{theirs}", layout.display()),
+        ]))
+        .unwrap();
+        let manifest = fixtures::layout_manifest(&layout, &theirs).unwrap();
+        for (tar, layer) in fixtures::layer_tars(&layers)
+            .unwrap()
+            .iter()
+            .zip(manifest["layers"].as_array().unwrap())
+        {
+            let blob = std::fs::read(fixtures::blob_path(
+                &layout,
+                layer["digest"].as_str().unwrap(),
+            ))
+            .unwrap();
+            let annotations: BTreeMap<String, String> =
+                serde_json::from_value(layer["annotations"].clone()).unwrap();
+            let (ours, our_annotations) = fixtures::chunked(tar).unwrap();
+            let ours = toc_entries(&ours, &our_annotations);
+            let theirs = toc_entries(&blob, &annotations);
+            assert_eq!(ours.len(), theirs.len(), "{kind}: TOC entry counts");
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert_eq!(a, b, "{kind}: skiff's TOC entry vs containers/storage's");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1000, "compared {compared} entries");
 }

@@ -11,6 +11,8 @@
 //!   bytes skiff fetched against a full pull and against the floor;
 //! - `registry update to v2`: the same update from the registry (skiff: HTTP range requests;
 //!   cfsctl: full pull), with skiff's bytes and requests;
+//! - `update to v2 (c/storage)`: the layout update with v2's zstd:chunked layers written by
+//!   current containers/storage (`skiff-peer-copy`) instead of skiff's writer;
 //! - `delta create` / `delta apply`: `skiff delta create` of the same pair (from the store
 //!   holding v1), then the delta applied by skiff and by `cfsctl oci pull oci-archive:…`.
 //!
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use skiff_integration::chunked;
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{require, skiff_bin};
@@ -335,7 +338,43 @@ fn main() -> Result<()> {
         &skiff_v1,
         &work.join("skiff-bytes"),
         &[&src_v2],
-        &layout,
+        (&layout, "large-v2"),
+    )?;
+
+    // The same update with v2 written by current containers/storage (skopeo's copy code).
+    if !layout.join("v2-cstorage.done").exists() {
+        eprintln!("building the v2 image (zstd:chunked by containers/storage, once)");
+        fixtures::write_oci_layout(
+            &layout,
+            "large-v2-gzip",
+            &fixtures::by_name("large-v2")?,
+            Compression::Gzip,
+        )?;
+        run_quiet(Command::new(require("skiff-peer-copy")).args([
+            "--dest-compress-format",
+            "zstd:chunked",
+            &format!("oci:{}:large-v2-gzip", layout.display()),
+            &format!("oci:{}:large-v2-cstorage", layout.display()),
+        ]))?;
+        std::fs::write(layout.join("v2-cstorage.done"), b"")?;
+    }
+    let src_v2_cstorage = format!("oci:{}:large-v2-cstorage", layout.display());
+    eprintln!("update v1 -> v2 written by containers/storage ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "update to v2 (c/storage)",
+        vec![
+            ("skiff", Box::new(|_| skiff_update(&[&src_v2_cstorage]))),
+            ("cfsctl", Box::new(|_| cfsctl_update(&src_v2_cstorage))),
+        ],
+    )?;
+    let cstorage_update = update_bytes(
+        &skiff,
+        &skiff_v1,
+        &work.join("skiff-bytes"),
+        &[&src_v2_cstorage],
+        (&layout, "large-v2-cstorage"),
     )?;
 
     // The same update from the registry: skiff's range requests against cfsctl's full pull.
@@ -358,7 +397,7 @@ fn main() -> Result<()> {
         &skiff_v1,
         &work.join("skiff-bytes"),
         &["--src-tls-verify=false", &remote_v2],
-        &layout,
+        (&layout, "large-v2"),
     )?;
     drop(registry);
 
@@ -434,6 +473,10 @@ fn main() -> Result<()> {
     for (what, bytes) in [
         ("update to v2 from the OCI layout", &update),
         ("update to v2 from the registry", &registry_update),
+        (
+            "update to v2 written by containers/storage, from the OCI layout",
+            &cstorage_update,
+        ),
     ] {
         println!(
             "{what} (5% of the files changed, 5 added, 10 deleted; zstd:chunked layers): skiff \
@@ -492,15 +535,15 @@ struct UpdateBytes {
 }
 
 /// Bytes of the v1 → v2 update: what skiff fetched (from its JSON summary), what a full pull
-/// fetches (v2's blobs), and the floor, computed from v2's TOCs and v1's files.
+/// fetches (v2's blobs, the image `v2` = (layout, tag) holds), and the floor, computed from v2's
+/// TOCs and v1's files.
 fn update_bytes(
     skiff: &Path,
     v1_repo: &Path,
     scratch: &Path,
     source_args: &[&str],
-    layout: &Path,
+    (layout, tag): (&Path, &str),
 ) -> Result<UpdateBytes> {
-    use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
     copy_dir(v1_repo, scratch)?;
     let out = Command::new(skiff)
         .args(["copy", "--progress=json"])
@@ -512,62 +555,12 @@ fn update_bytes(
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["event"] == "summary")
         .context("no summary")?;
-    // v1's file contents, by sha256.
-    let mut v1_files = std::collections::HashSet::new();
-    for layer in fixtures::layer_tars(&fixtures::by_name("large")?)? {
-        let mut archive = tar::Archive::new(&layer[..]);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut data)?;
-            v1_files.insert(openssl::sha::sha256(&data));
-        }
-    }
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
-    let desc = index["manifests"]
-        .as_array()
-        .context("index")?
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "large-v2")
-        .context("no large-v2")?;
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        fixtures::blob_path(layout, desc["digest"].as_str().context("digest")?),
-    )?)?;
-    let (mut full, mut floor) = (0u64, 0u64);
-    for layer in manifest["layers"].as_array().context("layers")? {
-        let size = layer["size"].as_u64().context("size")?;
-        full += size;
-        let annotations: std::collections::HashMap<String, String> =
-            serde_json::from_value(layer["annotations"].clone())?;
-        let Annotations::Chunked { toc, tar_split, .. } = Annotations::parse(Some(&annotations))?
-        else {
-            bail!("v2 layer is not zstd:chunked");
-        };
-        let blob = std::fs::read(fixtures::blob_path(
-            layout,
-            layer["digest"].as_str().context("digest")?,
-        ))?;
-        let toc_bytes = &blob[toc.offset as usize..(toc.offset + toc.length) as usize];
-        let parsed = Toc::parse(&decompress_metadata(toc_bytes, toc.uncompressed)?, size)?;
-        floor += toc.length + tar_split.length;
-        for file in parsed
-            .files
-            .iter()
-            .filter(|f| !v1_files.contains(&f.sha256))
-        {
-            floor += file
-                .chunks
-                .iter()
-                .filter(|c| !c.zeros)
-                .map(|c| c.compressed.end - c.compressed.start)
-                .sum::<u64>();
-        }
-    }
+    let held = chunked::file_digests(&fixtures::layer_tars(&fixtures::by_name("large")?)?)?;
+    let cost = chunked::update_cost(layout, tag, &held)?;
     Ok(UpdateBytes {
         fetched: summary["bytes_fetched"].as_u64().context("bytes_fetched")?,
         requests: summary["requests"].as_u64().context("requests")?,
-        full,
-        floor,
+        full: cost.full,
+        floor: cost.floor,
     })
 }

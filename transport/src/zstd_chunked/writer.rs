@@ -340,7 +340,8 @@ pub fn write_zstd_chunked(mut tar: impl Read, out: impl Write, level: i32) -> Re
                             let fields = (
                                 len as i64,
                                 Some(sha256_string(&content[start..start + len])),
-                                Some(if zeros { "zeros" } else { "" }),
+                                // containers/storage omits an empty chunkType.
+                                zeros.then_some("zeros"),
                             );
                             if i == 0 {
                                 (e.chunk_size, e.chunk_digest, e.chunk_type) = fields;
