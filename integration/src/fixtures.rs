@@ -441,7 +441,7 @@ pub fn media_type(compression: Compression) -> &'static str {
 
 /// A tar compressed as zstd:chunked, and the layer annotations that locate its metadata.
 pub fn chunked(tar: &[u8]) -> Result<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
-    use skiff_transport::zstd_chunked::writer;
+    use crate::zstd_chunked_writer as writer;
     let mut blob = Vec::new();
     let written = writer::write_zstd_chunked(tar, &mut blob, 3)?;
     Ok((blob, written.annotations))

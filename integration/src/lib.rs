@@ -7,3 +7,4 @@ pub mod fixtures;
 pub mod registry;
 pub mod tools;
 pub mod tree;
+pub mod zstd_chunked_writer;

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use skiff_integration::fixtures::{self, Compression, Layer};
 use skiff_integration::tools::{peer_copy, run, skopeo};
-use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata, writer};
+use skiff_integration::zstd_chunked_writer as writer;
+use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
 
 fn boundaries(toc: &Toc) -> BTreeMap<Vec<u8>, Vec<(u64, u64, bool)>> {
     toc.files

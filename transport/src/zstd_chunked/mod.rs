@@ -1,5 +1,6 @@
-//! The zstd:chunked layer format (containers/storage ≥ 1.54): reading ([`Metadata`]) and
-//! writing ([`writer`]).
+//! The zstd:chunked layer format (containers/storage ≥ 1.54), read by [`Metadata`]; how files
+//! are cut into chunks is in [`chunking`]. (skiff writes the format only for its tests: the
+//! writer lives in the integration crate.)
 //!
 //! A zstd:chunked blob is an ordinary `tar+zstd` layer: zstd frames that decompress to the
 //! layer tar, each regular file's content in whole frames of its own, followed by three
@@ -39,9 +40,9 @@
 //! the TOC's ranges, so those fields never reach the store, and the DiffID check covers every
 //! header byte.
 
+pub mod chunking;
 pub mod tar_split;
 pub mod toc;
-pub mod writer;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -66,9 +67,9 @@ pub const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 pub const MAX_METADATA_SIZE: u64 = 150 * 1024 * 1024;
 
 /// The skippable-frame magic used for the metadata frames (0x184D2A50, little-endian).
-const SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
+pub const SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
 /// The footer's trailing magic.
-const FOOTER_MAGIC: &[u8; 8] = b"GNUlInUx";
+pub const FOOTER_MAGIC: &[u8; 8] = b"GNUlInUx";
 /// Footer frame: 8-byte skippable header and 64-byte body.
 pub const FOOTER_SIZE: usize = 72;
 

@@ -1,13 +1,11 @@
-//! Writing zstd:chunked layers in the containers/storage ≥ 1.54 layout (see the [module
-//! format](super)).
+//! Writing zstd:chunked layers in the containers/storage ≥ 1.54 layout (the format is described
+//! in `skiff_transport::zstd_chunked`), for fixtures and tests: skiff itself only reads them.
 //!
 //! The tar is cut as containers/storage's compressor cuts it: the raw bytes between file
 //! contents (padding, headers with their PAX and GNU extensions) accumulate in one frame; each
-//! regular file's content is split into chunks, one zstd frame each, by a bup-style rolling
-//! checksum (window 64, a boundary where the low 16 bits of the sum are all ones, the sum
-//! restarted for each file); runs of at least 1 KiB of zero bytes become `zeros` chunks of
-//! their own (the checksum still rolls over them). The bytes after the last entry go into the
-//! final frame. Then come the TOC, the tar-split and the footer as skippable frames.
+//! regular file's content is split into chunks, one zstd frame each, at the boundaries of
+//! [`chunk_boundaries`] (runs of zeros become `zeros` chunks). The bytes after the last entry go
+//! into the final frame. Then come the TOC, the tar-split and the footer as skippable frames.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,101 +16,16 @@ use serde::Serialize;
 use tar_core::HEADER_SIZE;
 use tar_core::parse::{ParseEvent, Parser};
 
-use super::{
+use skiff_transport::zstd_chunked::chunking::chunk_boundaries;
+use skiff_transport::zstd_chunked::{
     FOOTER_MAGIC, MANIFEST_CHECKSUM, MANIFEST_POSITION, SKIPPABLE_MAGIC, TARSPLIT_POSITION,
     crc64_iso,
 };
 
 /// zstd level of containers/storage's compressor.
 pub const DEFAULT_LEVEL: i32 = 10;
-/// A run of this many zero bytes or more is a hole (`zeros` chunk).
-const HOLE_THRESHOLD: usize = 1024;
-/// Rolling checksum window.
-const WINDOW: usize = 64;
-/// Rolling checksum character offset.
-const CHAR_OFFSET: u32 = 31;
-/// A chunk ends where the low bits of the checksum are all ones (average chunk 64 KiB).
-const SPLIT_MASK: u32 = (1 << 16) - 1;
 /// Largest tar header run accepted (with extensions).
 const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
-
-/// bup/perkeep's rolling checksum.
-struct RollSum {
-    s1: u32,
-    s2: u32,
-    window: [u8; WINDOW],
-    wofs: usize,
-}
-
-impl RollSum {
-    fn new() -> Self {
-        Self {
-            s1: WINDOW as u32 * CHAR_OFFSET,
-            s2: WINDOW as u32 * (WINDOW as u32 - 1) * CHAR_OFFSET,
-            window: [0; WINDOW],
-            wofs: 0,
-        }
-    }
-
-    fn roll(&mut self, ch: u8) {
-        let drop = self.window[self.wofs] as u32;
-        self.s1 = self.s1.wrapping_add(ch as u32).wrapping_sub(drop);
-        self.s2 = self
-            .s2
-            .wrapping_add(self.s1)
-            .wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET));
-        self.window[self.wofs] = ch;
-        self.wofs = (self.wofs + 1) % WINDOW;
-    }
-
-    fn on_split(&self) -> bool {
-        self.s2 & SPLIT_MASK == SPLIT_MASK
-    }
-}
-
-/// The chunks of a file's content: (offset, length, is a hole).
-pub fn chunk_boundaries(data: &[u8]) -> Vec<(usize, usize, bool)> {
-    let mut out = Vec::new();
-    let mut sum = RollSum::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == 0 {
-            let run = data[i..].iter().take_while(|&&b| b == 0).count();
-            if run >= HOLE_THRESHOLD {
-                if i > start {
-                    out.push((start, i - start, false));
-                }
-                for _ in 0..run {
-                    sum.roll(0);
-                }
-                out.push((i, run, true));
-                i += run;
-                start = i;
-                continue;
-            }
-            for _ in 0..run {
-                sum.roll(0);
-                i += 1;
-                if sum.on_split() {
-                    out.push((start, i - start, false));
-                    start = i;
-                }
-            }
-            continue;
-        }
-        sum.roll(data[i]);
-        i += 1;
-        if sum.on_split() {
-            out.push((start, i - start, false));
-            start = i;
-        }
-    }
-    if i > start {
-        out.push((start, i - start, false));
-    }
-    out
-}
 
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -466,7 +379,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zstd_chunked::{Annotations, Metadata};
+    use skiff_transport::zstd_chunked::{Annotations, Metadata};
 
     fn sample_tar() -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -524,7 +437,7 @@ mod tests {
         else {
             panic!("not chunked");
         };
-        let slice = |p: crate::zstd_chunked::Position| {
+        let slice = |p: skiff_transport::zstd_chunked::Position| {
             &blob[p.range(blob.len() as u64).unwrap().start as usize..][..p.length as usize]
         };
         let meta = Metadata::load(
@@ -558,7 +471,8 @@ mod tests {
             let content = zstd::decode_all(&blob[range]).unwrap();
             assert_eq!(openssl::sha::sha256(&content), file.sha256);
         }
-        let footer = crate::zstd_chunked::Footer::parse(&blob[blob.len() - 72..]).unwrap();
+        let footer =
+            skiff_transport::zstd_chunked::Footer::parse(&blob[blob.len() - 72..]).unwrap();
         assert_eq!(footer.toc, toc);
         assert_eq!(footer.tar_split, tar_split);
     }
@@ -579,7 +493,7 @@ mod tests {
             panic!("not chunked");
         };
         let size = blob.len() as u64;
-        let part = |p: crate::zstd_chunked::Position| {
+        let part = |p: skiff_transport::zstd_chunked::Position| {
             blob[p.offset as usize..(p.offset + p.length) as usize].to_vec()
         };
         let (toc_bytes, split_bytes) = (part(toc), part(tar_split));
