@@ -15,8 +15,9 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde::Serialize;
+use skiff_storage::layer_import::{MAX_HEADER_BYTES, tar_parser};
 use tar_core::HEADER_SIZE;
-use tar_core::parse::{ParseEvent, Parser};
+use tar_core::parse::ParseEvent;
 
 use super::{
     FOOTER_MAGIC, MANIFEST_CHECKSUM, MANIFEST_POSITION, SKIPPABLE_MAGIC, TARSPLIT_POSITION,
@@ -33,8 +34,6 @@ const WINDOW: usize = 64;
 const CHAR_OFFSET: u32 = 31;
 /// A chunk ends where the low bits of the checksum are all ones (average chunk 64 KiB).
 const SPLIT_MASK: u32 = (1 << 16) - 1;
-/// Largest tar header run accepted (with extensions).
-const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 /// bup/perkeep's rolling checksum.
 struct RollSum {
@@ -216,7 +215,7 @@ pub fn write_zstd_chunked(mut tar: impl Read, out: impl Write, level: i32) -> Re
         inner: out,
         written: 0,
     };
-    let mut parser = Parser::with_defaults();
+    let mut parser = tar_parser();
     let mut buf: Vec<u8> = Vec::new();
     let mut need = HEADER_SIZE;
     let mut diff = openssl::sha::Sha256::new();
