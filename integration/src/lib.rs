@@ -1,6 +1,7 @@
 //! Test and benchmark support for skiff: deterministic fixture images, the real programs
 //! (skopeo, docker-registry, cfsctl, skiff), and an independent model of an image's file tree.
 
+pub mod deltas;
 pub mod faults;
 pub mod fixtures;
 pub mod registry;
