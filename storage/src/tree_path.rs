@@ -12,8 +12,8 @@
 pub const MAX_PATH_DEPTH: usize = 32_768;
 
 /// Stack of a thread that builds, writes or drops a tree of [`MAX_PATH_DEPTH`] levels: composefs
-/// needs about 400 bytes a level; this allows 2 KiB, and 8 MiB for the rest. Only the pages used
-/// are ever touched.
+/// needs about 500 bytes a level (2 MiB held 4,000 levels); this allows 2 KiB a level, and 8 MiB
+/// for the rest. Only the pages used are ever touched.
 pub const TREE_STACK_BYTES: usize = 2 * 1024 * MAX_PATH_DEPTH + 8 * 1024 * 1024;
 
 /// Runs `f` on a thread of [`TREE_STACK_BYTES`] of stack and waits for it: for the steps where
