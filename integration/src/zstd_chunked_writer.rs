@@ -13,8 +13,9 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde::Serialize;
+use skiff_storage::layer_import::{MAX_HEADER_BYTES, tar_parser};
 use tar_core::HEADER_SIZE;
-use tar_core::parse::{ParseEvent, Parser};
+use tar_core::parse::ParseEvent;
 
 use skiff_transport::zstd_chunked::chunking::chunk_boundaries;
 use skiff_transport::zstd_chunked::{
@@ -24,8 +25,6 @@ use skiff_transport::zstd_chunked::{
 
 /// zstd level of containers/storage's compressor.
 pub const DEFAULT_LEVEL: i32 = 10;
-/// Largest tar header run accepted (with extensions).
-const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -129,7 +128,7 @@ pub fn write_zstd_chunked(mut tar: impl Read, out: impl Write, level: i32) -> Re
         inner: out,
         written: 0,
     };
-    let mut parser = Parser::with_defaults();
+    let mut parser = tar_parser();
     let mut buf: Vec<u8> = Vec::new();
     let mut need = HEADER_SIZE;
     let mut diff = openssl::sha::Sha256::new();

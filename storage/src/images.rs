@@ -1,6 +1,7 @@
 //! Queries over the images in the store: resolving names, listing, inspecting, untagging.
 
 use anyhow::{Context, Result, bail};
+use composefs::erofs::reader::ErofsReaderError;
 use composefs::fsverity::FsVerityHashValue;
 use composefs_oci::OciDigest;
 use composefs_oci::oci_image::{self, OciImage, manifest_identifier};
@@ -8,6 +9,7 @@ use fn_error_context::context;
 use serde::Serialize;
 
 use crate::repository::Store;
+use crate::tree_path::on_tree_stack;
 
 /// How an image in the store is named: by tag, or by manifest digest (`@sha256:...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,40 @@ pub fn remove<H: FsVerityHashValue>(
     Ok(tags)
 }
 
+/// Deepest tree composefs' EROFS reader reads back (its own limit, PATH_MAX / 2). Deeper images
+/// are stored and mounted as any other, but their tree cannot be read for a partial pull or a
+/// delta.
+pub const MAX_READABLE_DEPTH: usize = 2048;
+
+/// A stored image's tree is deeper than [`MAX_READABLE_DEPTH`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its tree is more than {MAX_READABLE_DEPTH} directories deep, deeper than composefs' EROFS \
+     reader reads"
+)]
+pub struct TreeTooDeep;
+
+/// Links of a reader error's chain kept in a message.
+const MAX_ERROR_LINKS: usize = 8;
+
+/// composefs' EROFS reader adds a context for every directory it enters: an error deep in a
+/// tree is thousands of them. A tree too deep is [`TreeTooDeep`]; any other long chain keeps
+/// its cause and says how deep it was found.
+fn reader_error(error: anyhow::Error) -> anyhow::Error {
+    if let Some(ErofsReaderError::DepthExceeded) = error.downcast_ref::<ErofsReaderError>() {
+        return TreeTooDeep.into();
+    }
+    let links = error.chain().count();
+    if links <= MAX_ERROR_LINKS {
+        return error;
+    }
+    anyhow::anyhow!(
+        "{} (in a directory {} levels deep)",
+        error.root_cause(),
+        links - 1
+    )
+}
+
 /// Where a regular file's content is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileContent<H: FsVerityHashValue> {
@@ -190,7 +226,10 @@ impl<H: FsVerityHashValue> ImageTree<H> {
         let Some(erofs) = image.image_ref(repo.erofs_version()) else {
             return Ok(None);
         };
-        let fs = composefs::erofs::reader::erofs_to_filesystem(&repo.read_object(erofs)?)?;
+        let data = repo.read_object(erofs)?;
+        // The reader recurses over the tree's levels.
+        let fs = on_tree_stack(|| composefs::erofs::reader::erofs_to_filesystem(&data))?
+            .map_err(reader_error)?;
         Ok(Some(Self { fs }))
     }
 

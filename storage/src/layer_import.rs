@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry, StoredFiles};
 use crate::digest::HashingReader;
 use crate::repository::Store;
-use crate::tree_path::{PathError, normalize_entry_path};
+use crate::tree_path::{PathError, normalize_entry_path, shown_path};
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
 const IO_BUF_CAPACITY: usize = 64 * 1024;
@@ -39,9 +39,22 @@ const IO_BUF_CAPACITY: usize = 64 * 1024;
 /// to keep the writer busy without holding more than a few hundred KiB per file.
 const FILE_CHANNEL_DEPTH: usize = 4;
 
-/// Largest run of tar header bytes (with its PAX and GNU long-name extensions) accepted before
-/// one entry: far above any real header, and bounds what a hostile tar can make us buffer.
-const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+/// Largest extension data (PAX records, GNU long names and link targets together) of one tar
+/// entry, as Go's archive/tar allows (its `maxSpecialFileSize`); tar-core refuses more.
+pub const MAX_TAR_METADATA_BYTES: u32 = 1024 * 1024;
+
+/// Largest run of tar header bytes buffered before one entry: the extension data above, plus
+/// the header blocks around it and an old GNU sparse map (tar-core: at most 10,000 regions, 21
+/// a block). Bounds what a hostile tar can make us buffer.
+pub const MAX_HEADER_BYTES: usize = 2 * MAX_TAR_METADATA_BYTES as usize;
+
+/// The tar parser with skiff's limits ([`MAX_TAR_METADATA_BYTES`]).
+pub fn tar_parser() -> Parser {
+    Parser::new(tar_core::parse::Limits {
+        max_metadata_size: MAX_TAR_METADATA_BYTES,
+        ..Default::default()
+    })
+}
 
 /// Bytes accepted after the end-of-archive blocks. They count in the DiffID, so they are kept;
 /// real tars carry at most a record's padding there (GNU tar: 10 KiB by default).
@@ -285,7 +298,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
     mut known: Option<Known<H>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
-    let mut parser = Parser::with_defaults();
+    let mut parser = tar_parser();
     let mut buf = BytesMut::with_capacity(IO_BUF_CAPACITY);
     let mut need = HEADER_SIZE;
     loop {
@@ -353,7 +366,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                     )));
                 };
                 let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
-                let name = String::from_utf8_lossy(&entry.path).into_owned();
+                let name = shown_path(&entry.path);
                 split.inline(&buf.split_to(consumed))?;
                 let content_offset = tar.count() - buf.len() as u64;
                 let hint = match (&mut known, external) {
@@ -452,7 +465,7 @@ fn check_entry_paths(name: &[u8], link: Option<&[u8]>) -> Result<()> {
     for p in std::iter::once(name).chain(link) {
         if let Err(reason) = normalize_entry_path(p) {
             return Err(LayerError::BadPath {
-                name: String::from_utf8_lossy(p).into_owned(),
+                name: shown_path(p),
                 reason,
             }
             .into());

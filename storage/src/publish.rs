@@ -23,7 +23,7 @@ use fn_error_context::context;
 
 use crate::digest::digest_of;
 use crate::repository::Store;
-use crate::tree_path::absolute_entry_path;
+use crate::tree_path::{absolute_entry_path, shown_path};
 
 /// Splitstream content type of OCI manifests (composefs-oci's).
 const MANIFEST_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"ocimanif");
@@ -89,8 +89,10 @@ pub fn publish_image<H: FsVerityHashValue>(
             writer.write_external(manifest_json)?;
             // write_stream syncs the repository before the name appears.
             repo.write_stream(writer, &manifest_identifier(&manifest_digest), None)?;
-            existing_erofs(repo, &manifest_digest)?
-                .context("the EROFS image just written is not linked from the manifest")?
+            existing_erofs(repo, &manifest_digest)?.context(
+                "composefs-oci does not read the manifest just stored as an image (no EROFS \
+                     image linked from it: is its config an OCI image config?)",
+            )?
         }
     };
     if let Some(tag) = tag {
@@ -130,8 +132,8 @@ pub fn build_filesystem<H: FsVerityHashValue>(
         while let Some(mut entry) =
             get_entry(&mut stream).with_context(|| format!("Reading layer {diff_id}"))?
         {
-            let name = entry.path.clone();
-            entry.path = absolute_entry_path(name.as_os_str().as_encoded_bytes())
+            let name = shown_path(entry.path.as_os_str().as_encoded_bytes());
+            entry.path = absolute_entry_path(entry.path.as_os_str().as_encoded_bytes())
                 .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;
             if let TarItem::Hardlink(target) = &mut entry.item {
                 *target = absolute_entry_path(target.as_encoded_bytes())

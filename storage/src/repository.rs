@@ -142,8 +142,44 @@ pub fn filesystem_supports_verity(dir: &Path) -> Result<bool> {
 }
 
 /// Creates a repository at `path` (and its parent directories) unless one is already there.
+///
+/// Creation holds an exclusive lock on the parent directory, so that processes creating the
+/// same repository at once (two copies into a new path) take turns: the later one finds the
+/// repository the first made, never the first one's half-made directory.
 #[context("Initializing repository {}", path.display())]
 pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
+    if let Some(existing) = existing_repository(path, options)? {
+        return Ok(existing);
+    }
+    let parent = match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => path,
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("Creating directory {}", parent.display()))?;
+    let _lock = lock_exclusive(parent)?;
+    if let Some(existing) = existing_repository(path, options)? {
+        return Ok(existing);
+    }
+    create_repository(path, options)
+}
+
+/// Takes an exclusive `flock` on the directory `dir`, held until the descriptor is dropped.
+/// (Not on the repository directory itself: composefs takes its shared lock there.)
+#[context("Locking {}", dir.display())]
+fn lock_exclusive(dir: &Path) -> Result<rustix::fd::OwnedFd> {
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(fd)
+}
+
+/// What [`init`] reports for a repository that is already at `path`, if one is.
+fn existing_repository(path: &Path, options: InitOptions) -> Result<Option<InitOutcome>> {
     if let Ok(hash) = repository_algorithm(path) {
         // An existing repository says itself whether it is secure (verity on meta.json).
         let insecure = match hash {
@@ -158,12 +194,17 @@ pub fn init(path: &Path, options: InitOptions) -> Result<InitOutcome> {
         if insecure && options.require_verity {
             return Err(StoreError::VerityUnsupported(path.to_owned()).into());
         }
-        return Ok(InitOutcome {
+        return Ok(Some(InitOutcome {
             created: false,
             insecure,
             hash,
-        });
+        }));
     }
+    Ok(None)
+}
+
+/// Creates the repository (with the parent directory locked).
+fn create_repository(path: &Path, options: InitOptions) -> Result<InitOutcome> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(path.to_owned()).into()),
         Ok(_) => {

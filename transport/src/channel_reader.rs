@@ -48,6 +48,37 @@ impl AsyncRead for ChannelReader {
     }
 }
 
+/// The reading end went away: the import stopped, and its own error says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the layer import stopped reading")]
+pub(crate) struct ImportStopped;
+
+impl ImportStopped {
+    /// True when `error` is only the news that the import stopped.
+    fn is_in(error: &anyhow::Error) -> bool {
+        error.chain().any(|e| {
+            e.is::<Self>()
+                || e.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.is::<Self>())
+        })
+    }
+}
+
+/// The outcome of a producer feeding an import through a channel. The producer's error says
+/// why the stream broke, unless it only saw the import stop ([`ImportStopped`]): then the
+/// import's error is the cause.
+pub(crate) fn produced_and_imported<T>(
+    produced: anyhow::Result<()>,
+    imported: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match (produced, imported) {
+        (Err(stopped), Err(cause)) if ImportStopped::is_in(&stopped) => Err(cause),
+        (Err(e), _) => Err(e),
+        (Ok(()), imported) => imported,
+    }
+}
+
 /// Bytes gathered before a [`ChannelWriter`] sends them on.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -75,7 +106,7 @@ impl<'a> ChannelWriter<'a> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
         self.tx
             .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| std::io::Error::other("the layer import stopped"))
+            .map_err(|_| std::io::Error::other(ImportStopped))
     }
 }
 

@@ -27,10 +27,11 @@ use containers_image_proxy::oci_spec::image::Descriptor;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{ObjectHint, PendingLayer, split_layer_with_hints};
+use skiff_storage::tree_path::shown_path;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
-use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
+use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader, ImportStopped, produced_and_imported};
 use crate::layer::import_blob;
 use crate::range_fetch::{self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests};
 use crate::zstd_chunked::toc::TocFile;
@@ -209,9 +210,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
         drop(imported);
         return import_whole(store, response, desc, diff_id, &stats).await;
     }
-    // The producer's error says why the stream broke; the import's, what the bytes were.
-    replayed?;
-    Ok(Imported::Partial(imported?))
+    produced_and_imported(replayed, imported).map(Imported::Partial)
 }
 /// Where file contents may already be: any stored layer (content indexes), and the previous
 /// image of the same name (by path, confirmed by digest).
@@ -291,21 +290,19 @@ fn plan_replay<H: FsVerityHashValue>(
         let content_offset = offset;
         offset += size;
         let clean = skiff_storage::tree_path::normalize_entry_path(name)
-            .map_err(|e| {
-                anyhow::anyhow!("tar-split entry {:?}: {e}", String::from_utf8_lossy(name))
-            })?
+            .map_err(|e| anyhow::anyhow!("tar-split entry {:?}: {e}", shown_path(name)))?
             .join(&b'/');
         let index = *by_name.get(clean.as_slice()).with_context(|| {
             format!(
                 "tar-split file {:?} has no content in the TOC",
-                String::from_utf8_lossy(name)
+                shown_path(name)
             )
         })?;
         let file = &meta.toc.files[index];
         ensure!(
             file.size == *size,
             "TOC and tar-split disagree on the size of {:?}",
-            String::from_utf8_lossy(name)
+            shown_path(name)
         );
         let found = local.find(file)?;
         // The importer stores files of more than 64 bytes as objects.
@@ -340,7 +337,7 @@ fn replay<H: FsVerityHashValue>(
 ) -> Result<()> {
     let send = |data: Bytes| {
         tx.blocking_send(Ok(data))
-            .map_err(|_| anyhow::anyhow!("the layer import stopped"))
+            .map_err(|_| anyhow::Error::new(ImportStopped))
     };
     let mut planned = plan.files.iter();
     for entry in &meta.tar_split.entries {
@@ -389,9 +386,9 @@ fn replay<H: FsVerityHashValue>(
                     let mut total = 0u64;
                     loop {
                         let mut block = vec![0u8; OBJECT_READ_CHUNK];
-                        let n = decoder.read(&mut block).with_context(|| {
-                            format!("Decompressing {:?}", String::from_utf8_lossy(name))
-                        })?;
+                        let n = decoder
+                            .read(&mut block)
+                            .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
                         if n == 0 {
                             break;
                         }
@@ -399,7 +396,7 @@ fn replay<H: FsVerityHashValue>(
                         ensure!(
                             total <= chunk.size,
                             "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
-                            String::from_utf8_lossy(name),
+                            shown_path(name),
                             chunk.size
                         );
                         block.truncate(n);
@@ -408,7 +405,7 @@ fn replay<H: FsVerityHashValue>(
                     ensure!(
                         total == chunk.size,
                         "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
-                        String::from_utf8_lossy(name),
+                        shown_path(name),
                         chunk.size
                     );
                 }
@@ -439,7 +436,7 @@ impl FileCheck {
         if sha != file.sha256 {
             bail!(
                 "file {:?}: content sha256 {} differs from the TOC's {}",
-                String::from_utf8_lossy(name),
+                shown_path(name),
                 hex::encode(sha),
                 hex::encode(file.sha256)
             );
@@ -447,7 +444,7 @@ impl FileCheck {
         if Some(self.crc.finish()) != crc64 {
             bail!(
                 "file {:?}: content CRC-64 differs from the tar-split's",
-                String::from_utf8_lossy(name)
+                shown_path(name)
             );
         }
         Ok(())

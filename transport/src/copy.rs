@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use containers_image_proxy::oci_spec::image::Descriptor;
+use containers_image_proxy::oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::Serialize;
 use skiff_storage::layer_import::{LayerError, LayerStats, stored_layer};
 use skiff_storage::publish::publish_image;
@@ -26,7 +26,8 @@ use crate::range_fetch::WholeBlobComing;
 use crate::source::{Resolved, Source};
 use crate::zstd_chunked::Annotations;
 use skiff_storage::content_index::StoredFiles;
-use skiff_storage::images::ImageTree;
+use skiff_storage::images::{ImageTree, TreeTooDeep};
+use skiff_storage::tree_path::on_tree_stack;
 
 /// Something that happened during a copy, for progress output.
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +194,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
         }
     };
     let manifest_digest = skiff_storage::digest::digest_of(&image.manifest_json);
+    require_image_config(&image.manifest)?;
     observer.event(&CopyEvent::Resolved {
         manifest_digest: manifest_digest.to_string(),
         layers: image.manifest.layers().len(),
@@ -246,15 +248,11 @@ pub async fn copy_image<H: FsVerityHashValue>(
         ..Default::default()
     };
 
-    // Plan: what is stored is skipped; each remaining DiffID is fetched once.
+    // Plan: what is stored is skipped; each remaining blob is fetched once.
     let mut wanted = Vec::new();
-    let mut seen = HashSet::new();
-    for (desc, diff_id) in image.manifest.layers().iter().zip(&diff_ids) {
+    for (desc, diff_id) in distinct_layers(image.manifest.layers(), &diff_ids) {
         crate::media::Compression::of_layer(desc.media_type())
             .with_context(|| format!("Layer {}", desc.digest()))?;
-        if !seen.insert(diff_id.clone()) {
-            continue;
-        }
         if stored_layer(store, diff_id)?.is_some() {
             summary.layers_skipped += 1;
             observer.event(&CopyEvent::LayerSkipped {
@@ -262,7 +260,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
                 diff_id: diff_id.to_string(),
             });
         } else {
-            wanted.push((desc.clone(), diff_id.clone()));
+            wanted.push((desc, diff_id));
         }
     }
     wanted.sort_by_key(|(desc, _)| std::cmp::Reverse(desc.size()));
@@ -280,12 +278,18 @@ pub async fn copy_image<H: FsVerityHashValue>(
     } else {
         Arc::new(StoredFiles::default())
     };
-    // The image this copy replaces, whose files a chunked layer may find by path.
+    // The image this copy replaces, whose files a chunked layer may find by path (when its
+    // tree can be read: a copy does not need it).
     let previous = if chunked {
-        let (store, tag) = (store.clone(), tag.to_owned());
-        tokio::task::spawn_blocking(move || ImageTree::load(&store, &tag))
-            .await??
-            .map(Arc::new)
+        let (store, owned_tag) = (store.clone(), tag.to_owned());
+        match tokio::task::spawn_blocking(move || ImageTree::load(&store, &owned_tag)).await? {
+            Ok(tree) => tree.map(Arc::new),
+            Err(e) if e.downcast_ref::<TreeTooDeep>().is_some() => {
+                log::warn!("not reusing the files of the image tagged {tag}: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -294,6 +298,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
     let mut tasks = JoinSet::new();
     let total = image.manifest.layers().len();
     for (desc, diff_id) in wanted {
+        let (desc, diff_id) = (desc.clone(), diff_id.clone());
         let permit = semaphore.clone().acquire_owned().await?;
         let (source, store, observer) = (source.clone(), store.clone(), observer.clone());
         let retry_times = options.retry_times;
@@ -347,6 +352,43 @@ pub async fn copy_image<H: FsVerityHashValue>(
     Ok(summary)
 }
 
+/// Media type of the only config that makes a manifest an image for composefs-oci.
+const IMAGE_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+/// The manifest's config is not an OCI image config: composefs-oci would read the stored
+/// manifest as an artifact, with no file tree.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the manifest's config has media type {0:?}: only images whose config is \
+     {IMAGE_CONFIG_MEDIA_TYPE:?} can be stored (composefs-oci reads any other as an artifact, \
+     without a file tree)"
+)]
+pub struct NotAnImageConfig(pub String);
+
+/// Refuses a manifest whose config is not an image config, before anything is fetched or
+/// stored.
+pub(crate) fn require_image_config(manifest: &ImageManifest) -> Result<(), NotAnImageConfig> {
+    match manifest.config().media_type() {
+        MediaType::ImageConfig => Ok(()),
+        other => Err(NotAnImageConfig(other.to_string())),
+    }
+}
+
+/// The layers of a manifest to bring in, in order: one per distinct blob (digest and size)
+/// and DiffID. A blob the manifest names twice is read once; two different blobs with one
+/// DiffID are both read and checked, although the layer is stored once.
+pub(crate) fn distinct_layers<'a>(
+    layers: &'a [Descriptor],
+    diff_ids: &'a [OciDigest],
+) -> Vec<(&'a Descriptor, &'a OciDigest)> {
+    let mut seen = HashSet::new();
+    layers
+        .iter()
+        .zip(diff_ids)
+        .filter(|(desc, diff_id)| seen.insert((desc.digest(), desc.size(), *diff_id)))
+        .collect()
+}
+
 /// Stores the image (config, manifest, EROFS) once every layer of `diff_ids` is stored, and
 /// moves `tag` to it.
 pub(crate) async fn publish<H: FsVerityHashValue>(
@@ -367,16 +409,19 @@ pub(crate) async fn publish<H: FsVerityHashValue>(
         .collect::<Result<_>>()?;
     let manifest_digest = skiff_storage::digest::digest_of(&manifest_json);
     let (publish_store, tag_owned) = (store.clone(), tag.to_owned());
+    // composefs recurses over the tree it builds and writes: a deep one needs a big stack.
     tokio::task::spawn_blocking(move || {
-        publish_image(
-            &publish_store,
-            &manifest_json,
-            &config_json,
-            &layers,
-            Some(&tag_owned),
-        )
+        on_tree_stack(|| {
+            publish_image(
+                &publish_store,
+                &manifest_json,
+                &config_json,
+                &layers,
+                Some(&tag_owned),
+            )
+        })
     })
-    .await??;
+    .await???;
     observer.event(&CopyEvent::Published {
         manifest_digest: manifest_digest.to_string(),
         tag: tag.to_owned(),

@@ -2,7 +2,7 @@
 //! files, stored with its exact manifest and config bytes (the same manifest digest as a pull
 //! of the target) and tagged.
 //!
-//! Per target layer, in the order of the target manifest (each DiffID once):
+//! Per target layer, in the order of the target manifest (each distinct blob and DiffID once):
 //!
 //! - already stored (by DiffID): nothing to do; the layers a delta leaves out are the source
 //!   image's, so they are;
@@ -33,7 +33,9 @@ use tokio::task::JoinSet;
 
 use super::source_files::SourceFiles;
 use super::{DeltaManifest, MEDIA_TYPE_TAR_DIFF};
-use crate::channel_reader::{BlockingChannelReader, CHANNEL_DEPTH, ChannelReader, ChannelWriter};
+use crate::channel_reader::{
+    BlockingChannelReader, CHANNEL_DEPTH, ChannelReader, ChannelWriter, produced_and_imported,
+};
 use crate::copy::{CopyEvent, CopyOptions, CopySummary, Observer};
 use crate::layer::{BlobError, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 use crate::source::{Source, parse_config, parse_manifest};
@@ -80,6 +82,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         );
     }
     let manifest = parse_manifest(&manifest_json, "the delta's target")?;
+    crate::copy::require_image_config(&manifest)?;
     ensure!(
         manifest.config().digest() == delta.target_config.digest(),
         "the target manifest's config {} is not the config the delta carries ({})",
@@ -134,11 +137,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
     };
     let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
-    let mut seen = std::collections::HashSet::new();
-    for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
-        if !seen.insert(diff_id.clone()) {
-            continue;
-        }
+    for (layer, diff_id) in crate::copy::distinct_layers(manifest.layers(), &diff_ids) {
         if stored_layer(store, diff_id)?.is_some() {
             summary.layers_skipped += 1;
             observer.event(&CopyEvent::LayerSkipped {
@@ -256,7 +255,7 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
             let mut delta = VerifiedBlob::new(BlockingChannelReader::new(blob_rx), &desc, fetched);
             let mut files = SourceFiles::new(tree, repo);
             let mut out = ChannelWriter::new(&tx);
-            oci_delta::tar_patch_apply(&mut delta, &mut files, &mut out)?;
+            oci_delta::tar_patch_apply(&mut delta, &mut files, &mut out).map_err(name_short_op)?;
             std::io::Write::flush(&mut out)?;
             delta.finish()
         })();
@@ -271,10 +270,28 @@ async fn apply_tar_diff<H: FsVerityHashValue>(
         split_layer_with_index(store, diff_id, ChannelReader::new(rx), stored),
         producer
     );
-    // The applier's error says why the stream broke; the import's, what the bytes were.
-    produced??;
+    let imported = produced_and_imported(produced?, imported)?;
     pumped?;
-    imported
+    Ok(imported)
+}
+
+/// oci-delta reads an op's data with `read_exact` and passes its bare error on: a tar-diff whose
+/// op stream ends inside an op fails with "failed to fill whole buffer" and nothing else. Its
+/// reads of the source files carry a context, and a blob ending before its descriptor's size
+/// says so ([`VerifiedBlob`]), so a bare end-of-file can only be the op stream's.
+fn name_short_op(error: anyhow::Error) -> anyhow::Error {
+    let bare_eof = error.chain().count() == 1
+        && error.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::UnexpectedEof && io.get_ref().is_none()
+        });
+    if bare_eof {
+        error.context(
+            "the tar-diff ends inside an op: an OPEN, ADD_DATA or ZSTD_DICT claims more bytes \
+             than the delta holds",
+        )
+    } else {
+        error
+    }
 }
 
 /// A blob read from an OCI layout and checked against its descriptor: never more than its
@@ -323,6 +340,16 @@ impl<'a> VerifiedBlob<'a> {
 impl Read for VerifiedBlob<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.count < self.desc.size() {
+            // Said here: the applier would only see a bare end of file.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                BlobError::SizeMismatch {
+                    expected: self.desc.size(),
+                    actual: self.count,
+                },
+            ));
+        }
         self.sha.update(&buf[..n]);
         self.count += n as u64;
         self.fetched.fetch_add(n as u64, Ordering::Relaxed);

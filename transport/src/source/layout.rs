@@ -8,7 +8,7 @@
 //! A compressed `oci-archive:` is left to skopeo ([`LayoutSource::open`] returns `None`).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -37,8 +37,12 @@ const READ_CHUNK: usize = 256 * 1024;
 
 enum Layout {
     Dir(OciDir),
-    Archive(OciArchive),
+    /// The archive and its path (read again for `index.json`, which ocidir reads unbounded).
+    Archive(OciArchive, PathBuf),
 }
+
+/// The name of a layout's index.
+const INDEX_FILE: &str = "index.json";
 
 /// An OCI layout opened for reading.
 pub struct LayoutSource {
@@ -64,15 +68,43 @@ impl Layout {
     fn read_blob(&self, desc: &Descriptor) -> Result<Box<dyn BlobRead>> {
         Ok(match self {
             Self::Dir(d) => Box::new(d.read_blob(desc)?),
-            Self::Archive(a) => Box::new(a.read_blob(desc)?),
+            Self::Archive(a, _) => Box::new(a.read_blob(desc)?),
         })
     }
 
+    /// Reads and parses `index.json`, bounded as manifests are ([`MAX_MANIFEST_SIZE`]).
+    #[context("Reading the layout's {INDEX_FILE}")]
     fn read_index(&self) -> Result<ImageIndex> {
-        Ok(match self {
-            Self::Dir(d) => d.read_index()?,
-            Self::Archive(a) => a.read_index()?,
-        })
+        let bytes = match self {
+            Self::Dir(d) => {
+                let file = d.dir().open(INDEX_FILE).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        anyhow::anyhow!("the layout has no {INDEX_FILE}")
+                    } else {
+                        e.into()
+                    }
+                })?;
+                read_bounded(file.into_std(), MAX_MANIFEST_SIZE)?
+            }
+            Self::Archive(_, path) => {
+                let mut archive = tar::Archive::new(std::fs::File::open(path)?);
+                let mut found = None;
+                for entry in archive.entries_with_seek()? {
+                    let entry = entry?;
+                    let name: PathBuf = entry
+                        .path()?
+                        .components()
+                        .filter(|c| *c != std::path::Component::CurDir)
+                        .collect();
+                    if name == Path::new(INDEX_FILE) {
+                        found = Some(read_bounded(entry, MAX_MANIFEST_SIZE)?);
+                        break;
+                    }
+                }
+                found.with_context(|| format!("the archive has no {INDEX_FILE}"))?
+            }
+        };
+        serde_json::from_slice(&bytes).with_context(|| format!("Parsing {INDEX_FILE}"))
     }
 
     /// Reads a small blob whole, verified.
@@ -93,6 +125,17 @@ impl Layout {
             .with_context(|| format!("Blob {} of the layout is corrupt", desc.digest()))?;
         Ok(data)
     }
+}
+
+/// Reads `reader` whole, refusing more than `max` bytes.
+fn read_bounded(reader: impl Read, max: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader.take(max + 1).read_to_end(&mut data)?;
+    anyhow::ensure!(
+        data.len() as u64 <= max,
+        "more than the {max} bytes allowed (as for a manifest)"
+    );
+    Ok(data)
 }
 
 fn is_compressed_file(path: &Path) -> Result<bool> {
@@ -137,6 +180,7 @@ impl LayoutSource {
                     Layout::Archive(
                         OciArchive::open(path)
                             .with_context(|| format!("{} is not an OCI archive", path.display()))?,
+                        path.clone(),
                     ),
                     reference,
                 )

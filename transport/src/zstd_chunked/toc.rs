@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use anyhow::{Context, Result, bail, ensure};
-use skiff_storage::tree_path::normalize_entry_path;
+use skiff_storage::tree_path::{normalize_entry_path, shown_path};
 
 use super::tar_split::TarSplit;
 
@@ -142,7 +142,7 @@ fn sha256_field(value: &str, what: &str) -> Result<[u8; 32]> {
 
 fn clean(name: &[u8]) -> Result<Vec<u8>> {
     let parts = normalize_entry_path(name)
-        .map_err(|e| anyhow::anyhow!("TOC entry {:?}: {e}", String::from_utf8_lossy(name)))?;
+        .map_err(|e| anyhow::anyhow!("TOC entry {:?}: {e}", shown_path(name)))?;
     Ok(parts.join(&b'/'))
 }
 
@@ -158,7 +158,12 @@ impl Toc {
         let mut open: Option<(usize, u64)> = None;
         for (i, e) in json.entries.iter().enumerate() {
             let name = clean(e.name.as_bytes())?;
-            let at = |what: &str| format!("TOC entry {i} ({:?}): {what}", e.name);
+            let at = |what: &str| {
+                format!(
+                    "TOC entry {i} ({:?}): {what}",
+                    shown_path(e.name.as_bytes())
+                )
+            };
             ensure!(
                 e.size >= 0
                     && e.offset >= 0
@@ -300,15 +305,18 @@ pub fn check_matches_tar_split(toc: &Toc, tar_split: &TarSplit) -> Result<()> {
     let mut split_files = tar_split.files();
     for (entry, name) in toc.tar_entries() {
         let name = name?;
-        let (split_name, split_size) = split_files
-            .next()
-            .with_context(|| format!("TOC entry {:?} is missing from the tar-split", entry.name))?;
+        let (split_name, split_size) = split_files.next().with_context(|| {
+            format!(
+                "TOC entry {:?} is missing from the tar-split",
+                shown_path(entry.name.as_bytes())
+            )
+        })?;
         let split_name = clean(split_name)?;
         ensure!(
             split_name == name,
             "TOC and tar-split disagree: {:?} in the TOC, {:?} in the tar-split",
-            entry.name,
-            String::from_utf8_lossy(&split_name)
+            shown_path(entry.name.as_bytes()),
+            shown_path(&split_name)
         );
         let toc_size = if entry.kind == "reg" {
             entry.size as u64
@@ -318,13 +326,13 @@ pub fn check_matches_tar_split(toc: &Toc, tar_split: &TarSplit) -> Result<()> {
         ensure!(
             split_size == toc_size,
             "TOC and tar-split disagree on the size of {:?}: {toc_size} and {split_size}",
-            entry.name
+            shown_path(entry.name.as_bytes())
         );
     }
     if let Some((extra, _)) = split_files.next() {
         bail!(
             "tar-split entry {:?} is missing from the TOC",
-            String::from_utf8_lossy(extra)
+            shown_path(extra)
         );
     }
     Ok(())
