@@ -6,6 +6,12 @@
 //! (`tests/layer_import.rs` compares the two; re-check it when the composefs pin moves). While the bytes of each file go into its
 //! object, their sha256 goes into the layer's [content index](crate::content_index).
 //!
+//! Headers are read as Go reads them ([`crate::tar_header`]), so the tar is cut where the
+//! tree builder reads it back; on tars where that differs from tar-core, cfsctl would cut them
+//! elsewhere, or refuse them. A sparse file's stored regions are kept like any file's data
+//! (inline up to 64 bytes, else one object); its logical content is made when the tree is
+//! built.
+//!
 //! Import is two-phase: [`split_layer`] writes the objects and the splitstream and checks the
 //! DiffID, giving a [`PendingLayer`]; the caller checks what only it can check (the compressed
 //! blob's digest) and then [`PendingLayer::register`]s it. Until then nothing names the layer,
@@ -23,13 +29,13 @@ use composefs::repository::{ObjectStoreMethod, Repository};
 use composefs::splitstream::SplitStreamBuilder;
 use composefs_oci::{LAYER_CONTENT_TYPE, OciDigest, layer_content_id};
 use tar_core::HEADER_SIZE;
-use tar_core::parse::{ParseEvent, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry, StoredFiles};
 use crate::digest::HashingReader;
 use crate::repository::Store;
+use crate::tar_header::{HeaderEvent, HeaderReader};
 use crate::tree_path::{PathError, normalize_entry_path};
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
@@ -285,7 +291,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
     mut known: Option<Known<H>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
-    let mut parser = Parser::with_defaults();
+    let mut headers = HeaderReader::new();
     let mut buf = BytesMut::with_capacity(IO_BUF_CAPACITY);
     let mut need = HEADER_SIZE;
     loop {
@@ -304,14 +310,16 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        let event = parser.parse(&buf).map_err(|e| malformed(e.to_string()))?;
+        let event = headers
+            .parse(&buf)
+            .map_err(|e| malformed(e.to_string()))?;
         match event {
-            ParseEvent::NeedData { min_bytes } => need = min_bytes,
-            ParseEvent::GlobalExtensions { consumed, .. } => {
+            HeaderEvent::NeedData(min_bytes) => need = min_bytes,
+            HeaderEvent::Global { consumed } => {
                 split.inline(&buf.split_to(consumed))?;
                 need = HEADER_SIZE;
             }
-            ParseEvent::End { consumed } => {
+            HeaderEvent::End { consumed } => {
                 split.inline(&buf.split_to(consumed))?;
                 // Record padding and anything else up to EOF is part of the DiffID.
                 let mut trailing = 0u64;
@@ -331,29 +339,27 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                     }
                 }
             }
-            ParseEvent::SparseEntry { entry, .. } => {
-                return Err(malformed(format!(
-                    "tar entry {:?}: sparse files are not supported",
-                    String::from_utf8_lossy(&entry.path)
-                )));
-            }
-            ParseEvent::Entry { consumed, entry } => {
+            HeaderEvent::Entry {
+                consumed,
+                header: entry,
+            } => {
                 let link = entry
                     .link_target
                     .as_deref()
                     .filter(|_| entry.entry_type.is_hard_link());
                 check_entry_paths(&entry.path, link)?;
-                let padded = usize::try_from(entry.size)
+                let padded = usize::try_from(entry.data_size)
                     .ok()
                     .and_then(|s| s.checked_next_multiple_of(512).map(|p| (s, p)));
                 let Some((size, padded)) = padded else {
                     return Err(malformed(format!(
                         "tar entry size {} is too large",
-                        entry.size
+                        entry.data_size
                     )));
                 };
-                let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
-                let name = String::from_utf8_lossy(&entry.path).into_owned();
+                // Sparse files store their regions like any file's data.
+                let external = entry.is_file() && size > INLINE_CONTENT_MAX_V0;
+                let name = entry.name();
                 split.inline(&buf.split_to(consumed))?;
                 let content_offset = tar.count() - buf.len() as u64;
                 let hint = match (&mut known, external) {
