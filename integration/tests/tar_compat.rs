@@ -138,7 +138,12 @@ fn gnu_tar_tree(tar: &[u8], dir: &Path) -> Tree {
     tree
 }
 
-fn walk_dir(dir: &Path, prefix: &[u8], tree: &mut Tree, inodes: &mut HashMap<u64, BTreeSet<Vec<u8>>>) {
+fn walk_dir(
+    dir: &Path,
+    prefix: &[u8],
+    tree: &mut Tree,
+    inodes: &mut HashMap<u64, BTreeSet<Vec<u8>>>,
+) {
     for item in std::fs::read_dir(dir).unwrap() {
         let item = item.unwrap();
         let path = [prefix, b"/", item.file_name().as_bytes()].concat();
@@ -191,11 +196,12 @@ struct Outcome {
 /// The EROFS id of the image tagged `tag`.
 fn erofs_id(repo: &Path, tag: &str) -> String {
     use composefs::fsverity::FsVerityHashValue;
-    let repo = composefs::repository::Repository::<composefs::fsverity::Sha512HashValue>::open_path(
-        rustix::fs::CWD,
-        repo,
-    )
-    .unwrap();
+    let repo =
+        composefs::repository::Repository::<composefs::fsverity::Sha512HashValue>::open_path(
+            rustix::fs::CWD,
+            repo,
+        )
+        .unwrap();
     let image = composefs_oci::oci_image::OciImage::open_ref(&repo, tag).unwrap();
     image.image_ref(repo.erofs_version()).unwrap().to_hex()
 }
@@ -235,7 +241,11 @@ fn check(name: &str, tar: &[u8]) -> Outcome {
     // The layer still rebuilds the exact tar (its DiffID).
     let diff_id = fixtures::digest(tar);
     let cat = output(cfsctl(&repo).args(["cat", &format!("oci-layer-{diff_id}")])).unwrap();
-    assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
     assert!(cat.stdout == tar, "{name}: the stored layer is not the tar");
 
     let theirs = dir.path().join("cfsctl-repo");
@@ -313,7 +323,10 @@ fn ustar_magic_with_gnu_version_uses_the_prefix() {
     );
     // cfsctl stores the files at the top, without their directory.
     let theirs = out.cfsctl.unwrap();
-    assert!(theirs.entries.contains_key(&b"/big.bin".to_vec()), "{theirs:?}");
+    assert!(
+        theirs.entries.contains_key(b"/big.bin".as_slice()),
+        "{theirs:?}"
+    );
     assert_eq!(out.compute_id, Ok(false));
 }
 
@@ -342,7 +355,8 @@ fn sparse_files_in_every_format() {
     let f = std::fs::File::create(src.join("usr/sparse.img")).unwrap();
     f.set_len(3 << 20).unwrap();
     f.write_all_at(b"hello", 100_000).unwrap();
-    f.write_all_at(&fixtures::noise(3, 70_000), 1 << 20).unwrap();
+    f.write_all_at(&fixtures::noise(3, 70_000), 1 << 20)
+        .unwrap();
     f.write_all_at(b"end", (3 << 20) - 3).unwrap();
     drop(f);
     let f = std::fs::File::create(src.join("usr/tail-hole")).unwrap();
@@ -365,7 +379,10 @@ fn sparse_files_in_every_format() {
             .arg("usr"))
         .unwrap();
         let tar = std::fs::read(&archive).unwrap();
-        assert!(tar.len() < 1 << 20, "{format}: GNU tar wrote no sparse entry");
+        assert!(
+            tar.len() < 1 << 20,
+            "{format}: GNU tar wrote no sparse entry"
+        );
         let out = check(format, &tar);
         assert_eq!(
             out.expected.entries[&b"/usr/sparse.img".to_vec()].kind,

@@ -310,9 +310,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        let event = headers
-            .parse(&buf)
-            .map_err(|e| malformed(e.to_string()))?;
+        let event = headers.parse(&buf).map_err(|e| malformed(e.to_string()))?;
         match event {
             HeaderEvent::NeedData(min_bytes) => need = min_bytes,
             HeaderEvent::Global { consumed } => {

@@ -94,7 +94,8 @@ impl<H: FsVerityHashValue> LayerEntries<'_, H> {
         let data = if size == 0 {
             SplitStreamData::Inline(Box::default())
         } else {
-            self.stream.read_exact(size, size.next_multiple_of(HEADER_SIZE))?
+            self.stream
+                .read_exact(size, size.next_multiple_of(HEADER_SIZE))?
         };
         let mut written = None;
         let item = match &header.sparse {
@@ -124,7 +125,10 @@ impl<H: FsVerityHashValue> LayerEntries<'_, H> {
 }
 
 /// What composefs-oci's `get_entry` makes of a (non-sparse) entry and its data.
-fn tar_item<H: FsVerityHashValue>(header: &EntryHeader, data: SplitStreamData<H>) -> Result<TarItem<H>> {
+fn tar_item<H: FsVerityHashValue>(
+    header: &EntryHeader,
+    data: SplitStreamData<H>,
+) -> Result<TarItem<H>> {
     let size = header.data_size;
     let link = || header.link_target.as_deref().unwrap_or_default();
     let device = || match (header.dev_major, header.dev_minor) {
@@ -159,11 +163,16 @@ fn tar_item<H: FsVerityHashValue>(header: &EntryHeader, data: SplitStreamData<H>
                 .with_context(|| format!("hard link {:?}", header.name()))?
                 .into_os_string(),
         ),
-        (EntryType::Symlink, _) => TarItem::Leaf(LeafContent::Symlink(OsStr::from_bytes(link()).into())),
+        (EntryType::Symlink, _) => {
+            TarItem::Leaf(LeafContent::Symlink(OsStr::from_bytes(link()).into()))
+        }
         (EntryType::Block, _) => TarItem::Leaf(LeafContent::BlockDevice(device()?)),
         (EntryType::Char, _) => TarItem::Leaf(LeafContent::CharacterDevice(device()?)),
         (EntryType::Fifo, _) => TarItem::Leaf(LeafContent::Fifo),
-        (other, _) => bail!("entry {:?} has the unsupported type {other:?}", header.name()),
+        (other, _) => bail!(
+            "entry {:?} has the unsupported type {other:?}",
+            header.name()
+        ),
     })
 }
 
@@ -219,7 +228,10 @@ fn ensure_parents<H: FsVerityHashValue>(fs: &mut FileSystem<H>, path: &Path) -> 
             continue;
         };
         if dir.lookup(name).is_none() {
-            dir.insert(name, Inode::Directory(Box::new(Directory::new(implicit_dir_stat()))));
+            dir.insert(
+                name,
+                Inode::Directory(Box::new(Directory::new(implicit_dir_stat()))),
+            );
         }
         dir = match dir.get_directory_mut(name) {
             Ok(d) => d,

@@ -482,7 +482,12 @@ mod tests {
             (b"14 mtime=1.xy\n", 0),
             (b"10 mtime=1.5\n", 0),
         ] {
-            assert_eq!(pax_mtime_nsec(pax), want, "{:?}", String::from_utf8_lossy(pax));
+            assert_eq!(
+                pax_mtime_nsec(pax),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(pax)
+            );
         }
     }
 

@@ -92,7 +92,11 @@ fn ustar_magic_with_gnu_version() {
     let mut h = header("file.txt", tar::EntryType::Regular, 0);
     h.as_ustar_mut().unwrap().prefix[..8].copy_from_slice(b"usr/deep");
     let tar = tar_of(&[with_gnu_version(h).as_bytes()]);
-    assert_eq!(tar_core(&tar).unwrap().0, b"file.txt", "tar-core drops the prefix");
+    assert_eq!(
+        tar_core(&tar).unwrap().0,
+        b"file.txt",
+        "tar-core drops the prefix"
+    );
     assert_eq!(ours(&tar).1.path, b"usr/deep/file.txt");
     // Its extension headers count too.
     let mut pax_header = pax(&rec("path", "usr/from-pax"));
@@ -114,11 +118,20 @@ fn repeated_extensions_the_last_wins() {
         &pax(&rec("path", "second-pax")),
         &body,
     ]);
-    assert!(matches!(tar_core(&tar), Err(ParseError::DuplicatePaxHeader)));
+    assert!(matches!(
+        tar_core(&tar),
+        Err(ParseError::DuplicatePaxHeader)
+    ));
     let (consumed, e) = ours(&tar);
-    assert_eq!((e.path.as_slice(), e.uid, consumed), (&b"second-pax"[..], 0, 5 * 512));
+    assert_eq!(
+        (e.path.as_slice(), e.uid, consumed),
+        (&b"second-pax"[..], 0, 5 * 512)
+    );
     let tar = tar_of(&[&ext(b'L', b"first\0"), &ext(b'L', b"second\0"), &body]);
-    assert!(matches!(tar_core(&tar), Err(ParseError::DuplicateGnuLongName)));
+    assert!(matches!(
+        tar_core(&tar),
+        Err(ParseError::DuplicateGnuLongName)
+    ));
     assert_eq!(ours(&tar).1.path, b"second");
 }
 
@@ -167,9 +180,17 @@ fn store(dir: &Path) -> Store<Sha256HashValue> {
 }
 
 /// Imports `tar` as one layer and builds its tree; checks that the layer rebuilds `tar`.
-async fn import(store: &Store<Sha256HashValue>, tar: &[u8]) -> (FileSystem<Sha256HashValue>, Vec<Sha256HashValue>) {
+async fn import(
+    store: &Store<Sha256HashValue>,
+    tar: &[u8],
+) -> (FileSystem<Sha256HashValue>, Vec<Sha256HashValue>) {
     let diff_id = digest_of(tar);
-    let (verity, _) = split_layer(store, &diff_id, tar).await.unwrap().register().await.unwrap();
+    let (verity, _) = split_layer(store, &diff_id, tar)
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
     let mut stream = store.repo().open_stream("", Some(&verity), None).unwrap();
     let mut rebuilt = Vec::new();
     stream.cat(store.repo(), &mut rebuilt).unwrap();
@@ -177,14 +198,20 @@ async fn import(store: &Store<Sha256HashValue>, tar: &[u8]) -> (FileSystem<Sha25
     build_filesystem(store.repo(), &[(diff_id, verity)]).unwrap()
 }
 
-fn content(store: &Store<Sha256HashValue>, fs: &FileSystem<Sha256HashValue>, path: &str) -> Vec<u8> {
+fn content(
+    store: &Store<Sha256HashValue>,
+    fs: &FileSystem<Sha256HashValue>,
+    path: &str,
+) -> Vec<u8> {
     let (dir, name) = fs.root.split(path.as_ref()).unwrap();
     let Some(Inode::Leaf(id, _)) = dir.lookup(name) else {
         panic!("{path} is not a file")
     };
     match &fs.leaf(*id).content {
         LeafContent::Regular(RegularFile::Inline(data)) => data.to_vec(),
-        LeafContent::Regular(RegularFile::External(obj, _)) => store.repo().read_object(obj).unwrap(),
+        LeafContent::Regular(RegularFile::External(obj, _)) => {
+            store.repo().read_object(obj).unwrap()
+        }
         other => panic!("{path}: {other:?}"),
     }
 }
@@ -223,8 +250,15 @@ async fn sparse_files_hold_their_logical_content() {
         let tar = std::fs::read(&archive).unwrap();
         let (fs, sparse) = import(&store, &tar).await;
         assert_eq!(content(&store, &fs, "/usr/big"), logical, "{args:?}");
-        assert_eq!(sparse.len(), 1, "{args:?}: one logical file written as an object");
-        assert!(tar.len() < 200_000, "{args:?}: GNU tar wrote no sparse entry");
+        assert_eq!(
+            sparse.len(),
+            1,
+            "{args:?}: one logical file written as an object"
+        );
+        assert!(
+            tar.len() < 200_000,
+            "{args:?}: GNU tar wrote no sparse entry"
+        );
     }
     // A small sparse file (PAX 0.1, by hand) is held inline.
     let records = [
@@ -236,7 +270,11 @@ async fn sparse_files_hold_their_logical_content() {
     ]
     .concat();
     let h = header("usr/GNUSparseFile.0/small", tar::EntryType::Regular, 4);
-    let tar = tar_of(&[&pax(&records), h.as_bytes(), &[&b"tiny"[..], &[0u8; 508]].concat()]);
+    let tar = tar_of(&[
+        &pax(&records),
+        h.as_bytes(),
+        &[&b"tiny"[..], &[0u8; 508]].concat(),
+    ]);
     let (fs, sparse) = import(&store, &tar).await;
     let mut small = vec![0u8; 50];
     small[10..14].copy_from_slice(b"tiny");
@@ -258,7 +296,9 @@ async fn sparse_file_above_the_limit_is_refused() {
     let tar = tar_of(&[&pax(&records), h.as_bytes(), &map]);
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    let err = split_layer(&store, &digest_of(&tar), &tar[..]).await.unwrap_err();
+    let err = split_layer(&store, &digest_of(&tar), &tar[..])
+        .await
+        .unwrap_err();
     assert!(
         format!("{err:#}").contains("sparse file \"usr/x\": its logical size 68719476737 is above"),
         "{err:#}"
@@ -279,7 +319,12 @@ async fn missing_parents_are_created_as_containers_storage_does() {
     for path in ["/opt", "/opt/app", "/opt/app/bin"] {
         let d = fs.root.get_directory(path.as_ref()).unwrap();
         assert_eq!(
-            (d.stat.st_mode, d.stat.st_uid, d.stat.st_gid, d.stat.st_mtim_sec),
+            (
+                d.stat.st_mode,
+                d.stat.st_uid,
+                d.stat.st_gid,
+                d.stat.st_mtim_sec
+            ),
             (0o755, 0, 0, 0),
             "{path}"
         );
@@ -287,11 +332,18 @@ async fn missing_parents_are_created_as_containers_storage_does() {
     assert_eq!(content(&store, &fs, "/opt/app/bin/tool"), b"tool");
     // A parent that is a file is an error that names it.
     let mut b = tar::Builder::new(Vec::new());
-    b.append(&header("opt", tar::EntryType::Regular, 0), &b""[..]).unwrap();
-    b.append(&header("opt/x", tar::EntryType::Regular, 0), &b""[..]).unwrap();
+    b.append(&header("opt", tar::EntryType::Regular, 0), &b""[..])
+        .unwrap();
+    b.append(&header("opt/x", tar::EntryType::Regular, 0), &b""[..])
+        .unwrap();
     let tar = b.into_inner().unwrap();
     let diff_id = digest_of(&tar);
-    let (verity, _) = split_layer(&store, &diff_id, &tar[..]).await.unwrap().register().await.unwrap();
+    let (verity, _) = split_layer(&store, &diff_id, &tar[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
     let err = build_filesystem(store.repo(), &[(diff_id, verity)]).unwrap_err();
     assert!(
         format!("{err:#}").contains("\"opt\" is not a directory in the layers below"),
