@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde::Serialize;
-use skiff_storage::layer_import::{MAX_HEADER_BYTES, tar_parser};
+use skiff_storage::tar_header::{MAX_HEADER_BYTES, tar_parser};
 use tar_core::HEADER_SIZE;
 use tar_core::parse::ParseEvent;
 

@@ -565,7 +565,7 @@ fn copies_creating_one_repository_at_once_both_succeed() {
 
 #[test]
 fn the_readme_states_the_tar_header_limit_the_importer_applies() {
-    let limit = skiff_storage::layer_import::MAX_TAR_METADATA_BYTES as usize;
+    let limit = skiff_storage::tar_header::MAX_TAR_METADATA_BYTES as usize;
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();

@@ -6,6 +6,12 @@
 //! (`tests/layer_import.rs` compares the two; re-check it when the composefs pin moves). While the bytes of each file go into its
 //! object, their sha256 goes into the layer's [content index](crate::content_index).
 //!
+//! Headers are read as Go reads them ([`crate::tar_header`]), so the tar is cut where the
+//! tree builder reads it back; on tars where that differs from tar-core, cfsctl would cut them
+//! elsewhere, or refuse them. A sparse file's stored regions are kept like any file's data
+//! (inline up to 64 bytes, else one object); its logical content is made when the tree is
+//! built.
+//!
 //! Import is two-phase: [`split_layer`] writes the objects and the splitstream and checks the
 //! DiffID, giving a [`PendingLayer`]; the caller checks what only it can check (the compressed
 //! blob's digest) and then [`PendingLayer::register`]s it. Until then nothing names the layer,
@@ -23,13 +29,13 @@ use composefs::repository::{ObjectStoreMethod, Repository};
 use composefs::splitstream::SplitStreamBuilder;
 use composefs_oci::{LAYER_CONTENT_TYPE, OciDigest, layer_content_id};
 use tar_core::HEADER_SIZE;
-use tar_core::parse::{ParseEvent, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry, StoredFiles};
 use crate::digest::HashingReader;
 use crate::repository::Store;
+use crate::tar_header::{HeaderEvent, HeaderReader, MAX_HEADER_BYTES};
 use crate::tree_path::{PathError, normalize_entry_path, shown_path};
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
@@ -38,23 +44,6 @@ const IO_BUF_CAPACITY: usize = 64 * 1024;
 /// Chunks of a file in flight between the tar reader and the task writing its object: enough
 /// to keep the writer busy without holding more than a few hundred KiB per file.
 const FILE_CHANNEL_DEPTH: usize = 4;
-
-/// Largest extension data (PAX records, GNU long names and link targets together) of one tar
-/// entry, as Go's archive/tar allows (its `maxSpecialFileSize`); tar-core refuses more.
-pub const MAX_TAR_METADATA_BYTES: u32 = 1024 * 1024;
-
-/// Largest run of tar header bytes buffered before one entry: the extension data above, plus
-/// the header blocks around it and an old GNU sparse map (tar-core: at most 10,000 regions, 21
-/// a block). Bounds what a hostile tar can make us buffer.
-pub const MAX_HEADER_BYTES: usize = 2 * MAX_TAR_METADATA_BYTES as usize;
-
-/// The tar parser with skiff's limits ([`MAX_TAR_METADATA_BYTES`]).
-pub fn tar_parser() -> Parser {
-    Parser::new(tar_core::parse::Limits {
-        max_metadata_size: MAX_TAR_METADATA_BYTES,
-        ..Default::default()
-    })
-}
 
 /// Bytes accepted after the end-of-archive blocks. They count in the DiffID, so they are kept;
 /// real tars carry at most a record's padding there (GNU tar: 10 KiB by default).
@@ -298,7 +287,7 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
     mut known: Option<Known<H>>,
 ) -> Result<()> {
     let semaphore = repo.write_semaphore();
-    let mut parser = tar_parser();
+    let mut headers = HeaderReader::new();
     let mut buf = BytesMut::with_capacity(IO_BUF_CAPACITY);
     let mut need = HEADER_SIZE;
     loop {
@@ -317,14 +306,14 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        let event = parser.parse(&buf).map_err(|e| malformed(e.to_string()))?;
+        let event = headers.parse(&buf).map_err(|e| malformed(e.to_string()))?;
         match event {
-            ParseEvent::NeedData { min_bytes } => need = min_bytes,
-            ParseEvent::GlobalExtensions { consumed, .. } => {
+            HeaderEvent::NeedData(min_bytes) => need = min_bytes,
+            HeaderEvent::Global { consumed } => {
                 split.inline(&buf.split_to(consumed))?;
                 need = HEADER_SIZE;
             }
-            ParseEvent::End { consumed } => {
+            HeaderEvent::End { consumed } => {
                 split.inline(&buf.split_to(consumed))?;
                 // Record padding and anything else up to EOF is part of the DiffID.
                 let mut trailing = 0u64;
@@ -344,28 +333,26 @@ async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                     }
                 }
             }
-            ParseEvent::SparseEntry { entry, .. } => {
-                return Err(malformed(format!(
-                    "tar entry {:?}: sparse files are not supported",
-                    String::from_utf8_lossy(&entry.path)
-                )));
-            }
-            ParseEvent::Entry { consumed, entry } => {
+            HeaderEvent::Entry {
+                consumed,
+                header: entry,
+            } => {
                 let link = entry
                     .link_target
                     .as_deref()
                     .filter(|_| entry.entry_type.is_hard_link());
                 check_entry_paths(&entry.path, link)?;
-                let padded = usize::try_from(entry.size)
+                let padded = usize::try_from(entry.data_size)
                     .ok()
                     .and_then(|s| s.checked_next_multiple_of(512).map(|p| (s, p)));
                 let Some((size, padded)) = padded else {
                     return Err(malformed(format!(
                         "tar entry size {} is too large",
-                        entry.size
+                        entry.data_size
                     )));
                 };
-                let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
+                // Sparse files store their regions like any file's data.
+                let external = entry.is_file() && size > INLINE_CONTENT_MAX_V0;
                 let name = shown_path(&entry.path);
                 split.inline(&buf.split_to(consumed))?;
                 let content_offset = tar.count() - buf.len() as u64;

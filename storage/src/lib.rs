@@ -15,9 +15,11 @@ pub mod content_index;
 pub mod digest;
 pub mod images;
 pub mod layer_import;
+pub mod layer_tree;
 pub mod maintenance;
 pub mod publish;
 pub mod repository;
+pub mod tar_header;
 pub mod tree_path;
 
 pub use composefs::fsverity::{FsVerityHashValue, Sha256HashValue, Sha512HashValue};

@@ -1,11 +1,14 @@
 //! Publishing an image whose layers are stored: its merged tree as EROFS, its config and
 //! manifest splitstreams (exact JSON bytes), then its tag, in that order.
 //!
-//! This is what composefs-oci's `finalize_oci_image` does, with two differences: an image
+//! This is what composefs-oci's `finalize_oci_image` does, with these differences: an image
 //! without `/usr` gets a fixed root directory (0755, owner 0:0, mtime 0, no xattrs) instead of
-//! an error (its `/run`, if any, is emptied as usual), and tar entry names are cleaned and confined to the root (see
-//! [`crate::tree_path`]). For every image that cfsctl accepts, the EROFS is bit-for-bit
-//! cfsctl's.
+//! an error (its `/run`, if any, is emptied as usual); tar entry names are cleaned and confined
+//! to the root (see [`crate::tree_path`]); and the layers are read as Go reads them, missing
+//! parents and sparse files included (see [`crate::layer_tree`]). The logical files of sparse
+//! files are named in the manifest splitstream (`skiff-sparse-file-N`), which keeps them from
+//! garbage collection as long as the image. For every image that cfsctl accepts and reads as Go
+//! does, the EROFS is bit-for-bit cfsctl's.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,23 +21,17 @@ use composefs::repository::Repository;
 use composefs::tree::{FileSystem, Stat};
 use composefs_oci::OciDigest;
 use composefs_oci::oci_image::{OciImage, manifest_identifier, tag_image};
-use composefs_oci::tar::{TarItem, get_entry};
 use fn_error_context::context;
 
 use crate::digest::digest_of;
+use crate::layer_tree::{apply_layer, implicit_dir_stat};
 use crate::repository::Store;
-use crate::tree_path::{absolute_entry_path, shown_path};
 
 /// Splitstream content type of OCI manifests (composefs-oci's).
 const MANIFEST_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"ocimanif");
 
-/// The root directory of an image that has no `/usr` to copy it from.
-fn default_root_stat() -> Stat {
-    Stat {
-        st_mode: 0o755,
-        ..Stat::uninitialized()
-    }
-}
+/// Prefix of the manifest splitstream's named references to the logical files of sparse files.
+pub const SPARSE_FILE_REF_PREFIX: &str = "skiff-sparse-file-";
 
 /// What [`publish_image`] stored.
 #[derive(Debug, Clone)]
@@ -65,7 +62,7 @@ pub fn publish_image<H: FsVerityHashValue>(
     let erofs = match existing_erofs(repo, &manifest_digest)? {
         Some(erofs) => erofs,
         None => {
-            let fs = build_filesystem(repo, layers)?;
+            let (fs, sparse_files) = build_filesystem(repo, layers)?;
             let mut images = fs.commit_images(repo, None)?;
             let v1 = images.remove(&FormatVersion::V1);
             let v2 = images.remove(&FormatVersion::V2);
@@ -85,6 +82,9 @@ pub fn publish_image<H: FsVerityHashValue>(
             writer.add_named_stream_ref(&format!("config:{config_digest}"), &config_verity);
             for (diff_id, verity) in layers {
                 writer.add_named_stream_ref(diff_id.as_ref(), verity);
+            }
+            for (i, object) in sparse_files.iter().enumerate() {
+                writer.add_named_stream_ref(&format!("{SPARSE_FILE_REF_PREFIX}{i}"), object);
             }
             writer.write_external(manifest_json)?;
             // write_stream syncs the repository before the name appears.
@@ -118,38 +118,24 @@ fn existing_erofs<H: FsVerityHashValue>(
 }
 
 /// Merges the layers (applying whiteouts) into the image's tree, transformed as composefs-oci
-/// transforms OCI images.
+/// transforms OCI images. Also returns the objects written for sparse files, which the tree
+/// references.
 #[context("Building the image's file tree")]
 pub fn build_filesystem<H: FsVerityHashValue>(
     repo: &Repository<H>,
     layers: &[(OciDigest, H)],
-) -> Result<FileSystem<H>> {
+) -> Result<(FileSystem<H>, Vec<H>)> {
     let mut fs = FileSystem::new(Stat::uninitialized());
+    let mut sparse_files = Vec::new();
     for (diff_id, verity) in layers {
-        let mut stream = repo
-            .open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))
-            .with_context(|| format!("Opening layer {diff_id}"))?;
-        while let Some(mut entry) =
-            get_entry(&mut stream).with_context(|| format!("Reading layer {diff_id}"))?
-        {
-            let name = shown_path(entry.path.as_os_str().as_encoded_bytes());
-            entry.path = absolute_entry_path(entry.path.as_os_str().as_encoded_bytes())
-                .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;
-            if let TarItem::Hardlink(target) = &mut entry.item {
-                *target = absolute_entry_path(target.as_encoded_bytes())
-                    .with_context(|| format!("Layer {diff_id}: hard link {name:?}"))?
-                    .into_os_string();
-            }
-            composefs_oci::image::process_entry(&mut fs, entry)
-                .with_context(|| format!("Layer {diff_id}: entry {name:?}"))?;
-        }
+        sparse_files.extend(apply_layer(repo, &mut fs, diff_id, verity)?);
     }
     if fs.root.get_directory(OsStr::new("usr")).is_ok() {
         fs.transform_for_oci(&Default::default())?;
     } else {
         // As transform_for_oci, with the fixed root in place of /usr's metadata: /run is
         // emptied and takes the root's mtime.
-        fs.set_root_stat(default_root_stat());
+        fs.set_root_stat(implicit_dir_stat());
         if let Ok(run) = fs.root.get_directory_mut(OsStr::new("run")) {
             run.stat.st_mtim_sec = 0;
             run.stat.st_mtim_nsec = 0;
@@ -158,5 +144,5 @@ pub fn build_filesystem<H: FsVerityHashValue>(
         fs.filter_xattrs(is_allowed_container_xattr);
         fs.compact();
     }
-    Ok(fs)
+    Ok((fs, sparse_files))
 }
