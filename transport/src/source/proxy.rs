@@ -18,7 +18,7 @@ use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::imageref::ImageRef;
+use crate::imageref::{DockerRef, ImageRef};
 use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 
@@ -28,7 +28,7 @@ pub struct ProxySource {
     image: OpenedImage,
     reference: String,
     /// For `docker://` images: the registry name and the options to reach it natively.
-    registry: Option<(String, SourceOptions)>,
+    registry: Option<(DockerRef, SourceOptions)>,
     /// The native client, made on first use (byte ranges).
     client: tokio::sync::OnceCell<Arc<crate::registry::Client>>,
 }
@@ -41,18 +41,11 @@ impl std::fmt::Debug for ProxySource {
     }
 }
 
-/// The registry host of a `docker://` reference, as auth.json keys it.
-fn registry_host(name: &str) -> String {
-    crate::imageref::docker_host(name)
-        .unwrap_or("docker.io")
-        .to_owned()
-}
-
 /// An auth.json holding `--src-creds` for the reference's registry: the proxy takes
 /// credentials only as an auth file.
 fn creds_authfile(reference: &ImageRef, user: &str, password: &str) -> Result<std::fs::File> {
     let host = match reference {
-        ImageRef::Docker(name) => registry_host(name),
+        ImageRef::Docker(docker) => docker.auth_key(),
         other => anyhow::bail!("--src-creds applies to docker:// sources, not {other}"),
     };
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -305,18 +298,4 @@ const NOT_FOUND_MARKERS: &[&str] = &[
 /// skopeo's errors arrive wrapped in the proxy protocol's; keep the part a user can act on.
 fn clean_proxy_error(message: &str) -> String {
     message.trim().to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_host_as_auth_json_keys_it() {
-        assert_eq!(registry_host("127.0.0.1:5000/app:v1"), "127.0.0.1:5000");
-        assert_eq!(registry_host("quay.io/fedora/fedora"), "quay.io");
-        assert_eq!(registry_host("localhost/app"), "localhost");
-        assert_eq!(registry_host("library/busybox"), "docker.io");
-        assert_eq!(registry_host("busybox"), "docker.io");
-    }
 }
