@@ -583,6 +583,89 @@ fn registry_flags(registry: &Registry, side: &str) -> Vec<String> {
     flags
 }
 
+/// A directory to put first on PATH whose `skopeo` records each run's arguments (one a line,
+/// in `DIR/run.PID`) and the mode of every auth file it is given, then runs the real skopeo.
+fn recording_skopeo(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+log="{dir}/run.$$"
+for a in "$@"; do printf '%s\n' "$a"; done > "$log"
+prev=
+for a in "$@"; do
+    case "$prev" in --src-authfile|--authfile) stat -c 'authfile-mode %a' "$a" >> "$log";; esac
+    prev=$a
+done
+exec {real} "$@"
+"#,
+        dir = dir.display(),
+        real = skiff_integration::tools::require("skopeo").display()
+    );
+    let path = bin.join("skopeo");
+    std::fs::write(&path, script).unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&path, executable).unwrap();
+    bin
+}
+
+/// What [`recording_skopeo`] recorded, one string per run.
+fn recorded_runs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("run."))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn source_credentials_reach_skopeo_in_a_private_file_not_its_command_line() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    let password = "pw-never-on-argv";
+    let registry = Registry::start_tls_auth("ann", password).unwrap();
+    let new_ref = registry.push(&s.src("new"), "app:new").unwrap();
+    let shim = s.root.join("shim");
+    let bin = recording_skopeo(&shim);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let archive = s.root.join("creds.tar");
+    let out = output(
+        skiff()
+            .env("PATH", path)
+            .args(["delta", "create"])
+            .args(registry_flags(&registry, "src"))
+            .args([
+                &s.dest("repo", "old"),
+                &new_ref,
+                &format!("oci-archive:{}", archive.display()),
+            ]),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = recorded_runs(&shim);
+    assert!(
+        runs.iter().any(|r| r.lines().any(|l| l == "copy")),
+        "skopeo copy never ran: {runs:?}"
+    );
+    for run in &runs {
+        assert!(
+            !run.contains(password),
+            "a password on skopeo's argv:\n{run}"
+        );
+        assert!(run.contains("--src-authfile"), "no auth file given:\n{run}");
+        let modes: Vec<&str> = run
+            .lines()
+            .filter(|l| l.starts_with("authfile-mode"))
+            .collect();
+        assert_eq!(modes, ["authfile-mode 600"], "{run}");
+    }
+}
+
 #[test]
 fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
     let (old, new) = pair();

@@ -210,6 +210,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `USER[:PASSWORD]` as skopeo's `--*-creds` flags take it (no `:`: an empty password).
+fn parse_creds(value: &str, flag: &str) -> Result<(String, String)> {
+    let (user, password) = value.split_once(':').unwrap_or((value, ""));
+    anyhow::ensure!(!user.is_empty(), "{flag}: empty user name");
+    Ok((user.to_owned(), password.to_owned()))
+}
+
 /// Exit status for an error: 2 when the source image does not exist, as skopeo does.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error

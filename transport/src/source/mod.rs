@@ -12,6 +12,7 @@
 
 pub mod layout;
 pub mod proxy;
+pub mod skopeo;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -4,13 +4,10 @@
 //! bookworm's skopeo 1.9.3 works. The proxy checks blob digests; skiff checks them again, and
 //! the DiffIDs, which the proxy does not.
 
-use std::io::Write;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
 use fn_error_context::context;
@@ -41,38 +38,12 @@ impl std::fmt::Debug for ProxySource {
     }
 }
 
-/// An auth.json holding `--src-creds` for the reference's registry: the proxy takes
-/// credentials only as an auth file.
-fn creds_authfile(reference: &ImageRef, user: &str, password: &str) -> Result<std::fs::File> {
-    let host = match reference {
-        ImageRef::Docker(docker) => docker.auth_key(),
-        other => anyhow::bail!("--src-creds applies to docker:// sources, not {other}"),
-    };
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
-    let mut file = tempfile::tempfile()?;
-    file.write_all(json.to_string().as_bytes())?;
-    use std::io::Seek;
-    file.rewind()?;
-    Ok(file)
-}
-
 impl ProxySource {
     /// Starts skopeo's proxy and opens `reference`.
     #[context("Opening {reference} through skopeo")]
     pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
-        let mut skopeo = Command::new("skopeo");
-        for (flag, value) in [
-            ("--override-arch", &options.arch),
-            ("--override-os", &options.os),
-            ("--override-variant", &options.variant),
-        ] {
-            if let Some(v) = value {
-                skopeo.arg(flag).arg(v);
-            }
-        }
         let mut config = ImageProxyConfig::default();
-        config.skopeo_cmd = Some(skopeo);
+        config.skopeo_cmd = Some(super::skopeo::command(options));
         // Anonymous access means no credentials from any auth file either.
         config.authfile = options.authfile.clone().filter(|_| !options.no_creds);
         config.auth_anonymous = options.no_creds;
@@ -82,7 +53,9 @@ impl ProxySource {
         config.insecure_policy = Some(true);
         if let Some((user, password)) = &options.creds {
             config.authfile = None;
-            config.auth_data = Some(creds_authfile(reference, user, password)?);
+            // The proxy reads it through an inherited descriptor: the path can go now.
+            let file = super::skopeo::creds_authfile(reference, user, password)?;
+            config.auth_data = Some(file.into_file());
         }
         let proxy = ImageProxy::new_with_config(config)
             .await
