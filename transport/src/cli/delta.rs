@@ -118,14 +118,16 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         _ => {
             let direct = match &new {
                 ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-                    LayoutSource::open(&new, &options)?
+                    let (new, options) = (new.clone(), options.clone());
+                    tokio::task::spawn_blocking(move || LayoutSource::open(&new, &options))
+                        .await??
                 }
                 _ => None,
             };
             let (layout, scratch) = match direct {
                 Some(layout) => (layout, None),
                 None => {
-                    let (layout, scratch) = copy_to_layout(&new, &options)?;
+                    let (layout, scratch) = copy_to_layout(&new, &options).await?;
                     (layout, Some(scratch))
                 }
             };

@@ -57,9 +57,10 @@ pub(crate) fn creds_authfile(
 
 /// Copies `image` with skopeo into a temporary OCI layout, manifest and blobs unchanged
 /// (`--preserve-digests`: skopeo refuses rather than convert), after skiff's policy check.
-/// The layout is removed when the returned directory is dropped.
+/// The layout is removed when the returned directory is dropped. skopeo is killed when the
+/// returned future is dropped (e.g. by `--command-timeout`).
 #[context("Reading {image} with skopeo")]
-pub fn copy_to_layout(
+pub async fn copy_to_layout(
     image: &ImageRef,
     options: &SourceOptions,
 ) -> Result<(LayoutSource, tempfile::TempDir)> {
@@ -92,7 +93,9 @@ pub fn copy_to_layout(
     skopeo
         .arg(image.to_string())
         .arg(format!("oci:{}:new", dir.display()));
-    let out = skopeo.output().context("Running skopeo")?;
+    let mut skopeo = tokio::process::Command::from(skopeo);
+    skopeo.kill_on_drop(true);
+    let out = skopeo.output().await.context("Running skopeo")?;
     anyhow::ensure!(
         out.status.success(),
         "skopeo copy failed: {}",
