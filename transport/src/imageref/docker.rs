@@ -308,10 +308,12 @@ fn check_host(host: &str) -> Result<(), String> {
 /// Every `/`-separated component: lower-case alphanumerics joined by one `.`, one or two `_`,
 /// or any number of `-`.
 fn check_repository(repository: &str) -> Result<(), String> {
-    if repository.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!("repository name {repository:?} must be lower case"));
-    }
     for component in repository.split('/') {
+        if component.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "bad repository name component {component:?}: it must be lower case"
+            ));
+        }
         if !component_ok(component) {
             return Err(format!(
                 "bad repository name component {component:?} (lower case letters and digits, \
