@@ -42,6 +42,7 @@ impl ProxySource {
     /// Starts skopeo's proxy and opens `reference`.
     #[context("Opening {reference} through skopeo")]
     pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
+        check_local_path(reference)?;
         let mut config = ImageProxyConfig::default();
         config.skopeo_cmd = Some(super::skopeo::command(options));
         // Anonymous access means no credentials from any auth file either.
@@ -144,7 +145,7 @@ impl ProxySource {
             self.proxy
                 .fetch_manifest_raw_oci(&self.image)
                 .await
-                .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
+                .map_err(|e| classify_open_error(&self.reference, &e))?;
         if crate::delta::is_delta(&manifest_json) {
             anyhow::ensure!(
                 skiff_storage::digest::digest_of(&manifest_json).to_string() == source_digest,
@@ -230,42 +231,70 @@ impl ProxySource {
     }
 }
 
-/// Opens an image, telling "no such image" apart from other failures: with OpenImageOptional
-/// where the proxy has it, else by skopeo's error text (protocol 0.2.3 has only OpenImage).
+/// The first proxy protocol with OpenImageOptional, which reports a missing image as such
+/// (skopeo 1.9.3 speaks 0.2.3 and has only OpenImage).
+const OPEN_OPTIONAL_PROTOCOL: (u64, u64, u64) = (0, 2, 4);
+
+/// Opens an image, telling "no such image" apart from other failures: by OpenImageOptional
+/// where the proxy's protocol has it, else by the reason skopeo gives.
 async fn open_image(proxy: &ImageProxy, name: &str) -> Result<OpenedImage> {
-    match proxy.open_image_optional(name).await {
-        Ok(Some(image)) => return Ok(image),
-        Ok(None) => return Err(SourceNotFound(name.to_owned()).into()),
-        Err(e) if e.to_string().contains("unknown method") => {}
-        Err(e) => return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
+    let v = proxy.protocol_version();
+    if (v.major, v.minor, v.patch) >= OPEN_OPTIONAL_PROTOCOL {
+        return match proxy.open_image_optional(name).await {
+            Ok(Some(image)) => Ok(image),
+            Ok(None) => Err(SourceNotFound(name.to_owned()).into()),
+            Err(e) => Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
+        };
     }
     proxy
         .open_image(name)
         .await
-        .map_err(|e| classify_open_error(name, &e.to_string()))
+        .map_err(|e| classify_open_error(name, &e))
 }
 
-/// A [`SourceNotFound`] when skopeo's message says the image does not exist; else the message.
-/// Some transports (dir:) only notice at GetManifest.
-fn classify_open_error(name: &str, message: &str) -> anyhow::Error {
-    let message = clean_proxy_error(message);
-    if NOT_FOUND_MARKERS.iter().any(|m| message.contains(m)) {
+/// A local source path that does not exist, as [`SourceNotFound`], checked before skopeo
+/// runs (skopeo's own report is an OS error like any other).
+fn check_local_path(reference: &ImageRef) -> Result<()> {
+    let path = match reference {
+        ImageRef::Dir(path) => path.as_path(),
+        ImageRef::OciArchive { path, .. } | ImageRef::Oci { path, .. } => path.as_path(),
+        ImageRef::DockerArchive(spec) => {
+            std::path::Path::new(spec.split(':').next().unwrap_or(spec))
+        }
+        _ => return Ok(()),
+    };
+    match path.try_exists() {
+        Ok(false) => Err(SourceNotFound(reference.to_string()).into()),
+        _ => Ok(()),
+    }
+}
+
+/// A [`SourceNotFound`] when the proxy's request failed because skopeo found no such image
+/// (its reason names the registry's or the layout's "unknown" answer); else the message.
+fn classify_open_error(name: &str, error: &containers_image_proxy::Error) -> anyhow::Error {
+    let message = clean_proxy_error(&error.to_string());
+    let not_found = match error {
+        containers_image_proxy::Error::RequestInitiationFailure { error, .. } => {
+            NOT_FOUND_REASONS.iter().any(|m| error.contains(m))
+        }
+        _ => false,
+    };
+    if not_found {
         anyhow::Error::new(SourceNotFound(name.to_owned())).context(message)
     } else {
         anyhow::anyhow!("{message}")
     }
 }
 
-/// How skopeo 1.9.3 words "the image does not exist", per transport: registries answer
-/// MANIFEST_UNKNOWN / NAME_UNKNOWN; local transports fail to open their files.
-const NOT_FOUND_MARKERS: &[&str] = &[
+/// How skopeo 1.9.3 words "the image does not exist" in a failed request: the distribution
+/// error codes MANIFEST_UNKNOWN / NAME_UNKNOWN, and an OCI layout without the tag. Nothing
+/// broader: an OS error (a file missing inside an archive, a missing certificate directory)
+/// is not a missing image; missing source paths are checked before skopeo runs.
+const NOT_FOUND_REASONS: &[&str] = &[
     "manifest unknown",
     "name unknown",
     "repository name not known",
-    "no such file or directory",
     "no descriptor found for reference",
-    "does not exist",
-    "not found in",
 ];
 
 /// skopeo's errors arrive wrapped in the proxy protocol's; keep the part a user can act on.
