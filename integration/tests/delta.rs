@@ -932,12 +932,12 @@ fn bad_deltas_are_refused_and_store_nothing() {
                 t.truncate(t.len() / 2);
                 t
             },
-            "Rebuilding layer",
+            "incomplete frame",
         ),
         (
             "wrong-diff-id",
             tar_diff(false, &[(0, 1024, &[0u8; 1024])]),
-            "DiffID",
+            "DiffID mismatch",
         ),
     ];
     for (name, blob, expected) in cases {
