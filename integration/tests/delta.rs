@@ -504,6 +504,44 @@ fn the_delta_manifest_is_serialised_as_go_does() {
 }
 
 #[test]
+fn a_tar_header_claiming_a_terabyte_is_an_error_not_an_allocation() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    // One regular file claiming 1 TiB (GNU base-256 size) followed by 1 KiB: a truncated layer.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("usr/huge").unwrap();
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(1 << 40);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&noise(5, 1024));
+    let blob = fixtures::compress_tar(&tar, Compression::Gzip).unwrap();
+    fixtures::write_image_raw(
+        &s.layout,
+        "huge",
+        &[(fixtures::media_type(Compression::Gzip).to_owned(), blob)],
+        &[fixtures::digest(&tar)],
+        fixtures::native_arch(),
+    )
+    .unwrap();
+    let out = output(skiff().args([
+        "delta",
+        "create",
+        &s.dest("repo", "old"),
+        &s.src("huge"),
+        &format!("oci-archive:{}", s.root.join("huge.tar").display()),
+    ]))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Reading the new layer: unexpected EOF"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn files_over_192_mib_use_the_rolling_checksum() {
     let big = noise(21, 200 * 1024 * 1024);
     let mut changed = big.clone();
