@@ -559,7 +559,7 @@ fn bad_layers_fail_clearly_and_leave_the_store_as_it_was() {
                 gz[..gz.len() - 100].to_vec(),
                 &diff_id,
             ),
-            vec!["trunc-gz"],
+            vec!["trunc-gz", "unexpected end of file"],
         ),
         (
             raw_image(
@@ -569,7 +569,7 @@ fn bad_layers_fail_clearly_and_leave_the_store_as_it_was() {
                 zst[..zst.len() - 100].to_vec(),
                 &diff_id,
             ),
-            vec!["trunc-zst"],
+            vec!["trunc-zst", "zstd stream did not finish"],
         ),
         (
             raw_image(

@@ -505,6 +505,44 @@ fn the_delta_manifest_is_serialised_as_go_does() {
 }
 
 #[test]
+fn a_tar_header_claiming_a_terabyte_is_an_error_not_an_allocation() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    // One regular file claiming 1 TiB (GNU base-256 size) followed by 1 KiB: a truncated layer.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("usr/huge").unwrap();
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(1 << 40);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&noise(5, 1024));
+    let blob = fixtures::compress_tar(&tar, Compression::Gzip).unwrap();
+    fixtures::write_image_raw(
+        &s.layout,
+        "huge",
+        &[(fixtures::media_type(Compression::Gzip).to_owned(), blob)],
+        &[fixtures::digest(&tar)],
+        fixtures::native_arch(),
+    )
+    .unwrap();
+    let out = output(skiff().args([
+        "delta",
+        "create",
+        &s.dest("repo", "old"),
+        &s.src("huge"),
+        &format!("oci-archive:{}", s.root.join("huge.tar").display()),
+    ]))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Reading the new layer: unexpected EOF"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn files_over_192_mib_use_the_rolling_checksum() {
     let big = noise(21, 200 * 1024 * 1024);
     let mut changed = big.clone();
@@ -616,6 +654,89 @@ fn registry_flags(registry: &Registry, side: &str) -> Vec<String> {
         flags.push(format!("--{side}-creds={user}:{password}"));
     }
     flags
+}
+
+/// A directory to put first on PATH whose `skopeo` records each run's arguments (one a line,
+/// in `DIR/run.PID`) and the mode of every auth file it is given, then runs the real skopeo.
+fn recording_skopeo(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+log="{dir}/run.$$"
+for a in "$@"; do printf '%s\n' "$a"; done > "$log"
+prev=
+for a in "$@"; do
+    case "$prev" in --src-authfile|--authfile) stat -c 'authfile-mode %a' "$a" >> "$log";; esac
+    prev=$a
+done
+exec {real} "$@"
+"#,
+        dir = dir.display(),
+        real = skiff_integration::tools::require("skopeo").display()
+    );
+    let path = bin.join("skopeo");
+    std::fs::write(&path, script).unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&path, executable).unwrap();
+    bin
+}
+
+/// What [`recording_skopeo`] recorded, one string per run.
+fn recorded_runs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("run."))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn source_credentials_reach_skopeo_in_a_private_file_not_its_command_line() {
+    let (old, new) = pair();
+    let s = Setup::new(&old, &new, Compression::Gzip);
+    let password = "pw-never-on-argv";
+    let registry = Registry::start_tls_auth("ann", password).unwrap();
+    let new_ref = registry.push(&s.src("new"), "app:new").unwrap();
+    let shim = s.root.join("shim");
+    let bin = recording_skopeo(&shim);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let archive = s.root.join("creds.tar");
+    let out = output(
+        skiff()
+            .env("PATH", path)
+            .args(["delta", "create"])
+            .args(registry_flags(&registry, "src"))
+            .args([
+                &s.dest("repo", "old"),
+                &new_ref,
+                &format!("oci-archive:{}", archive.display()),
+            ]),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = recorded_runs(&shim);
+    assert!(
+        runs.iter().any(|r| r.lines().any(|l| l == "copy")),
+        "skopeo copy never ran: {runs:?}"
+    );
+    for run in &runs {
+        assert!(
+            !run.contains(password),
+            "a password on skopeo's argv:\n{run}"
+        );
+        assert!(run.contains("--src-authfile"), "no auth file given:\n{run}");
+        let modes: Vec<&str> = run
+            .lines()
+            .filter(|l| l.starts_with("authfile-mode"))
+            .collect();
+        assert_eq!(modes, ["authfile-mode 600"], "{run}");
+    }
 }
 
 #[test]
@@ -838,12 +959,12 @@ fn bad_deltas_are_refused_and_store_nothing() {
                 t.truncate(t.len() / 2);
                 t
             },
-            "Rebuilding layer",
+            "incomplete frame",
         ),
         (
             "wrong-diff-id",
             tar_diff(false, &[(0, 1024, &[0u8; 1024])]),
-            "DiffID",
+            "DiffID mismatch",
         ),
     ];
     for (name, blob, expected) in cases {

@@ -14,9 +14,13 @@
 //!
 //! PATH ends at the first `:` (as for `oci:`); NAME may contain `:` and `/`.
 
+mod docker;
+
 use std::path::PathBuf;
 
 use skiff_storage::images::StoredRef;
+
+pub use docker::{DOCKER_HUB, DockerRef, DockerRefError};
 
 /// A reference that does not parse; the message names the bad part.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +53,8 @@ pub enum RefError {
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
-    /// `docker://NAME`: NAME as given (without `//`).
-    Docker(String),
+    /// `docker://NAME`.
+    Docker(DockerRef),
     /// `oci:PATH[:REF]`.
     Oci {
         /// The layout directory.
@@ -99,8 +103,10 @@ impl std::str::FromStr for ImageRef {
                 if name.is_empty() {
                     return Err(invalid("no image name after docker://"));
                 }
-                validate_docker_name(name).map_err(|p| invalid(&p))?;
-                Ok(Self::Docker(name.to_owned()))
+                let parsed = name
+                    .parse()
+                    .map_err(|e: DockerRefError| invalid(&e.to_string()))?;
+                Ok(Self::Docker(parsed))
             }
             "oci" | "oci-archive" => {
                 let (path, reference) = match rest.split_once(':') {
@@ -208,73 +214,6 @@ fn parse_composefs(rest: &str) -> Result<ImageRef, String> {
     })
 }
 
-/// The registry host a `docker://` name spells out (`quay.io`, `127.0.0.1:5000`,
-/// `localhost`), or `None` for a Docker Hub name without one (`busybox`, `library/busybox`).
-pub fn docker_host(name: &str) -> Option<&str> {
-    match name.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => Some(first),
-        _ => None,
-    }
-}
-
-/// Checks a docker reference's shape: name components, tag, digest.
-fn validate_docker_name(name: &str) -> Result<(), String> {
-    let (rest, digest) = match name.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (name, None),
-    };
-    if let Some(d) = digest {
-        let ok = d.split_once(':').is_some_and(|(alg, hex)| {
-            !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !ok {
-            return Err(format!("bad digest {d:?}"));
-        }
-    }
-    // A tag follows the last ':' after the last '/'.
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let ok = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && !tag.starts_with(['.', '-']);
-        if !ok {
-            return Err(format!("bad tag {tag:?}"));
-        }
-    }
-    if repo.is_empty() {
-        return Err("empty repository name".into());
-    }
-    for (i, component) in repo.split('/').enumerate() {
-        // The first component may be a registry host[:port].
-        let host_like = i == 0
-            && repo.contains('/')
-            && (component.contains('.') || component.contains(':') || component == "localhost");
-        let ok = if host_like {
-            component
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        } else {
-            !component.is_empty()
-                && component
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        };
-        if !ok {
-            return Err(format!(
-                "bad repository name component {component:?} (lower case letters, digits and . _ - only)"
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let with_ref =
@@ -330,6 +269,7 @@ pub fn repository_path(repo: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn ok(s: &str) -> ImageRef {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -380,10 +320,8 @@ mod tests {
             ("fedora", "expected TRANSPORT:DETAILS"),
             ("ftp://x/y", "unknown transport \"ftp\""),
             ("docker:busybox", "docker://"),
-            (
-                "docker://Fedora/App",
-                "bad repository name component \"Fedora\"",
-            ),
+            ("docker://Fedora/App", "must be lower case"),
+            ("docker://a..b", "bad repository name component \"a..b\""),
             ("docker://app:bad tag", "bad tag"),
             ("docker://app@sha256:zz", "bad digest"),
             ("oci:", "no path"),
@@ -405,5 +343,40 @@ mod tests {
                 .to_string()
                 .contains("once encoded")
         );
+    }
+
+    /// A valid reference of any transport, spelled as a user may write it.
+    fn any_reference() -> impl Strategy<Value = String> {
+        let path = "/[a-z0-9._-]{1,8}(/[a-z0-9._-]{1,8}){0,2}";
+        let name = "[a-zA-Z0-9._-][a-zA-Z0-9._/:-]{0,20}";
+        let digest = "sha256:[0-9a-f]{64}";
+        prop_oneof![
+            docker::tests::docker_name().prop_map(|n| format!("docker://{n}")),
+            (path, proptest::option::of(name)).prop_map(|(p, r)| match r {
+                Some(r) => format!("oci:{p}:{r}"),
+                None => format!("oci:{p}"),
+            }),
+            (path, proptest::option::of(name)).prop_map(|(p, r)| format!(
+                "oci-archive:{p}{}",
+                r.map(|r| format!(":{r}")).unwrap_or_default()
+            )),
+            path.prop_map(|p| format!("docker-archive:{p}")),
+            path.prop_map(|p| format!("dir:{p}")),
+            name.prop_map(|n| format!("containers-storage:{n}")),
+            (proptest::option::of(path), name)
+                .prop_filter("not a name", |(_, n)| n != "." && n != "..")
+                .prop_map(|(p, n)| format!("composefs:{}:{n}", p.unwrap_or_default())),
+            (proptest::option::of(path), digest)
+                .prop_map(|(p, d)| format!("composefs:{}@{d}", p.unwrap_or_default())),
+        ]
+    }
+
+    proptest! {
+        /// Parsing what `Display` printed gives the same reference back, and printing is a
+        /// fixed point after one normalising parse.
+        #[test]
+        fn display_round_trips(s in any_reference()) {
+            docker::tests::round_trip::<ImageRef>(&s)?;
+        }
     }
 }

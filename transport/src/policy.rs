@@ -71,7 +71,7 @@ fn scopes_of(reference: &ImageRef) -> Result<(&'static str, Vec<String>)> {
             .collect())
     };
     Ok(match reference {
-        ImageRef::Docker(name) => ("docker", docker_scopes(name)),
+        ImageRef::Docker(docker) => ("docker", docker.scopes()),
         ImageRef::Oci { path, .. } => ("oci", path_scopes(path)?),
         ImageRef::OciArchive { path, .. } => ("oci-archive", path_scopes(path)?),
         ImageRef::DockerArchive(spec) => {
@@ -82,37 +82,6 @@ fn scopes_of(reference: &ImageRef) -> Result<(&'static str, Vec<String>)> {
         ImageRef::ContainersStorage(spec) => ("containers-storage", vec![spec.clone()]),
         ImageRef::Composefs { .. } => bail!("composefs: is not a source"),
     })
-}
-
-/// `host/ns/repo:tag`, `host/ns/repo`, `host/ns`, `host` (names without a host are Docker
-/// Hub's, `docker.io/library/...` for single-component names).
-fn docker_scopes(name: &str) -> Vec<String> {
-    let full = match crate::imageref::docker_host(name) {
-        Some(_) => name.to_owned(),
-        None if name.contains('/') => format!("docker.io/{name}"),
-        None => format!("docker.io/library/{name}"),
-    };
-    let without_digest = full.split('@').next().unwrap_or(&full).to_owned();
-    let last_slash = without_digest.rfind('/').unwrap_or(0);
-    let repo = match without_digest[last_slash..].rfind(':') {
-        Some(i) => without_digest[..last_slash + i].to_owned(),
-        None => without_digest.clone(),
-    };
-    let mut scopes = vec![full.clone()];
-    if without_digest != full {
-        scopes.push(without_digest.clone());
-    }
-    let mut current = repo.as_str();
-    loop {
-        if scopes.last().map(String::as_str) != Some(current) {
-            scopes.push(current.to_owned());
-        }
-        match current.rfind('/') {
-            Some(i) => current = &current[..i],
-            None => break,
-        }
-    }
-    scopes
 }
 
 /// Checks that the policy at `path` accepts an image of `transport` whose scopes, most
@@ -180,35 +149,6 @@ mod tests {
         std::fs::write(&path, policy).unwrap();
         let (transport, scopes) = scopes_of(&format!("oci:{location}").parse().unwrap()).unwrap();
         check(&path, transport, &scopes, "oci:/x")
-    }
-
-    #[test]
-    fn docker_scopes_most_specific_first() {
-        assert_eq!(
-            docker_scopes("quay.io/fedora/fedora:41"),
-            [
-                "quay.io/fedora/fedora:41",
-                "quay.io/fedora/fedora",
-                "quay.io/fedora",
-                "quay.io"
-            ]
-        );
-        assert_eq!(
-            docker_scopes("busybox"),
-            [
-                "docker.io/library/busybox",
-                "docker.io/library",
-                "docker.io"
-            ]
-        );
-        assert_eq!(
-            docker_scopes("127.0.0.1:5000/app:v1"),
-            [
-                "127.0.0.1:5000/app:v1",
-                "127.0.0.1:5000/app",
-                "127.0.0.1:5000"
-            ]
-        );
     }
 
     #[test]

@@ -209,13 +209,7 @@ impl CopyArgs {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 bail!("--src-creds and --src-username/--src-password cannot be used together")
             }
-            (Some(c), None, None) => {
-                let (user, password) = c.split_once(':').unwrap_or((c.as_str(), ""));
-                if user.is_empty() {
-                    bail!("--src-creds: empty user name");
-                }
-                Some((user.to_owned(), password.to_owned()))
-            }
+            (Some(c), None, None) => Some(super::parse_creds(c, "--src-creds")?),
             (None, Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
             (None, None, Some(_)) => bail!("--src-password needs --src-username"),
             (None, None, None) => None,

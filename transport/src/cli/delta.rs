@@ -14,10 +14,11 @@ use skiff_transport::imageref::{ImageRef, repository_path};
 use skiff_transport::options::SourceOptions;
 use skiff_transport::source::Source;
 use skiff_transport::source::layout::LayoutSource;
+use skiff_transport::source::skopeo::copy_to_layout;
 
-use super::GlobalOptions;
 use super::output::human;
 use super::with_repo_hash;
+use super::{GlobalOptions, parse_creds};
 
 /// `skiff delta create [flags] OLD NEW DESTINATION`.
 #[derive(Debug, Args)]
@@ -80,14 +81,22 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         );
     }
     let dest_options = SourceOptions {
-        creds: parse_creds(args.dest_creds.as_deref(), "--dest-creds")?,
+        creds: args
+            .dest_creds
+            .as_deref()
+            .map(|c| parse_creds(c, "--dest-creds"))
+            .transpose()?,
         authfile: args.dest_authfile.clone(),
         tls_verify: args.dest_tls_verify,
         cert_dir: args.dest_cert_dir.clone(),
         ..Default::default()
     };
     let options = SourceOptions {
-        creds: parse_creds(args.src_creds.as_deref(), "--src-creds")?,
+        creds: args
+            .src_creds
+            .as_deref()
+            .map(|c| parse_creds(c, "--src-creds"))
+            .transpose()?,
         authfile: args.src_authfile.clone(),
         tls_verify: args.src_tls_verify,
         cert_dir: args.src_cert_dir.clone(),
@@ -109,14 +118,16 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         _ => {
             let direct = match &new {
                 ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-                    LayoutSource::open(&new, &options)?
+                    let (new, options) = (new.clone(), options.clone());
+                    tokio::task::spawn_blocking(move || LayoutSource::open(&new, &options))
+                        .await??
                 }
                 _ => None,
             };
             let (layout, scratch) = match direct {
                 Some(layout) => (layout, None),
                 None => {
-                    let (layout, scratch) = copy_to_layout(&new, &options)?;
+                    let (layout, scratch) = copy_to_layout(&new, &options).await?;
                     (layout, Some(scratch))
                 }
             };
@@ -179,69 +190,6 @@ async fn run<H: FsVerityHashValue>(
 ) -> Result<CreateSummary> {
     let store = Store::<H>::open(repo_path)?;
     create_delta(&store, tag, new, dest, dest_options, options).await
-}
-
-fn parse_creds(creds: Option<&str>, flag: &str) -> Result<Option<(String, String)>> {
-    let Some(c) = creds else {
-        return Ok(None);
-    };
-    let (user, password) = c.split_once(':').unwrap_or((c, ""));
-    anyhow::ensure!(!user.is_empty(), "{flag}: empty user name");
-    Ok(Some((user.to_owned(), password.to_owned())))
-}
-
-/// Copies `image` with skopeo into a temporary OCI layout, manifest and blobs unchanged
-/// (`--preserve-digests`: skopeo refuses rather than convert), after skiff's policy check.
-fn copy_to_layout(
-    image: &ImageRef,
-    options: &SourceOptions,
-) -> Result<(LayoutSource, tempfile::TempDir)> {
-    skiff_transport::policy::check_reference(image, options)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("skiff-delta-new-")
-        .tempdir()?;
-    let dir = scratch.path().join("layout");
-    let mut skopeo = std::process::Command::new("skopeo");
-    for (flag, value) in [
-        ("--override-os", &options.os),
-        ("--override-arch", &options.arch),
-        ("--override-variant", &options.variant),
-    ] {
-        if let Some(v) = value {
-            skopeo.arg(flag).arg(v);
-        }
-    }
-    skopeo.args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"]);
-    if let Some((user, password)) = &options.creds {
-        skopeo.arg(format!("--src-creds={user}:{password}"));
-    }
-    if let Some(path) = &options.authfile {
-        skopeo.arg("--src-authfile").arg(path);
-    }
-    if let Some(verify) = options.tls_verify {
-        skopeo.arg(format!("--src-tls-verify={verify}"));
-    }
-    if let Some(path) = &options.cert_dir {
-        skopeo.arg("--src-cert-dir").arg(path);
-    }
-    skopeo
-        .arg(image.to_string())
-        .arg(format!("oci:{}:new", dir.display()));
-    let out = skopeo.output().context("Running skopeo")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "Reading NEW {image} with skopeo: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let layout = LayoutSource::open(
-        &ImageRef::Oci {
-            path: dir,
-            reference: Some("new".into()),
-        },
-        options,
-    )?
-    .context("the layout skopeo wrote cannot be read")?;
-    Ok((layout, scratch))
 }
 
 fn print_summary(dest: &ImageRef, s: &CreateSummary) {

@@ -190,15 +190,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Copy(args) => copy::run(*args, &cli.global).await,
             Command::Delta(DeltaCommand::Create(args)) => delta::create(*args, &cli.global).await,
+            // The store commands block: on a thread of their own, so the timeout can end them.
             Command::Init {
                 path,
                 hash,
                 require_verity,
-            } => store::init(&path, hash.into(), require_verity),
-            Command::Images { path, json } => store::images(path, json),
-            Command::Inspect { image, raw, config } => store::inspect(&image, raw, config),
-            Command::Rm { image } => store::rm(&image),
-            Command::Gc { path } => store::gc(path),
+            } => blocking(move || store::init(&path, hash.into(), require_verity)).await,
+            Command::Images { path, json } => blocking(move || store::images(path, json)).await,
+            Command::Inspect { image, raw, config } => {
+                blocking(move || store::inspect(&image, raw, config)).await
+            }
+            Command::Rm { image } => blocking(move || store::rm(&image)).await,
+            Command::Gc { path } => blocking(move || store::gc(path)).await,
             Command::Fsck { path } => store::fsck(path).await,
         }
     };
@@ -208,6 +211,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         })?,
         None => command.await,
     }
+}
+
+/// Runs blocking `work` off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// `USER[:PASSWORD]` as skopeo's `--*-creds` flags take it (no `:`: an empty password).
+fn parse_creds(value: &str, flag: &str) -> Result<(String, String)> {
+    let (user, password) = value.split_once(':').unwrap_or((value, ""));
+    anyhow::ensure!(!user.is_empty(), "{flag}: empty user name");
+    Ok((user.to_owned(), password.to_owned()))
 }
 
 /// Exit status for an error: 2 when the source image does not exist, as skopeo does.

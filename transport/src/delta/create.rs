@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use super::generate::{SourceSet, write_layer_diff};
 use super::tar_diff::BinaryDiff;
 use super::*;
-use crate::imageref::ImageRef;
+use crate::imageref::{DockerRef, ImageRef};
 use crate::media::Compression;
 use crate::options::SourceOptions;
 use crate::source::ResolvedImage;
@@ -487,7 +487,7 @@ fn annotations_of(manifest: &[u8]) -> Result<serde_json::Value> {
 /// one), then lists it under the target's referrers tag unless the registry indexes subjects
 /// itself.
 async fn push(
-    name: &str,
+    name: &DockerRef,
     options: &SourceOptions,
     blobs: &[Blob],
     manifest: &[u8],
@@ -505,7 +505,7 @@ async fn push(
     let indexed = client
         .push_manifest(digest, manifest.to_vec(), MANIFEST_MEDIA_TYPE)
         .await?;
-    if let Some(tag) = docker_tag(name) {
+    if let Some(tag) = name.tag() {
         client
             .push_manifest(tag, manifest.to_vec(), MANIFEST_MEDIA_TYPE)
             .await?;
@@ -540,13 +540,6 @@ async fn push(
     }))?;
     client.push_manifest(&tag, index, INDEX_MEDIA_TYPE).await?;
     Ok(())
-}
-
-/// The tag of a docker name, if it has one.
-fn docker_tag(name: &str) -> Option<&str> {
-    let name = name.split_once('@').map_or(name, |(n, _)| n);
-    let last = name.rfind('/').map_or(0, |i| i + 1);
-    name[last..].rfind(':').map(|i| &name[last + i + 1..])
 }
 
 /// How a layer of NEW goes into the delta.

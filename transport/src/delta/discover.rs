@@ -83,7 +83,7 @@ async fn search<H: FsVerityHashValue>(
             let Ok(config) = config.parse::<OciDigest>() else {
                 continue;
             };
-            if find_by_config(store, &config)?.is_none() {
+            if !holds_config(store, config).await? {
                 continue;
             }
         }
@@ -94,7 +94,7 @@ async fn search<H: FsVerityHashValue>(
             log::debug!("{delta_digest}: not a usable delta manifest");
             continue;
         };
-        if find_by_config(store, &delta.source_config)?.is_none() {
+        if !holds_config(store, delta.source_config.clone()).await? {
             continue;
         }
         // Every missing layer must come from the delta.
@@ -115,4 +115,11 @@ async fn search<H: FsVerityHashValue>(
         }
     }
     Ok(best)
+}
+
+/// Whether the store holds an image with this config. The lookup lists every tag and opens
+/// every image: on a blocking thread.
+async fn holds_config<H: FsVerityHashValue>(store: &Store<H>, config: OciDigest) -> Result<bool> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || Ok(find_by_config(&store, &config)?.is_some())).await?
 }

@@ -30,6 +30,11 @@ use super::tar_diff::{
     write_rollsum, write_zstd, zstd_patch,
 };
 
+/// Largest NEW file diffed against OLD: its content is held in memory for its sha1 and the
+/// diff. Larger files go into the delta as literal data, streamed, so a size read from a tar
+/// header (unchecked until the layer's DiffID is) never sizes an allocation.
+const MAX_DIFFED_FILE: u64 = 1024 * 1024 * 1024;
+
 /// A regular file of the source image.
 #[derive(Debug)]
 struct SourceFile<H: FsVerityHashValue> {
@@ -289,6 +294,7 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
             && !path_bytes.ends_with(b"/")
             && size > 0
             && !sparse
+            && size <= MAX_DIFFED_FILE
             && mode.is_ok_and(|m| m & 0o004 != 0);
         let path = std::str::from_utf8(&path_bytes).map(clean_path).ok();
         let Some(path) = path.filter(|p| candidate && !p.is_empty()) else {
@@ -296,7 +302,8 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
         };
         // The content goes through the encoder, not the literal recording.
         state.borrow_mut().skip = true;
-        let mut content = Vec::with_capacity(size as usize);
+        // Grown as bytes arrive: the header's size is not trusted before they do.
+        let mut content = Vec::new();
         entry.read_to_end(&mut content)?;
         state.borrow_mut().skip = false;
         let sha1 = openssl::sha::sha1(&content);

@@ -33,6 +33,7 @@ use reqwest::header::{
 use tokio::sync::{OnceCell, mpsc};
 
 use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
+use crate::imageref::DockerRef;
 use crate::options::SourceOptions;
 use auth::Credentials;
 
@@ -45,50 +46,6 @@ const MULTIPART_FIXED_OVERHEAD: u64 = 4096;
 
 /// Largest token answer accepted: tokens are kilobytes.
 const MAX_TOKEN_ANSWER: u64 = 1024 * 1024;
-
-/// A repository in a registry, from a `docker://` name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepositoryRef {
-    /// The registry as auth files and certificate directories name it (`docker.io`,
-    /// `quay.io`, `127.0.0.1:5000`).
-    pub registry: String,
-    /// The host (and port) to connect to (`registry-1.docker.io` for `docker.io`).
-    pub endpoint: String,
-    /// The repository path (`library/busybox`).
-    pub repository: String,
-}
-
-impl RepositoryRef {
-    /// Parses a docker name (`HOST/PATH[:TAG][@DIGEST]`, or a Docker Hub short name).
-    pub fn parse(name: &str) -> Result<Self> {
-        let without_digest = name.split_once('@').map_or(name, |(n, _)| n);
-        let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-        let without_tag = match without_digest[last_slash..].rfind(':') {
-            Some(i) => &without_digest[..last_slash + i],
-            None => without_digest,
-        };
-        let (registry, path) = match crate::imageref::docker_host(without_tag) {
-            Some(host) => (host.to_owned(), without_tag[host.len() + 1..].to_owned()),
-            None => ("docker.io".to_owned(), without_tag.to_owned()),
-        };
-        anyhow::ensure!(!path.is_empty(), "{name}: no repository name");
-        let path = if registry == "docker.io" && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
-        let endpoint = if registry == "docker.io" {
-            "registry-1.docker.io".to_owned()
-        } else {
-            registry.clone()
-        };
-        Ok(Self {
-            registry,
-            endpoint,
-            repository: path,
-        })
-    }
-}
 
 /// What a registry answered to a range request.
 #[derive(Debug)]
@@ -109,7 +66,7 @@ pub enum RangeAnswer {
 /// A client for one repository of one registry.
 pub struct Client {
     http: reqwest::Client,
-    target: RepositoryRef,
+    target: DockerRef,
     insecure: bool,
     credentials: Option<Credentials>,
     /// Whether tokens are asked for with push access.
@@ -130,32 +87,26 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for the repository of docker name `name`; nothing is sent yet.
-    pub fn new(name: &str, options: &SourceOptions) -> Result<Self> {
-        let target = RepositoryRef::parse(name)?;
-        let credentials = auth::credentials_for(options, &target.registry, &target.repository)?;
+    /// A client for the repository of `target`; nothing is sent yet.
+    pub fn new(target: &DockerRef, options: &SourceOptions) -> Result<Self> {
+        let credentials = auth::credentials_for(options, target.host(), target.repository())?;
         Ok(Self {
-            http: tls::http_client(options, &target.registry)?,
+            http: tls::http_client(options, target.host())?,
             insecure: options.tls_verify == Some(false),
             credentials,
             push: false,
-            target,
+            target: target.clone(),
             base: OnceCell::new(),
             authorization: std::sync::Mutex::new(None),
         })
     }
 
-    /// A client that may also push to the repository of `name`.
-    pub fn new_for_push(name: &str, options: &SourceOptions) -> Result<Self> {
+    /// A client that may also push to the repository of `target`.
+    pub fn new_for_push(target: &DockerRef, options: &SourceOptions) -> Result<Self> {
         Ok(Self {
             push: true,
-            ..Self::new(name, options)?
+            ..Self::new(target, options)?
         })
-    }
-
-    /// The repository this client reads.
-    pub fn target(&self) -> &RepositoryRef {
-        &self.target
     }
 
     /// Pings the registry once: picks the scheme and authenticates when asked to.
@@ -163,21 +114,21 @@ impl Client {
         let base = self
             .base
             .get_or_try_init(|| async {
-                let https = format!("https://{}", self.target.endpoint);
+                let https = format!("https://{}", self.target.endpoint());
                 match self.http.get(format!("{https}/v2/")).send().await {
                     Ok(_) => Ok(https),
                     Err(e) if self.insecure => {
-                        let http = format!("http://{}", self.target.endpoint);
+                        let http = format!("http://{}", self.target.endpoint());
                         log::debug!("{https}: {e}; trying {http}");
                         self.http
                             .get(format!("{http}/v2/"))
                             .send()
                             .await
-                            .with_context(|| format!("Reaching {}", self.target.endpoint))?;
+                            .with_context(|| format!("Reaching {}", self.target.endpoint()))?;
                         Ok(http)
                     }
                     Err(e) => Err(anyhow::Error::new(e)
-                        .context(format!("Reaching {} over HTTPS", self.target.endpoint))),
+                        .context(format!("Reaching {} over HTTPS", self.target.endpoint()))),
                 }
             })
             .await?;
@@ -227,7 +178,7 @@ impl Client {
             if authenticated {
                 bail!(
                     "{}: authentication failed (HTTP 401){}",
-                    self.target.registry,
+                    self.target.host(),
                     if self.credentials.is_some() {
                         ""
                     } else {
@@ -241,7 +192,7 @@ impl Client {
     }
 
     /// Answers a `401` challenge: Basic credentials, or a Bearer token from the realm.
-    #[context("Authenticating to {}", self.target.registry)]
+    #[context("Authenticating to {}", self.target.host())]
     async fn authenticate(&self, response: &reqwest::Response) -> Result<()> {
         let header = response
             .headers()
@@ -266,7 +217,7 @@ impl Client {
                     "token realm {realm:?} is not an HTTP URL"
                 );
                 let access = if self.push { "pull,push" } else { "pull" };
-                let scope = format!("repository:{}:{access}", self.target.repository);
+                let scope = format!("repository:{}:{access}", self.target.repository());
                 let mut query = vec![("scope", scope.as_str())];
                 if let Some(service) = challenge.params.get("service") {
                     query.push(("service", service));
@@ -305,7 +256,7 @@ impl Client {
     pub async fn blob_ranges(&self, digest: &str, ranges: &[Range<u64>]) -> Result<RangeAnswer> {
         let mut headers = HeaderMap::new();
         headers.insert(RANGE, byteranges::range_header(ranges).parse()?);
-        let path = format!("/v2/{}/blobs/{digest}", self.target.repository);
+        let path = format!("/v2/{}/blobs/{digest}", self.target.repository());
         let response = self.get(&path, headers).await?;
         let status = response.status();
         match status {
@@ -314,7 +265,9 @@ impl Client {
             StatusCode::BAD_REQUEST | StatusCode::RANGE_NOT_SATISFIABLE => {
                 return Ok(RangeAnswer::Refused(status));
             }
-            StatusCode::NOT_FOUND => bail!("blob {digest} not found in {}", self.target.repository),
+            StatusCode::NOT_FOUND => {
+                bail!("blob {digest} not found in {}", self.target.repository())
+            }
             other => bail!("the registry answered HTTP {other}"),
         }
         let header = |name| {
@@ -353,11 +306,11 @@ impl Client {
 impl Client {
     /// The manifest `reference` (tag or digest) names, exactly as stored: `None` when there is
     /// none. A digest reference is checked against the bytes.
-    #[context("Reading manifest {reference} of {}", self.target.repository)]
+    #[context("Reading manifest {reference} of {}", self.target.repository())]
     pub async fn manifest(&self, reference: &str) -> Result<Option<(Vec<u8>, String)>> {
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::ACCEPT, MANIFEST_ACCEPT.parse()?);
-        let path = format!("/v2/{}/manifests/{reference}", self.target.repository);
+        let path = format!("/v2/{}/manifests/{reference}", self.target.repository());
         let response = self.get(&path, headers).await?;
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
@@ -388,7 +341,7 @@ impl Client {
     ) -> Result<Vec<serde_json::Value>> {
         let path = format!(
             "/v2/{}/referrers/{digest}?artifactType={artifact_type}",
-            self.target.repository
+            self.target.repository()
         );
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -423,7 +376,7 @@ impl Client {
         let url = format!(
             "{}/v2/{}/blobs/{digest}",
             self.base().await?,
-            self.target.repository
+            self.target.repository()
         );
         let response = self
             .send(reqwest::Method::HEAD, &url, HeaderMap::new(), None)
@@ -438,7 +391,7 @@ impl Client {
             return Ok(());
         }
         let base = self.base().await?;
-        let url = format!("{base}/v2/{}/blobs/uploads/", self.target.repository);
+        let url = format!("{base}/v2/{}/blobs/uploads/", self.target.repository());
         let response = self
             .send(reqwest::Method::POST, &url, HeaderMap::new(), None)
             .await?;
@@ -493,7 +446,7 @@ impl Client {
         let url = format!(
             "{}/v2/{}/manifests/{reference}",
             self.base().await?,
-            self.target.repository
+            self.target.repository()
         );
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, media_type.parse()?);
@@ -562,39 +515,4 @@ pub(crate) fn body_reader(mut response: reqwest::Response) -> ChannelReader {
         }
     });
     ChannelReader::new(rx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repository_refs() {
-        let r = RepositoryRef::parse("127.0.0.1:5000/a/b:v1").unwrap();
-        assert_eq!(
-            (
-                r.registry.as_str(),
-                r.endpoint.as_str(),
-                r.repository.as_str()
-            ),
-            ("127.0.0.1:5000", "127.0.0.1:5000", "a/b")
-        );
-        let r = RepositoryRef::parse("busybox").unwrap();
-        assert_eq!(
-            (
-                r.registry.as_str(),
-                r.endpoint.as_str(),
-                r.repository.as_str()
-            ),
-            ("docker.io", "registry-1.docker.io", "library/busybox")
-        );
-        let digest = format!("quay.io/x/y@sha256:{}", "0".repeat(64));
-        let r = RepositoryRef::parse(&digest).unwrap();
-        assert_eq!(r.repository, "x/y");
-        let r = RepositoryRef::parse("localhost/app:tag@sha256:00").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str()),
-            ("localhost", "app")
-        );
-    }
 }

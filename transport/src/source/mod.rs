@@ -12,6 +12,7 @@
 
 pub mod layout;
 pub mod proxy;
+pub mod skopeo;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -63,7 +64,12 @@ impl Source {
         crate::policy::check_reference(reference, options)?;
         match reference {
             ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-                if let Some(layout) = layout::LayoutSource::open(reference, options)? {
+                // Opening an archive reads every tar header in it.
+                let (owned, opts) = (reference.clone(), options.clone());
+                let opened =
+                    tokio::task::spawn_blocking(move || layout::LayoutSource::open(&owned, &opts))
+                        .await??;
+                if let Some(layout) = opened {
                     return Ok(Self::Layout(layout));
                 }
                 Ok(Self::Proxy(Box::new(

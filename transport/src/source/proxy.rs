@@ -4,13 +4,10 @@
 //! bookworm's skopeo 1.9.3 works. The proxy checks blob digests; skiff checks them again, and
 //! the DiffIDs, which the proxy does not.
 
-use std::io::Write;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
 use fn_error_context::context;
@@ -18,7 +15,7 @@ use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::imageref::ImageRef;
+use crate::imageref::{DockerRef, ImageRef};
 use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 
@@ -28,7 +25,7 @@ pub struct ProxySource {
     image: OpenedImage,
     reference: String,
     /// For `docker://` images: the registry name and the options to reach it natively.
-    registry: Option<(String, SourceOptions)>,
+    registry: Option<(DockerRef, SourceOptions)>,
     /// The native client, made on first use (byte ranges).
     client: tokio::sync::OnceCell<Arc<crate::registry::Client>>,
 }
@@ -41,45 +38,13 @@ impl std::fmt::Debug for ProxySource {
     }
 }
 
-/// The registry host of a `docker://` reference, as auth.json keys it.
-fn registry_host(name: &str) -> String {
-    crate::imageref::docker_host(name)
-        .unwrap_or("docker.io")
-        .to_owned()
-}
-
-/// An auth.json holding `--src-creds` for the reference's registry: the proxy takes
-/// credentials only as an auth file.
-fn creds_authfile(reference: &ImageRef, user: &str, password: &str) -> Result<std::fs::File> {
-    let host = match reference {
-        ImageRef::Docker(name) => registry_host(name),
-        other => anyhow::bail!("--src-creds applies to docker:// sources, not {other}"),
-    };
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
-    let mut file = tempfile::tempfile()?;
-    file.write_all(json.to_string().as_bytes())?;
-    use std::io::Seek;
-    file.rewind()?;
-    Ok(file)
-}
-
 impl ProxySource {
     /// Starts skopeo's proxy and opens `reference`.
     #[context("Opening {reference} through skopeo")]
     pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
-        let mut skopeo = Command::new("skopeo");
-        for (flag, value) in [
-            ("--override-arch", &options.arch),
-            ("--override-os", &options.os),
-            ("--override-variant", &options.variant),
-        ] {
-            if let Some(v) = value {
-                skopeo.arg(flag).arg(v);
-            }
-        }
+        check_local_path(reference)?;
         let mut config = ImageProxyConfig::default();
-        config.skopeo_cmd = Some(skopeo);
+        config.skopeo_cmd = Some(super::skopeo::command(options));
         // Anonymous access means no credentials from any auth file either.
         config.authfile = options.authfile.clone().filter(|_| !options.no_creds);
         config.auth_anonymous = options.no_creds;
@@ -89,7 +54,9 @@ impl ProxySource {
         config.insecure_policy = Some(true);
         if let Some((user, password)) = &options.creds {
             config.authfile = None;
-            config.auth_data = Some(creds_authfile(reference, user, password)?);
+            // The proxy reads it through an inherited descriptor: the path can go now.
+            let file = super::skopeo::creds_authfile(reference, user, password)?;
+            config.auth_data = Some(file.into_file());
         }
         let proxy = ImageProxy::new_with_config(config)
             .await
@@ -178,7 +145,7 @@ impl ProxySource {
             self.proxy
                 .fetch_manifest_raw_oci(&self.image)
                 .await
-                .map_err(|e| classify_open_error(&self.reference, &e.to_string()))?;
+                .map_err(|e| classify_open_error(&self.reference, &e))?;
         if crate::delta::is_delta(&manifest_json) {
             anyhow::ensure!(
                 skiff_storage::digest::digest_of(&manifest_json).to_string() == source_digest,
@@ -264,59 +231,73 @@ impl ProxySource {
     }
 }
 
-/// Opens an image, telling "no such image" apart from other failures: with OpenImageOptional
-/// where the proxy has it, else by skopeo's error text (protocol 0.2.3 has only OpenImage).
+/// The first proxy protocol with OpenImageOptional, which reports a missing image as such
+/// (skopeo 1.9.3 speaks 0.2.3 and has only OpenImage).
+const OPEN_OPTIONAL_PROTOCOL: (u64, u64, u64) = (0, 2, 4);
+
+/// Opens an image, telling "no such image" apart from other failures: by OpenImageOptional
+/// where the proxy's protocol has it, else by the reason skopeo gives.
 async fn open_image(proxy: &ImageProxy, name: &str) -> Result<OpenedImage> {
-    match proxy.open_image_optional(name).await {
-        Ok(Some(image)) => return Ok(image),
-        Ok(None) => return Err(SourceNotFound(name.to_owned()).into()),
-        Err(e) if e.to_string().contains("unknown method") => {}
-        Err(e) => return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
+    let v = proxy.protocol_version();
+    if (v.major, v.minor, v.patch) >= OPEN_OPTIONAL_PROTOCOL {
+        return match proxy.open_image_optional(name).await {
+            Ok(Some(image)) => Ok(image),
+            Ok(None) => Err(SourceNotFound(name.to_owned()).into()),
+            Err(e) => Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string()))),
+        };
     }
     proxy
         .open_image(name)
         .await
-        .map_err(|e| classify_open_error(name, &e.to_string()))
+        .map_err(|e| classify_open_error(name, &e))
 }
 
-/// A [`SourceNotFound`] when skopeo's message says the image does not exist; else the message.
-/// Some transports (dir:) only notice at GetManifest.
-fn classify_open_error(name: &str, message: &str) -> anyhow::Error {
-    let message = clean_proxy_error(message);
-    if NOT_FOUND_MARKERS.iter().any(|m| message.contains(m)) {
+/// A local source path that does not exist, as [`SourceNotFound`], checked before skopeo
+/// runs (skopeo's own report is an OS error like any other).
+fn check_local_path(reference: &ImageRef) -> Result<()> {
+    let path = match reference {
+        ImageRef::Dir(path) => path.as_path(),
+        ImageRef::OciArchive { path, .. } | ImageRef::Oci { path, .. } => path.as_path(),
+        ImageRef::DockerArchive(spec) => {
+            std::path::Path::new(spec.split(':').next().unwrap_or(spec))
+        }
+        _ => return Ok(()),
+    };
+    match path.try_exists() {
+        Ok(false) => Err(SourceNotFound(reference.to_string()).into()),
+        _ => Ok(()),
+    }
+}
+
+/// A [`SourceNotFound`] when the proxy's request failed because skopeo found no such image
+/// (its reason names the registry's or the layout's "unknown" answer); else the message.
+fn classify_open_error(name: &str, error: &containers_image_proxy::Error) -> anyhow::Error {
+    let message = clean_proxy_error(&error.to_string());
+    let not_found = match error {
+        containers_image_proxy::Error::RequestInitiationFailure { error, .. } => {
+            NOT_FOUND_REASONS.iter().any(|m| error.contains(m))
+        }
+        _ => false,
+    };
+    if not_found {
         anyhow::Error::new(SourceNotFound(name.to_owned())).context(message)
     } else {
         anyhow::anyhow!("{message}")
     }
 }
 
-/// How skopeo 1.9.3 words "the image does not exist", per transport: registries answer
-/// MANIFEST_UNKNOWN / NAME_UNKNOWN; local transports fail to open their files.
-const NOT_FOUND_MARKERS: &[&str] = &[
+/// How skopeo 1.9.3 words "the image does not exist" in a failed request: the distribution
+/// error codes MANIFEST_UNKNOWN / NAME_UNKNOWN, and an OCI layout without the tag. Nothing
+/// broader: an OS error (a file missing inside an archive, a missing certificate directory)
+/// is not a missing image; missing source paths are checked before skopeo runs.
+const NOT_FOUND_REASONS: &[&str] = &[
     "manifest unknown",
     "name unknown",
     "repository name not known",
-    "no such file or directory",
     "no descriptor found for reference",
-    "does not exist",
-    "not found in",
 ];
 
 /// skopeo's errors arrive wrapped in the proxy protocol's; keep the part a user can act on.
 fn clean_proxy_error(message: &str) -> String {
     message.trim().to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_host_as_auth_json_keys_it() {
-        assert_eq!(registry_host("127.0.0.1:5000/app:v1"), "127.0.0.1:5000");
-        assert_eq!(registry_host("quay.io/fedora/fedora"), "quay.io");
-        assert_eq!(registry_host("localhost/app"), "localhost");
-        assert_eq!(registry_host("library/busybox"), "docker.io");
-        assert_eq!(registry_host("busybox"), "docker.io");
-    }
 }
