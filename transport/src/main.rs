@@ -1,8 +1,15 @@
 //! The `skiff` command: skopeo's `copy`, with composefs storage as a transport.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod cli;
+
+/// How long the exit waits for blocking work still running (importers seeing their input close
+/// after an error end within milliseconds). Exiting while such threads still use zstd, OpenSSL
+/// or the allocator corrupts the heap in the exit handlers; only work that `--command-timeout`
+/// abandoned (a store command blocked on a lock) outlives this.
+const BLOCKING_WORK_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     cli::logger::init();
@@ -18,8 +25,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(cli::run(cli));
-    // Work that --command-timeout abandoned (a blocked store command) must not hold the exit.
-    runtime.shutdown_background();
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
