@@ -585,45 +585,35 @@ fn a_delta_in_a_registry_applies_through_skopeo() {
     let remote = registry
         .push(&format!("oci-archive:{}", archive.display()), "app:delta")
         .unwrap();
-    let out = output(skiff().args([
-        "copy",
-        "--progress=plain",
-        "--src-tls-verify=false",
-        &remote,
-        &s.dest("repo", "new"),
-    ]))
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
-        "{stdout}"
-    );
     let full_id = s.full_pull_id();
-    assert_eq!(
-        run(cfsctl(&s.repo("repo")).args(["oci", "compute-id", "new"])).unwrap(),
-        full_id
-    );
-    // Pushed by skopeo to a registry with the referrers API (skopeo writes no fallback tag): an
+    copy_uses_the_delta(&s, &remote, "repo", "new", &full_id);
+    // Pushed by skopeo to registries with the referrers API (skopeo writes no fallback tag): an
     // ordinary copy of the target, into a store holding the old image, finds it through the API.
-    let referrers = Registry::start_referrers().unwrap();
-    let new_ref = referrers.push(&s.src("new"), "app:new").unwrap();
-    referrers
-        .push(&format!("oci-archive:{}", archive.display()), "app:delta")
-        .unwrap();
-    let tags = referrers.tags("app").unwrap();
-    assert!(tags.iter().all(|t| !t.starts_with("sha256-")), "{tags:?}");
-    s.copied(&s.src("old"), &s.dest("api", "app"));
+    for (repo, referrers) in [
+        ("api-ferro", Registry::start_referrers().unwrap()),
+        ("api-ggcr", Registry::start_ggcr().unwrap()),
+    ] {
+        let new_ref = referrers.push(&s.src("new"), "app:new").unwrap();
+        referrers
+            .push(&format!("oci-archive:{}", archive.display()), "app:delta")
+            .unwrap();
+        let tags = referrers.tags("app").unwrap();
+        assert!(tags.iter().all(|t| !t.starts_with("sha256-")), "{tags:?}");
+        s.copied(&s.src("old"), &s.dest(repo, "app"));
+        let stdout = copy_uses_the_delta(&s, &new_ref, repo, "app", &full_id);
+        assert!(stdout.contains("Using delta sha256:"), "{stdout}");
+    }
+}
+
+/// `skiff copy SOURCE` (plain HTTP) into `repo` as `tag` rebuilds the new image from a delta
+/// (the old image's two layers skipped) and stores what a full pull stores; its output.
+fn copy_uses_the_delta(s: &Setup, source: &str, repo: &str, tag: &str, full_id: &str) -> String {
     let out = output(skiff().args([
         "copy",
         "--progress=plain",
         "--src-tls-verify=false",
-        &new_ref,
-        &s.dest("api", "app"),
+        source,
+        &s.dest(repo, tag),
     ]))
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -632,15 +622,15 @@ fn a_delta_in_a_registry_applies_through_skopeo() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("Using delta sha256:"), "{stdout}");
     assert!(
         stdout.contains("2 skipped, 0 full, 0 partial, 1 delta"),
         "{stdout}"
     );
     assert_eq!(
-        run(cfsctl(&s.repo("api")).args(["oci", "compute-id", "app"])).unwrap(),
+        run(cfsctl(&s.repo(repo)).args(["oci", "compute-id", tag])).unwrap(),
         full_id
     );
+    stdout.into_owned()
 }
 
 /// skiff's flags to reach `registry` as a source (`src`) or destination (`dest`).
