@@ -1,7 +1,6 @@
 //! Layer import against composefs-oci's own importer: same tar, same objects.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use composefs::fsverity::{FsVerityHashValue, Sha256HashValue};
@@ -10,7 +9,9 @@ use rustix::fs::CWD;
 use skiff_storage::content_index::ContentIndex;
 use skiff_storage::digest::digest_of;
 use skiff_storage::layer_import::{LayerError, split_layer, stored_layer};
-use skiff_storage::{HashAlgorithm, InitOptions, Store};
+
+mod common;
+use common::store;
 
 fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -41,19 +42,6 @@ fn sample_tar(extra: Option<(&str, &[u8])>) -> Vec<u8> {
         add(name, data, tar::EntryType::Regular);
     }
     b.into_inner().unwrap()
-}
-
-fn store(dir: &Path) -> Store<Sha256HashValue> {
-    let path = dir.join("repo");
-    skiff_storage::repository::init(
-        &path,
-        InitOptions {
-            hash: HashAlgorithm::Sha256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    Store::open_writable(&path).unwrap()
 }
 
 fn object_refs(repo: &Repository<Sha256HashValue>, layer: &Sha256HashValue) -> HashSet<String> {

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue};
 use composefs::repository::{Repository, RepositoryConfig};
 use rustix::fs::CWD;
+use skiff_storage::OciDigest;
 use skiff_storage::digest::digest_of;
 use skiff_storage::layer_import::split_layer;
 use skiff_storage::publish::publish_image;
-use skiff_storage::{HashAlgorithm, InitOptions, OciDigest, Store};
+
+mod common;
 
 fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -50,15 +52,7 @@ fn image(layers: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Vec<OciDigest>) {
 async fn same_erofs_as_composefs_oci() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ours");
-    skiff_storage::repository::init(
-        &path,
-        InitOptions {
-            hash: HashAlgorithm::Sha256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let store = Store::<Sha256HashValue>::open_writable(&path).unwrap();
+    let store = common::store_at(&path);
     let layers = vec![
         layer(&[("usr/a", &[1u8; 5000][..]), ("usr/small", b"hi")]),
         layer(&[("usr/.wh.a", b""), ("usr/b", &[2u8; 9000][..])]),

@@ -3,16 +3,18 @@
 //! rebuilds the exact tar, the tree holds what Go extracts.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use composefs::fsverity::Sha256HashValue;
 use composefs::tree::{FileSystem, Inode, LeafContent, RegularFile};
+use skiff_storage::Store;
 use skiff_storage::digest::digest_of;
 use skiff_storage::layer_import::split_layer;
 use skiff_storage::publish::build_filesystem;
 use skiff_storage::tar_header::{EntryHeader, HeaderEvent, HeaderReader, MAX_SPARSE_SIZE};
-use skiff_storage::{HashAlgorithm, InitOptions, Store};
 use tar_core::parse::{ParseError, ParseEvent, Parser};
+
+mod common;
+use common::store;
 
 /// A header made with the tar crate, then given the ustar magic with GNU's version field.
 fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
@@ -164,19 +166,6 @@ fn entries_without_data_ignore_their_size() {
     }
     let tar = tar_of(&[header("x", tar::EntryType::Regular, 700).as_bytes()]);
     assert_eq!(ours(&tar).1.data_size, 700);
-}
-
-fn store(dir: &Path) -> Store<Sha256HashValue> {
-    let path = dir.join("repo");
-    skiff_storage::repository::init(
-        &path,
-        InitOptions {
-            hash: HashAlgorithm::Sha256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    Store::open_writable(&path).unwrap()
 }
 
 /// Imports `tar` as one layer and builds its tree; checks that the layer rebuilds `tar`.
