@@ -1,6 +1,6 @@
 //! skiff's transports: image references, sources, layer converters and the copy engine.
 //!
-//! The `skiff` binary (`src/main.rs`, `src/cli/`) is a thin layer over this library. The library
+//! The `skiff` binary (crate `skiff`, folder `cli/`) is a thin layer over this library. The library
 //! logs (through `log`) and never prints.
 
 #![forbid(unsafe_code)]
