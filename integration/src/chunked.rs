@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
+use skiff_transport::format::zstd_chunked::{Annotations, Toc, decompress_metadata};
 
 use crate::fixtures;
 

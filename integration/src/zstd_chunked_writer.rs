@@ -1,5 +1,5 @@
 //! Writing zstd:chunked layers in the containers/storage ≥ 1.54 layout (the format is described
-//! in `skiff_transport::zstd_chunked`), for fixtures and tests: skiff itself only reads them.
+//! in `skiff_transport::format::zstd_chunked`), for fixtures and tests: skiff itself only reads them.
 //!
 //! The tar is cut as containers/storage's compressor cuts it: the raw bytes between file
 //! contents (padding, headers with their PAX and GNU extensions) accumulate in one frame; each
@@ -17,8 +17,8 @@ use skiff_storage::tar_header::{MAX_HEADER_BYTES, tar_parser};
 use tar_core::HEADER_SIZE;
 use tar_core::parse::ParseEvent;
 
-use skiff_transport::zstd_chunked::chunking::chunk_boundaries;
-use skiff_transport::zstd_chunked::{
+use skiff_transport::format::zstd_chunked::chunking::chunk_boundaries;
+use skiff_transport::format::zstd_chunked::{
     FOOTER_MAGIC, MANIFEST_CHECKSUM, MANIFEST_POSITION, SKIPPABLE_MAGIC, TARSPLIT_POSITION,
     crc64_iso,
 };
@@ -378,7 +378,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_transport::zstd_chunked::{Annotations, Metadata};
+    use skiff_transport::format::zstd_chunked::{Annotations, Metadata};
 
     fn sample_tar() -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -436,7 +436,7 @@ mod tests {
         else {
             panic!("not chunked");
         };
-        let slice = |p: skiff_transport::zstd_chunked::Position| {
+        let slice = |p: skiff_transport::format::zstd_chunked::Position| {
             &blob[p.range(blob.len() as u64).unwrap().start as usize..][..p.length as usize]
         };
         let meta = Metadata::load(
@@ -471,7 +471,7 @@ mod tests {
             assert_eq!(openssl::sha::sha256(&content), file.sha256);
         }
         let footer =
-            skiff_transport::zstd_chunked::Footer::parse(&blob[blob.len() - 72..]).unwrap();
+            skiff_transport::format::zstd_chunked::Footer::parse(&blob[blob.len() - 72..]).unwrap();
         assert_eq!(footer.toc, toc);
         assert_eq!(footer.tar_split, tar_split);
     }
@@ -492,7 +492,7 @@ mod tests {
             panic!("not chunked");
         };
         let size = blob.len() as u64;
-        let part = |p: skiff_transport::zstd_chunked::Position| {
+        let part = |p: skiff_transport::format::zstd_chunked::Position| {
             blob[p.offset as usize..(p.offset + p.length) as usize].to_vec()
         };
         let (toc_bytes, split_bytes) = (part(toc), part(tar_split));

@@ -11,7 +11,7 @@ use skiff_integration::fixtures::{self, Compression, Layer};
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{cfsctl, peer_copy, run, skiff, skopeo};
 use skiff_integration::tree::Tree;
-use skiff_transport::zstd_chunked::Annotations;
+use skiff_transport::format::zstd_chunked::Annotations;
 
 /// Bytes a partial pull may fetch above the file-level floor (multipart headers, merged gaps).
 const FLOOR_SLACK: f64 = 1.1;

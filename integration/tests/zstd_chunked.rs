@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use skiff_integration::fixtures::{self, Compression, Layer};
 use skiff_integration::tools::{peer_copy, run, skopeo};
 use skiff_integration::zstd_chunked_writer as writer;
-use skiff_transport::zstd_chunked::{Annotations, Toc, decompress_metadata};
+use skiff_transport::format::zstd_chunked::{Annotations, Toc, decompress_metadata};
 
 fn boundaries(toc: &Toc) -> BTreeMap<Vec<u8>, Vec<(u64, u64, bool)>> {
     toc.files
@@ -144,7 +144,7 @@ fn as_the_crate_rebuilds(tar: &[u8]) -> Vec<u8> {
     let mut pos = 0;
     for r in replaced {
         out.extend_from_slice(&tar[pos..r.start]);
-        let mut crc = skiff_transport::zstd_chunked::Crc64Iso::default();
+        let mut crc = skiff_transport::format::zstd_chunked::Crc64Iso::default();
         crc.update(&tar[r.clone()]);
         out.extend_from_slice(&crc.finish().to_be_bytes());
         pos = r.end;
@@ -173,7 +173,7 @@ fn the_zstd_chunked_crate_reads_what_skiff_writes() {
             else {
                 panic!("{name}: not zstd:chunked");
             };
-            let frame = |p: &skiff_transport::zstd_chunked::Position| {
+            let frame = |p: &skiff_transport::format::zstd_chunked::Position| {
                 &blob[p.offset as usize..(p.offset + p.length) as usize]
             };
             let stream =

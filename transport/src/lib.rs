@@ -1,22 +1,23 @@
-//! skiff's transports: image references, sources, layer converters and the copy engine.
+//! skiff's library: image references, sources, the pull engine with its layer converters, and
+//! delta creation. The data flows one way:
 //!
-//! The `skiff` binary (crate `skiff`, folder `cli/`) is a thin layer over this library. The library
+//! ```text
+//! reference → source → pull (plan, convert, run) → skiff_storage (import, publish)
+//! ```
+//!
+//! with [`format`] (zstd:chunked, oci-delta, media types) as leaves every stage reads. The
+//! `skiff` binary (crate `skiff`, folder `cli/`) is a thin layer over this library. The library
 //! logs (through `log`) and never prints.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
-mod channel_reader;
-pub mod chunked_pull;
-pub mod copy;
-pub mod delta;
-pub mod imageref;
-pub mod layer;
-pub mod media;
+pub mod delta_create;
+pub mod format;
+mod io;
 pub mod options;
 pub mod platform;
 pub mod policy;
-pub mod range_fetch;
-pub mod registry;
+pub mod pull;
+pub mod reference;
 pub mod source;
-pub mod zstd_chunked;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::imageref::ImageRef;
 use crate::options::SourceOptions;
+use crate::reference::ImageRef;
 
 /// The image was refused by the signature policy.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use skiff_storage::images::StoredRef;
 use skiff_storage::{FsVerityHashValue, InitOptions, Store};
-use skiff_transport::copy::{CopyOptions, copy_image};
-use skiff_transport::imageref::{ImageRef, repository_path};
 use skiff_transport::options::SourceOptions;
+use skiff_transport::pull::{CopyOptions, copy_image};
+use skiff_transport::reference::{ImageRef, repository_path};
 use skiff_transport::source::Source;
 
 use super::GlobalOptions;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use skiff_transport::copy::{CopyEvent, CopySummary, Observer};
-use skiff_transport::imageref::ImageRef;
+use skiff_transport::pull::{CopyEvent, CopySummary, Observer};
+use skiff_transport::reference::ImageRef;
 
 /// `--progress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use skiff_storage::images::{self, StoredRef};
 use skiff_storage::{FsVerityHashValue, HashAlgorithm, InitOptions, Store, maintenance};
-use skiff_transport::imageref::{ImageRef, default_repository};
+use skiff_transport::reference::{ImageRef, default_repository};
 
 use super::output::human;
 use super::with_repo_hash;
@@ -19,7 +19,7 @@ fn repo_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
 fn stored_image(reference: &str) -> Result<(PathBuf, StoredRef)> {
     match reference.parse::<ImageRef>()? {
         ImageRef::Composefs { repo, image } => {
-            Ok((skiff_transport::imageref::repository_path(&repo)?, image))
+            Ok((skiff_transport::reference::repository_path(&repo)?, image))
         }
         other => bail!("{other}: expected an image of composefs storage (composefs:PATH:NAME)"),
     }

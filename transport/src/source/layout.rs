@@ -23,11 +23,11 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
-use crate::imageref::ImageRef;
-use crate::layer::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
+use crate::io::{CHANNEL_DEPTH, ChannelReader};
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::platform::WantedPlatform;
+use crate::pull::convert::full::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
+use crate::reference::ImageRef;
 
 /// The tag annotation of OCI layouts.
 const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -218,7 +218,7 @@ impl LayoutSource {
                 })?;
             }
             let manifest_json = layout.read_verified(&desc, MAX_MANIFEST_SIZE)?;
-            if crate::delta::is_delta(&manifest_json) {
+            if crate::format::oci_delta::is_delta(&manifest_json) {
                 return Ok(Resolved::Delta(manifest_json));
             }
             let manifest = parse_manifest(&manifest_json, &name)?;

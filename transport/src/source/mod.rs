@@ -5,13 +5,15 @@
 //! - [`layout::LayoutSource`]: `oci:` and uncompressed `oci-archive:` read directly, without
 //!   skopeo: exact manifests and indexes, random access to blobs.
 //! - For `docker://` images, the proxy reads manifests and whole blobs, and the native
-//!   [registry client](crate::registry) byte ranges ([`Source::range_source`]).
+//!   [registry client](crate::source::registry) byte ranges ([`Source::range_source`]).
 //!
 //! Every source hands out the manifest and config bytes verified against their digests, and
-//! layer blobs that the [layer converter](crate::layer) verifies while importing.
+//! layer blobs that the [layer converter](crate::pull::convert::full) verifies while importing.
 
 pub mod layout;
 pub mod proxy;
+pub mod ranges;
+pub mod registry;
 pub mod skopeo;
 
 use std::sync::Arc;
@@ -22,9 +24,9 @@ use containers_image_proxy::oci_spec::image::{Descriptor, ImageConfiguration, Im
 use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
-use crate::imageref::ImageRef;
 use crate::options::SourceOptions;
-use crate::range_fetch::RangeSource;
+use crate::reference::ImageRef;
+use crate::source::ranges::RangeSource;
 
 /// The manifest and config of the image to copy, verified.
 #[derive(Debug, Clone)]

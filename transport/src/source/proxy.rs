@@ -15,9 +15,9 @@ use skiff_storage::layer_import::PendingLayer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::imageref::{DockerRef, ImageRef};
-use crate::layer::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
+use crate::pull::convert::full::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
+use crate::reference::{DockerRef, ImageRef};
 
 /// An image opened through the proxy.
 pub struct ProxySource {
@@ -27,7 +27,7 @@ pub struct ProxySource {
     /// For `docker://` images: the registry name and the options to reach it natively.
     registry: Option<(DockerRef, SourceOptions)>,
     /// The native client, made on first use (byte ranges).
-    client: tokio::sync::OnceCell<Arc<crate::registry::Client>>,
+    client: tokio::sync::OnceCell<Arc<crate::source::registry::Client>>,
 }
 
 impl std::fmt::Debug for ProxySource {
@@ -146,7 +146,7 @@ impl ProxySource {
                 .fetch_manifest_raw_oci(&self.image)
                 .await
                 .map_err(|e| classify_open_error(&self.reference, &e))?;
-        if crate::delta::is_delta(&manifest_json) {
+        if crate::format::oci_delta::is_delta(&manifest_json) {
             anyhow::ensure!(
                 skiff_storage::digest::digest_of(&manifest_json).to_string() == source_digest,
                 "the delta manifest of {} does not match its digest {source_digest}",
@@ -219,13 +219,15 @@ impl ProxySource {
 impl ProxySource {
     /// The native registry client for this image's repository: `None` when the image is not in
     /// a registry.
-    pub async fn registry_client(&self) -> Result<Option<Arc<crate::registry::Client>>> {
+    pub async fn registry_client(&self) -> Result<Option<Arc<crate::source::registry::Client>>> {
         let Some((name, options)) = &self.registry else {
             return Ok(None);
         };
         let client = self
             .client
-            .get_or_try_init(|| async { crate::registry::Client::new(name, options).map(Arc::new) })
+            .get_or_try_init(|| async {
+                crate::source::registry::Client::new(name, options).map(Arc::new)
+            })
             .await?;
         Ok(Some(client.clone()))
     }

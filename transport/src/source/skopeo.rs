@@ -13,8 +13,8 @@ use base64::Engine;
 use fn_error_context::context;
 
 use super::layout::LayoutSource;
-use crate::imageref::ImageRef;
 use crate::options::SourceOptions;
+use crate::reference::ImageRef;
 
 /// `skopeo` with the global `--override-arch/os/variant` flags of `options`.
 pub(crate) fn command(options: &SourceOptions) -> Command {

@@ -1,9 +1,12 @@
 //! The copy engine: plan each layer, fetch and import in parallel, publish, tag.
 //!
 //! Per layer, the cheapest correct way in: already stored (by DiffID) → skip; otherwise the
-//! full stream through the [layer converter](crate::layer). Layers are fetched largest first,
+//! full stream through the [layer converter](crate::pull::convert::full). Layers are fetched largest first,
 //! at most `jobs` at once; each is verified and named in the store as it completes, and the
 //! tag appears only when every layer of the image is there and synced.
+
+pub mod convert;
+pub mod delta_discovery;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,12 +22,12 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::chunked_pull::{ChunkedLayout, Imported, PartialStats, Reuse, import_partial};
-use crate::layer::BlobError;
-use crate::media::UnsupportedMediaType;
-use crate::range_fetch::WholeBlobComing;
+use crate::format::media::UnsupportedMediaType;
+use crate::format::zstd_chunked::Annotations;
+use crate::pull::convert::chunked::{ChunkedLayout, Imported, PartialStats, Reuse, import_partial};
+use crate::pull::convert::full::BlobError;
+use crate::source::ranges::WholeBlobComing;
 use crate::source::{Resolved, Source};
-use crate::zstd_chunked::Annotations;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, TreeTooDeep};
 use skiff_storage::tree_path::on_tree_stack;
@@ -181,7 +184,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
     let image = match source.resolve().await? {
         Resolved::Image(image) => *image,
         Resolved::Delta(delta_json) => {
-            return crate::delta::apply::apply_delta(
+            return crate::pull::convert::delta::apply_delta(
                 source,
                 store,
                 tag,
@@ -211,16 +214,21 @@ pub async fn copy_image<H: FsVerityHashValue>(
         })
         .collect::<Result<_>>()?;
     if options.use_deltas
-        && let Some(found) =
-            crate::delta::discover::find_delta(&source, store, &image, &manifest_digest, &diff_ids)
-                .await
+        && let Some(found) = crate::pull::delta_discovery::find_delta(
+            &source,
+            store,
+            &image,
+            &manifest_digest,
+            &diff_ids,
+        )
+        .await
     {
         observer.event(&CopyEvent::DeltaUsed {
             digest: found.digest.clone(),
             replaces: found.replaces,
             size: found.size,
         });
-        match crate::delta::apply::apply_delta(
+        match crate::pull::convert::delta::apply_delta(
             source.clone(),
             store,
             tag,
@@ -251,7 +259,7 @@ pub async fn copy_image<H: FsVerityHashValue>(
     // Plan: what is stored is skipped; each remaining blob is fetched once.
     let mut wanted = Vec::new();
     for (desc, diff_id) in distinct_layers(image.manifest.layers(), &diff_ids) {
-        crate::media::Compression::of_layer(desc.media_type())
+        crate::format::media::Compression::of_layer(desc.media_type())
             .with_context(|| format!("Layer {}", desc.digest()))?;
         if stored_layer(store, diff_id)?.is_some() {
             summary.layers_skipped += 1;

@@ -27,9 +27,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chunked_pull::PartialStats;
-use crate::registry::{Client, RangeAnswer};
+use crate::pull::convert::chunked::PartialStats;
 use crate::source::layout::BlobRanges;
+use crate::source::registry::{Client, RangeAnswer};
 
 /// Ranges this close are fetched as one: a gap costs less than the ~150 bytes of multipart
 /// headers a separate part adds (c/storage merges gaps up to 1 KiB as well).

@@ -99,7 +99,7 @@ impl<H: FsVerityHashValue> SourceFiles<H> {
 
 impl<H: FsVerityHashValue> DeltaDataSource for SourceFiles<H> {
     fn set_current_file(&mut self, path: &str) -> Result<()> {
-        let clean = super::clean_path(path);
+        let clean = crate::format::oci_delta::clean_path(path);
         ensure!(
             !clean.is_empty(),
             "the delta opens {path:?}, which names no file"

@@ -32,9 +32,9 @@ use reqwest::header::{
 };
 use tokio::sync::{OnceCell, mpsc};
 
-use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader};
-use crate::imageref::DockerRef;
+use crate::io::{CHANNEL_DEPTH, ChannelReader};
 use crate::options::SourceOptions;
+use crate::reference::DockerRef;
 use auth::Credentials;
 
 /// Room allowed for the headers of each part of a multipart answer (distribution 2.8 uses
@@ -323,7 +323,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let body = read_limited(response, crate::layer::MAX_MANIFEST_SIZE).await?;
+        let body = read_limited(response, crate::pull::convert::full::MAX_MANIFEST_SIZE).await?;
         if reference.starts_with("sha256:") {
             let actual = skiff_storage::digest::digest_of(&body).to_string();
             anyhow::ensure!(actual == reference, "the registry sent manifest {actual}");
@@ -350,7 +350,8 @@ impl Client {
         );
         let response = self.get(&path, headers).await?;
         let index: serde_json::Value = if response.status().is_success() {
-            let body = read_limited(response, crate::layer::MAX_MANIFEST_SIZE).await?;
+            let body =
+                read_limited(response, crate::pull::convert::full::MAX_MANIFEST_SIZE).await?;
             serde_json::from_slice(&body).context("malformed referrers index")?
         } else {
             match self.manifest(&referrers_tag(digest)).await? {

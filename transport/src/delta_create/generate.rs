@@ -24,8 +24,8 @@ use anyhow::{Context, Result};
 use skiff_storage::FsVerityHashValue;
 use skiff_storage::images::{FileContent, ImageTree};
 
-use super::clean_path;
-use super::tar_diff::{
+use crate::format::oci_delta::clean_path;
+use crate::format::oci_delta::tar_diff::{
     BinaryDiff, MAX_BSDIFF_SIZE, MAX_ZSTD_DIFF_SIZE, OpWriter, write_bsdiff, write_copy,
     write_rollsum, write_zstd, zstd_patch,
 };

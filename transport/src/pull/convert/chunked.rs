@@ -1,5 +1,5 @@
 //! The partial layer converter: a zstd:chunked layer rebuilt from the files the store already
-//! holds and the byte ranges of the files it lacks (format: [`crate::zstd_chunked`]).
+//! holds and the byte ranges of the files it lacks (format: [`crate::format::zstd_chunked`]).
 //!
 //! 1. The TOC and the tar-split are read by range and verified ([`Metadata::load`]).
 //! 2. The tar is replayed from the tar-split: raw segments as they are; each file's content
@@ -12,7 +12,7 @@
 //!    stored layer is exactly what a full pull stores.
 //!
 //! The ranges come from an OCI layout by offset, or from a registry by HTTP range requests
-//! ([`crate::range_fetch`]); a registry that answers with the whole blob is imported from that
+//! ([`crate::source::ranges`]); a registry that answers with the whole blob is imported from that
 //! answer as a full pull.
 
 use std::collections::HashMap;
@@ -31,11 +31,13 @@ use skiff_storage::tree_path::shown_path;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
-use crate::channel_reader::{CHANNEL_DEPTH, ChannelReader, ImportStopped, produced_and_imported};
-use crate::layer::import_blob;
-use crate::range_fetch::{self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests};
-use crate::zstd_chunked::toc::TocFile;
-use crate::zstd_chunked::{Crc64Iso, Metadata, Position, TarSplitEntry};
+use crate::format::zstd_chunked::toc::TocFile;
+use crate::format::zstd_chunked::{Crc64Iso, Metadata, Position, TarSplitEntry};
+use crate::io::{CHANNEL_DEPTH, ChannelReader, ImportStopped, produced_and_imported};
+use crate::pull::convert::full::import_blob;
+use crate::source::ranges::{
+    self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests,
+};
 
 /// Chunk size when streaming a stored object into the rebuilt tar.
 const OBJECT_READ_CHUNK: usize = 256 * 1024;
@@ -134,7 +136,7 @@ async fn import_whole<H: FsVerityHashValue>(
     log::info!("{}: {WholeBlobComing}", desc.digest());
     let pending = import_blob(
         store,
-        crate::registry::body_reader(response),
+        crate::source::registry::body_reader(response),
         desc,
         diff_id,
         stats.fetched.clone(),
@@ -184,7 +186,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
     })
     .await??;
 
-    let mut cursor = range_fetch::start(source, plan_requests(&plan.needed), stats.clone());
+    let mut cursor = ranges::start(source, plan_requests(&plan.needed), stats.clone());
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     // Every hint is known before the first byte: the importer never waits on the replay for
     // one, and finds the channel closed when the tar has more files than the plan.

@@ -17,7 +17,7 @@ use skiff_storage::layer_import::{PendingLayer, split_layer};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
-use crate::media::Compression;
+use crate::format::media::Compression;
 
 /// A blob whose bytes are not what its descriptor says.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,8 @@
 //! looks them up by exact name): `oci-layout`, `blobs/`, `blobs/sha256/`, the target manifest
 //! and config, the layer blobs, the empty config, the delta manifest, `index.json`.
 
+pub mod generate;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,14 +34,14 @@ use skiff_storage::{FsVerityHashValue, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::generate::{SourceSet, write_layer_diff};
-use super::tar_diff::BinaryDiff;
-use super::*;
-use crate::imageref::{DockerRef, ImageRef};
-use crate::media::Compression;
+use crate::format::media::Compression;
+use crate::format::oci_delta::tar_diff::BinaryDiff;
+use crate::format::oci_delta::*;
 use crate::options::SourceOptions;
+use crate::reference::{DockerRef, ImageRef};
 use crate::source::ResolvedImage;
 use crate::source::layout::LayoutSource;
+use generate::{SourceSet, write_layer_diff};
 use skiff_storage::layer_import::stored_layer;
 
 /// The empty config every delta names.
@@ -494,7 +496,7 @@ async fn push(
     new: &dyn NewLayers,
     annotations: &serde_json::Value,
 ) -> Result<()> {
-    let client = crate::registry::Client::new_for_push(name, options)?;
+    let client = crate::source::registry::Client::new_for_push(name, options)?;
     let (manifest_blob, content) = blobs.split_last().context("no delta manifest")?;
     for blob in content {
         let mut data = Vec::with_capacity(blob.size as usize);
@@ -516,7 +518,7 @@ async fn push(
     let subject = annotations[ANNOTATION_TARGET]
         .as_str()
         .context("the delta names no target")?;
-    let tag = crate::registry::referrers_tag(subject);
+    let tag = crate::source::registry::referrers_tag(subject);
     let mut entries: Vec<serde_json::Value> = match client.manifest(&tag).await? {
         Some((bytes, _)) => {
             let index: serde_json::Value =

@@ -32,12 +32,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::source_files::SourceFiles;
-use super::{DeltaManifest, MEDIA_TYPE_TAR_DIFF};
-use crate::channel_reader::{
+use crate::format::oci_delta::{DeltaManifest, MEDIA_TYPE_TAR_DIFF};
+use crate::io::{
     BlockingChannelReader, CHANNEL_DEPTH, ChannelReader, ChannelWriter, produced_and_imported,
 };
-use crate::copy::{CopyEvent, CopyOptions, CopySummary, Observer};
-use crate::layer::{BlobError, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+use crate::pull::convert::full::{BlobError, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+use crate::pull::{CopyEvent, CopyOptions, CopySummary, Observer};
 use crate::source::{Source, parse_config, parse_manifest};
 
 /// Delta layers fetched from a registry at once when `--jobs` is not given.
@@ -82,7 +82,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         );
     }
     let manifest = parse_manifest(&manifest_json, "the delta's target")?;
-    crate::copy::require_image_config(&manifest)?;
+    crate::pull::require_image_config(&manifest)?;
     ensure!(
         manifest.config().digest() == delta.target_config.digest(),
         "the target manifest's config {} is not the config the delta carries ({})",
@@ -137,7 +137,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
     };
     let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
-    for (layer, diff_id) in crate::copy::distinct_layers(manifest.layers(), &diff_ids) {
+    for (layer, diff_id) in crate::pull::distinct_layers(manifest.layers(), &diff_ids) {
         if stored_layer(store, diff_id)?.is_some() {
             summary.layers_skipped += 1;
             observer.event(&CopyEvent::LayerSkipped {
@@ -206,7 +206,7 @@ pub async fn apply_delta<H: FsVerityHashValue>(
         add_layer(&mut summary, done??);
     }
 
-    crate::copy::publish(
+    crate::pull::publish(
         store,
         &diff_ids,
         manifest_json,

@@ -22,11 +22,6 @@
 //! files, named by path ([`source_files`]). The rebuilt tar must hash to the target config's
 //! DiffID.
 
-pub mod apply;
-pub mod create;
-pub mod discover;
-pub mod generate;
-pub mod source_files;
 pub mod tar_diff;
 
 use std::collections::HashMap;

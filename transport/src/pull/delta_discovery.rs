@@ -9,7 +9,7 @@ use skiff_storage::images::find_by_config;
 use skiff_storage::layer_import::stored_layer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
-use super::{ANNOTATION_SOURCE_CONFIG, ARTIFACT_TYPE, DeltaManifest};
+use crate::format::oci_delta::{ANNOTATION_SOURCE_CONFIG, ARTIFACT_TYPE, DeltaManifest};
 use crate::source::{ResolvedImage, Source};
 
 /// A delta worth using.

@@ -1,0 +1,13 @@
+//! Layer converters: each takes a layer's bytes (a blob stream, byte ranges of a blob, or a
+//! delta blob plus the files of an image the store holds) and returns a verified pending layer,
+//! not yet named in the store.
+//!
+//! - [`full`]: a compressed layer blob, streamed;
+//! - [`chunked`]: a zstd:chunked layer rebuilt from stored files and byte ranges of the blob;
+//! - [`delta`]: a tar-diff applied to the files of the delta's source image
+//!   ([`source_files`]).
+
+pub mod chunked;
+pub mod delta;
+pub mod full;
+pub mod source_files;
