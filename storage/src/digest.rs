@@ -90,6 +90,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
+/// The blocking form, for blocking consumers (a tar-diff applier reading its delta blob).
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +115,12 @@ mod tests {
         r.read_to_end(&mut out).await.unwrap();
         assert_eq!(r.count(), 100_000);
         assert_eq!(r.finish(), digest_of(&data));
+        let mut blocking = HashingReader::new(&data[..]);
+        std::io::copy(&mut blocking, &mut std::io::sink()).unwrap();
+        assert_eq!(
+            (blocking.count(), blocking.finish()),
+            (100_000, digest_of(&data))
+        );
         assert_eq!(
             digest_of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -1,18 +1,35 @@
-//! An [`AsyncRead`] over chunks that a blocking producer sends through a channel: the bridge
-//! from blocking readers and writers (files of an OCI layout, a layer rebuilt from local
-//! objects or by a tar-diff) to the async layer import.
+//! Byte streams between blocking and async code: a channel of chunks with a reader at one end
+//! ([`ChannelReader`], read from async or blocking code) and a producer at the other (a pump
+//! from a reader, or a [`ChannelWriter`]). Layer blobs travel this way from every source
+//! ([`BlobStream`]), and rebuilt layer tars from the partial and delta converters to the import.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 
 /// Chunks in flight between producer and reader: enough to keep both busy.
 pub(crate) const CHANNEL_DEPTH: usize = 4;
 
-/// An [`AsyncRead`] over chunks sent by a blocking reader.
+/// Bytes a pump reads, or a [`ChannelWriter`] gathers, before sending them on: large enough
+/// that the channel costs nothing per byte, small enough that [`CHANNEL_DEPTH`] of them is
+/// little memory.
+const CHUNK: usize = 256 * 1024;
+
+/// The sending end of a byte channel; an error sent ends the stream with that error.
+pub(crate) type ChunkSender = mpsc::Sender<std::io::Result<Bytes>>;
+
+/// A new byte channel.
+pub(crate) fn channel() -> (ChunkSender, ChannelReader) {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    (tx, ChannelReader::new(rx))
+}
+
+/// The reading end of a byte channel: [`AsyncRead`] for async consumers, [`std::io::Read`]
+/// (blocking; never on an async worker) for blocking ones such as a tar-diff applier.
+#[derive(Debug)]
 pub(crate) struct ChannelReader {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
@@ -25,6 +42,12 @@ impl ChannelReader {
             rx,
             current: Bytes::new(),
         }
+    }
+
+    fn take_into(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        n
     }
 }
 
@@ -45,6 +68,93 @@ impl AsyncRead for ChannelReader {
         let n = self.current.len().min(buf.remaining());
         buf.put_slice(&self.current.split_to(n));
         Poll::Ready(Ok(()))
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        Ok(self.take_into(buf))
+    }
+}
+
+/// A blob's bytes as a source delivers them, not verified (the converter that reads them
+/// checks size and digest). A failure of the source (a dropped connection, skopeo's error)
+/// arrives as a read error; the stream ends only when the source has delivered everything.
+/// Dropping it stops the source.
+#[derive(Debug)]
+pub struct BlobStream(ChannelReader);
+
+impl BlobStream {
+    pub(crate) fn new(reader: ChannelReader) -> Self {
+        Self(reader)
+    }
+
+    /// The blocking reader of the same bytes (for blocking consumers; never on an async
+    /// worker).
+    pub(crate) fn into_blocking(self) -> ChannelReader {
+        self.0
+    }
+}
+
+impl AsyncRead for BlobStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// Sends what `reader` yields into `tx` until its end, and returns the bytes sent; stops
+/// early, without error, when the receiver goes away (returns `None` then). A read error is
+/// sent on and ends the pump.
+pub(crate) async fn pump(mut reader: impl AsyncRead + Unpin, tx: &ChunkSender) -> Option<u64> {
+    let mut sent = 0;
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        match reader.read(&mut chunk).await {
+            Ok(0) => return Some(sent),
+            Ok(n) => {
+                chunk.truncate(n);
+                sent += n as u64;
+                if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return None;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Some(sent);
+            }
+        }
+    }
+}
+
+/// [`pump`] for a blocking reader (a file of an OCI layout), on a blocking thread.
+pub(crate) fn pump_blocking(mut reader: impl std::io::Read, tx: &ChunkSender) -> bool {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        match reader.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => {
+                chunk.truncate(n);
+                if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return true;
+            }
+        }
     }
 }
 
@@ -79,23 +189,20 @@ pub(crate) fn produced_and_imported<T>(
     }
 }
 
-/// Bytes gathered before a [`ChannelWriter`] sends them on.
-const WRITE_CHUNK: usize = 256 * 1024;
-
 /// A blocking [`std::io::Write`] that sends what is written, in chunks, to a
 /// [`ChannelReader`]: the bridge from a blocking producer that writes (a tar-diff applier) to
 /// the async layer import.
 pub(crate) struct ChannelWriter<'a> {
-    tx: &'a mpsc::Sender<std::io::Result<Bytes>>,
+    tx: &'a ChunkSender,
     buf: Vec<u8>,
 }
 
 impl<'a> ChannelWriter<'a> {
     /// Writes to the reader of `tx`.
-    pub(crate) fn new(tx: &'a mpsc::Sender<std::io::Result<Bytes>>) -> Self {
+    pub(crate) fn new(tx: &'a ChunkSender) -> Self {
         Self {
             tx,
-            buf: Vec::with_capacity(WRITE_CHUNK),
+            buf: Vec::with_capacity(CHUNK),
         }
     }
 
@@ -103,7 +210,7 @@ impl<'a> ChannelWriter<'a> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
             .blocking_send(Ok(Bytes::from(chunk)))
             .map_err(|_| std::io::Error::other(ImportStopped))
@@ -113,7 +220,7 @@ impl<'a> ChannelWriter<'a> {
 impl std::io::Write for ChannelWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_CHUNK {
+        if self.buf.len() >= CHUNK {
             self.send()?;
         }
         Ok(data.len())
@@ -121,37 +228,5 @@ impl std::io::Write for ChannelWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.send()
-    }
-}
-
-/// A blocking [`std::io::Read`] over chunks sent through a channel by an async producer (a
-/// blob streamed from skopeo's proxy or a layout), for blocking consumers (a tar-diff applier).
-pub(crate) struct BlockingChannelReader {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl BlockingChannelReader {
-    /// Reads what is sent on `rx`; an error sent ends the stream with that error.
-    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
-        Self {
-            rx,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl std::io::Read for BlockingChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = self.current.len().min(buf.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }

@@ -277,6 +277,9 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     super::with_repo_hash!(&repo_path, H => copy_into::<H>(&args, &options, &source_ref, &dest_ref, &repo_path, tag, output).await)
 }
 
+/// Delta layers fetched from a registry at once when `--jobs` is not given.
+const REGISTRY_DELTA_JOBS: usize = 2;
+
 async fn copy_into<H: FsVerityHashValue>(
     args: &CopyArgs,
     options: &SourceOptions,
@@ -296,12 +299,17 @@ async fn copy_into<H: FsVerityHashValue>(
     log::info!("reading {source_ref} via {}", source.kind());
     let observer = output.observer();
     let summary = copy_image(
-        source,
+        source.clone(),
         &store,
         tag,
         &CopyOptions {
             jobs,
-            jobs_explicit: args.jobs.is_some(),
+            // Deltas from a registry: a tar-diff is small and the source image's reads are
+            // the work, so two at once unless --jobs says otherwise; locally, every core.
+            delta_jobs: match args.jobs {
+                None if source.is_remote() => REGISTRY_DELTA_JOBS,
+                _ => jobs,
+            },
             use_deltas: !args.no_delta,
             retry_times: args.retry_times,
         },

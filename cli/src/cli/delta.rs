@@ -160,7 +160,7 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
                 "old",
                 &CopyOptions {
                     jobs: create.jobs,
-                    jobs_explicit: true,
+                    delta_jobs: create.jobs,
                     use_deltas: false,
                     retry_times: 0,
                 },

@@ -147,7 +147,7 @@ pub trait NewLayers: Send + Sync {
 
 impl NewLayers for LayoutSource {
     fn tar(&self, layer: &Descriptor, _diff_id: &str) -> Result<Box<dyn Read + Send>> {
-        let mut blob = std::io::BufReader::with_capacity(128 * 1024, self.open_blob(layer)?);
+        let mut blob = std::io::BufReader::with_capacity(128 * 1024, self.blob_reader(layer)?);
         let head = std::io::BufRead::fill_buf(&mut blob)?;
         Ok(match Compression::sniff(head) {
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
@@ -157,7 +157,7 @@ impl NewLayers for LayoutSource {
     }
 
     fn blob(&self, layer: &Descriptor) -> Result<Option<Box<dyn Read + Send>>> {
-        Ok(Some(Box::new(self.open_blob(layer)?.take(layer.size()))))
+        Ok(Some(Box::new(self.blob_reader(layer)?.take(layer.size()))))
     }
 }
 

@@ -4,17 +4,18 @@
 //! config digest), and takes the cheapest one if it costs fewer bytes than the layers it
 //! replaces. Discovery is best effort: a registry that cannot answer means a normal copy.
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use skiff_storage::images::find_by_config;
-use skiff_storage::layer_import::stored_layer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use crate::format::oci_delta::{ANNOTATION_SOURCE_CONFIG, ARTIFACT_TYPE, DeltaManifest};
-use crate::source::{ResolvedImage, Source};
+use crate::source::Source;
 
 /// A delta worth using.
 #[derive(Debug, Clone)]
-pub struct FoundDelta {
+pub(crate) struct FoundDelta {
     /// Its manifest digest.
     pub digest: String,
     /// Its manifest bytes (verified against the digest).
@@ -25,15 +26,18 @@ pub struct FoundDelta {
     pub replaces: u64,
 }
 
-/// The cheapest usable delta for `image`, if one beats fetching its missing layers.
-pub async fn find_delta<H: FsVerityHashValue>(
+/// The cheapest usable delta of the manifest `digest`, if one beats fetching the `missing`
+/// blobs (digest → compressed size) a copy without it would fetch.
+pub(crate) async fn find_delta<H: FsVerityHashValue>(
     source: &Source,
     store: &Store<H>,
-    image: &ResolvedImage,
     digest: &OciDigest,
-    diff_ids: &[OciDigest],
+    missing: &HashMap<&str, u64>,
 ) -> Option<FoundDelta> {
-    match search(source, store, image, digest, diff_ids).await {
+    if missing.is_empty() {
+        return None;
+    }
+    match search(source, store, digest, missing).await {
         Ok(found) => found,
         Err(e) => {
             log::warn!("looking for deltas of {digest}: {e:#}");
@@ -45,37 +49,17 @@ pub async fn find_delta<H: FsVerityHashValue>(
 async fn search<H: FsVerityHashValue>(
     source: &Source,
     store: &Store<H>,
-    image: &ResolvedImage,
     digest: &OciDigest,
-    diff_ids: &[OciDigest],
+    missing: &HashMap<&str, u64>,
 ) -> Result<Option<FoundDelta>> {
-    let Source::Proxy(proxy) = source else {
-        return Ok(None);
-    };
-    // What a normal copy fetches: the layers not stored.
-    let mut missing = Vec::new();
-    for (layer, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
-        if stored_layer(store, diff_id)?.is_none()
-            && !missing
-                .iter()
-                .any(|(l, _): &(String, u64)| *l == layer.digest().to_string())
-        {
-            missing.push((layer.digest().to_string(), layer.size()));
-        }
-    }
-    if missing.is_empty() {
-        return Ok(None);
-    }
-    let replaces: u64 = missing.iter().map(|(_, s)| s).sum();
-    let Some(client) = proxy.registry_client().await? else {
-        return Ok(None);
-    };
+    let replaces: u64 = missing.values().sum();
     let mut best: Option<FoundDelta> = None;
-    for referrer in client.referrers(digest.as_ref(), ARTIFACT_TYPE).await? {
-        let Some(delta_digest) = referrer["digest"].as_str().filter(|d| {
-            d.parse::<OciDigest>()
-                .is_ok_and(|d| skiff_storage::digest::require_sha256(&d).is_ok())
-        }) else {
+    for referrer in source.referrers(digest, ARTIFACT_TYPE).await? {
+        let Some(delta_digest) = referrer["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<OciDigest>().ok())
+            .filter(|d| skiff_storage::digest::require_sha256(d).is_ok())
+        else {
             continue;
         };
         // The listing may say which image the delta applies to; skip the others unread.
@@ -87,7 +71,7 @@ async fn search<H: FsVerityHashValue>(
                 continue;
             }
         }
-        let Some((manifest_json, _)) = client.manifest(delta_digest).await? else {
+        let Some(manifest_json) = source.manifest_by_digest(&delta_digest).await? else {
             continue;
         };
         let Ok(delta) = DeltaManifest::parse(&manifest_json) else {
@@ -99,15 +83,15 @@ async fn search<H: FsVerityHashValue>(
         }
         // Every missing layer must come from the delta.
         let size: Option<u64> = missing
-            .iter()
-            .map(|(layer, _)| delta.layers_by_to.get(layer).map(|d| d.size()))
+            .keys()
+            .map(|layer| delta.layers_by_to.get(*layer).map(|d| d.size()))
             .sum();
         let Some(size) = size else {
             continue;
         };
         if size < replaces && best.as_ref().is_none_or(|b| size < b.size) {
             best = Some(FoundDelta {
-                digest: delta_digest.to_owned(),
+                digest: delta_digest.to_string(),
                 manifest_json,
                 size,
                 replaces,

@@ -10,30 +10,22 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context as _, Result, bail};
-use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use fn_error_context::context;
 use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::{OciArchive, OciDir, OciRead};
-use skiff_storage::layer_import::PendingLayer;
-use skiff_storage::{FsVerityHashValue, OciDigest, Store};
-use tokio::sync::mpsc;
 
+use super::BlobStream;
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::io::{CHANNEL_DEPTH, ChannelReader};
+use crate::blob::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, check_small, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::platform::WantedPlatform;
-use crate::pull::convert::full::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, import_blob, verify_blob};
 use crate::reference::ImageRef;
 
 /// The tag annotation of OCI layouts.
 const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-
-/// Chunk size when streaming a blob out of the layout.
-const READ_CHUNK: usize = 256 * 1024;
 
 enum Layout {
     Dir(OciDir),
@@ -109,13 +101,7 @@ impl Layout {
 
     /// Reads a small blob whole, verified.
     fn read_verified(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
-        skiff_storage::digest::require_sha256(desc.digest())?;
-        anyhow::ensure!(
-            desc.size() <= max,
-            "blob {} claims {} bytes, more than the {max} allowed",
-            desc.digest(),
-            desc.size()
-        );
+        check_small(desc, max)?;
         let mut data = Vec::with_capacity(desc.size() as usize);
         self.read_blob(desc)
             .with_context(|| format!("Opening blob {}", desc.digest()))?
@@ -237,47 +223,25 @@ impl LayoutSource {
     }
 
     /// Reads a small blob (a manifest or config carried by a delta) whole, verified.
-    pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+    pub(super) async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
         let (layout, desc) = (self.layout.clone(), desc.clone());
         tokio::task::spawn_blocking(move || layout.read_verified(&desc, max)).await?
     }
 
-    /// Streams a blob into `tx` (see [`super::Source::pump_blob`]).
-    pub async fn pump_blob(
-        &self,
-        desc: &Descriptor,
-        tx: mpsc::Sender<std::io::Result<Bytes>>,
-    ) -> Result<()> {
-        let reader = self.open_blob(desc)?;
-        tokio::task::spawn_blocking(move || pump_blob(reader, tx)).await?;
-        Ok(())
+    /// Streams a blob from a blocking thread (see [`super::Source::open_blob`]).
+    pub(super) fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream> {
+        let reader = self.blob_reader(desc)?;
+        let (tx, stream) = crate::io::channel();
+        tokio::task::spawn_blocking(move || crate::io::pump_blocking(reader, &tx));
+        Ok(BlobStream::new(stream))
     }
 
-    /// Opens a blob for reading from its start (blocking reads; not verified here).
-    pub fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
+    /// Opens a blob for blocking reads from its start (not verified here).
+    pub fn blob_reader(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
         skiff_storage::digest::require_sha256(desc.digest())?;
         Ok(Box::new(self.layout.read_blob(desc).with_context(
             || format!("Opening blob {}", desc.digest()),
         )?))
-    }
-
-    /// Streams one layer blob out of the layout and imports it.
-    pub async fn fetch_layer<H: FsVerityHashValue>(
-        &self,
-        store: &Store<H>,
-        desc: &Descriptor,
-        diff_id: &OciDigest,
-        fetched: Arc<AtomicU64>,
-    ) -> Result<PendingLayer<H>> {
-        let reader = self
-            .layout
-            .read_blob(desc)
-            .with_context(|| format!("Opening blob {}", desc.digest()))?;
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let pump = tokio::task::spawn_blocking(move || pump_blob(reader, tx));
-        let result = import_blob(store, ChannelReader::new(rx), desc, diff_id, fetched).await;
-        pump.await?;
-        result
     }
 }
 
@@ -369,26 +333,5 @@ fn pick_descriptor(index: &ImageIndex, reference: Option<&str>, name: &str) -> R
                 manifests.len()
             ),
         },
-    }
-}
-
-/// Reads a blob in chunks into `tx`; stops when the receiver goes away.
-fn pump_blob(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
-    loop {
-        let mut chunk = vec![0u8; READ_CHUNK];
-        match reader.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                chunk.truncate(n);
-                if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
     }
 }

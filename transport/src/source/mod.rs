@@ -5,7 +5,7 @@
 //! - [`layout::LayoutSource`]: `oci:` and uncompressed `oci-archive:` read directly, without
 //!   skopeo: exact manifests and indexes, random access to blobs.
 //! - For `docker://` images, the proxy reads manifests and whole blobs, and the native
-//!   [registry client](crate::source::registry) byte ranges ([`Source::range_source`]).
+//!   [registry client](crate::source::registry) byte ranges ([`Source::range_reader`]).
 //!
 //! Every source hands out the manifest and config bytes verified against their digests, and
 //! layer blobs that the [layer converter](crate::pull::convert::full) verifies while importing.
@@ -17,13 +17,13 @@ pub mod registry;
 pub mod skopeo;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::Result;
 use containers_image_proxy::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
-use skiff_storage::layer_import::PendingLayer;
-use skiff_storage::{FsVerityHashValue, OciDigest, Store};
+use skiff_storage::OciDigest;
 
+use crate::blob::check_small;
+pub use crate::io::BlobStream;
 use crate::options::SourceOptions;
 use crate::reference::ImageRef;
 use crate::source::ranges::RangeSource;
@@ -54,7 +54,7 @@ pub enum Resolved {
 #[derive(Debug)]
 pub enum Source {
     /// Through skopeo's image proxy.
-    Proxy(Box<proxy::ProxySource>),
+    Proxy(Arc<proxy::ProxySource>),
     /// An OCI layout read directly.
     Layout(layout::LayoutSource),
 }
@@ -74,14 +74,14 @@ impl Source {
                 if let Some(layout) = opened {
                     return Ok(Self::Layout(layout));
                 }
-                Ok(Self::Proxy(Box::new(
+                Ok(Self::Proxy(Arc::new(
                     proxy::ProxySource::open(reference, options).await?,
                 )))
             }
             ImageRef::Composefs { .. } => {
                 anyhow::bail!("copying out of composefs storage ({reference}) is not supported yet")
             }
-            _ => Ok(Self::Proxy(Box::new(
+            _ => Ok(Self::Proxy(Arc::new(
                 proxy::ProxySource::open(reference, options).await?,
             ))),
         }
@@ -103,45 +103,27 @@ impl Source {
         }
     }
 
-    /// Fetches the layer `desc` and imports it, verified, into `store` (not yet named there).
-    pub async fn fetch_layer<H: FsVerityHashValue>(
-        &self,
-        store: &Store<H>,
-        desc: &Descriptor,
-        diff_id: &OciDigest,
-        fetched: Arc<AtomicU64>,
-    ) -> Result<PendingLayer<H>> {
-        match self {
-            Self::Proxy(p) => p.fetch_layer(store, desc, diff_id, fetched).await,
-            Self::Layout(l) => l.fetch_layer(store, desc, diff_id, fetched).await,
-        }
-    }
-}
-
-impl Source {
     /// Reads a small blob (a manifest or config carried by a delta) whole, verified.
     pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        check_small(desc, max)?;
         match self {
             Self::Layout(l) => l.read_small_blob(desc, max).await,
             Self::Proxy(p) => p.read_small_blob(desc, max).await,
         }
     }
 
-    /// Streams the blob `desc` into `tx` (not verified here: the consumer checks what it
-    /// reads). Ends early, without error, when the receiver goes away.
-    pub async fn pump_blob(
-        &self,
-        desc: &Descriptor,
-        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    ) -> Result<()> {
+    /// Starts streaming the blob `desc` (not verified here: the consumer checks what it
+    /// reads). The source stops when the stream is dropped.
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream> {
+        skiff_storage::digest::require_sha256(desc.digest())?;
         match self {
-            Self::Layout(l) => l.pump_blob(desc, tx).await,
-            Self::Proxy(p) => p.pump_blob(desc, tx).await,
+            Self::Layout(l) => l.open_blob(desc),
+            Self::Proxy(p) => Ok(proxy::ProxySource::open_blob(p, desc)),
         }
     }
 
     /// A reader of byte ranges of `desc`'s blob: `None` when this source cannot serve them.
-    pub async fn range_source(&self, desc: &Descriptor) -> Result<Option<RangeSource>> {
+    pub async fn range_reader(&self, desc: &Descriptor) -> Result<Option<RangeSource>> {
         match self {
             Self::Layout(l) => Ok(Some(RangeSource::Layout(Arc::new(std::sync::Mutex::new(
                 l.blob_ranges(desc)?,
@@ -153,6 +135,42 @@ impl Source {
                     client,
                     digest: desc.digest().to_string(),
                 })),
+        }
+    }
+
+    /// Whether the image comes from a registry (whose reads cost more than a local layout's).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Proxy(p) if p.is_registry())
+    }
+
+    /// The descriptors (as JSON) of the artifacts of type `artifact_type` whose subject is
+    /// the manifest `digest`: empty when the source has no referrers (not a registry).
+    pub async fn referrers(
+        &self,
+        digest: &OciDigest,
+        artifact_type: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        match self {
+            Self::Proxy(p) => match p.registry_client().await? {
+                Some(client) => client.referrers(digest.as_ref(), artifact_type).await,
+                None => Ok(Vec::new()),
+            },
+            Self::Layout(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The manifest `digest` of the image's repository, verified against the digest: `None`
+    /// when there is none (or the source cannot look manifests up by digest).
+    pub async fn manifest_by_digest(&self, digest: &OciDigest) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Proxy(p) => match p.registry_client().await? {
+                Some(client) => Ok(client
+                    .manifest(digest.as_ref())
+                    .await?
+                    .map(|(bytes, _)| bytes)),
+                None => Ok(None),
+            },
+            Self::Layout(_) => Ok(None),
         }
     }
 }

@@ -5,18 +5,16 @@
 //! the DiffIDs, which the proxy does not.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result};
 use containers_image_proxy::oci_spec::image::Descriptor;
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
 use fn_error_context::context;
-use skiff_storage::layer_import::PendingLayer;
-use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
+use super::BlobStream;
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
+use crate::blob::{MAX_CONFIG_SIZE, check_small, read_small_blob, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
-use crate::pull::convert::full::{MAX_CONFIG_SIZE, import_blob, read_small_blob, verify_blob};
 use crate::reference::{DockerRef, ImageRef};
 
 /// An image opened through the proxy.
@@ -77,14 +75,8 @@ impl ProxySource {
         })
     }
 
-    /// Reads a small blob whole, verified.
-    pub async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
-        anyhow::ensure!(
-            desc.size() <= max,
-            "blob {} claims {} bytes, more than the {max} allowed",
-            desc.digest(),
-            desc.size()
-        );
+    /// Reads a small blob whole, verified (its size already checked against the bound).
+    pub(super) async fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
         let (reader, driver) = self
             .proxy
             .get_blob(&self.image, desc.digest(), desc.size())
@@ -95,42 +87,32 @@ impl ProxySource {
         Ok(data)
     }
 
-    /// Streams a blob into `tx` (see [`super::Source::pump_blob`]).
-    pub async fn pump_blob(
-        &self,
-        desc: &Descriptor,
-        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    ) -> Result<()> {
-        use tokio::io::AsyncReadExt;
+    /// Streams a blob through the proxy (see [`super::Source::open_blob`]), from a task of its
+    /// own that holds the proxy's request open until skopeo has said whether it succeeded.
+    pub(super) fn open_blob(this: &Arc<Self>, desc: &Descriptor) -> BlobStream {
+        let (tx, reader) = crate::io::channel();
+        let (this, desc) = (this.clone(), desc.clone());
+        tokio::spawn(async move {
+            if let Err(e) = this.pump_blob(&desc, &tx).await {
+                let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
+            }
+        });
+        BlobStream::new(reader)
+    }
+
+    async fn pump_blob(&self, desc: &Descriptor, tx: &crate::io::ChunkSender) -> Result<()> {
         let (reader, driver) = self
             .proxy
             .get_blob(&self.image, desc.digest(), desc.size())
             .await?;
-        // The pump owns the reader and the sender: when it stops, both close, so skopeo's
-        // side of the pipe ends and the consumer sees the end of the stream.
-        let pump = async move {
-            let mut reader = reader;
-            loop {
-                let mut chunk = vec![0u8; 256 * 1024];
-                match reader.read(&mut chunk).await {
-                    Ok(0) => return false,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err() {
-                            return true;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return false;
-                    }
-                }
-            }
-        };
-        let (consumer_gone, driven) = tokio::join!(pump, driver);
+        // The pump owns the reader: when it stops, skopeo's side of the pipe ends. The sender
+        // stays open until skopeo's verdict is in, so the consumer never takes a failed
+        // transfer of a blob of the right size for a complete one. A blob of the wrong size
+        // just ends: the consumer's size check explains it better than skopeo's broken pipe.
+        let (sent, driven) = tokio::join!(crate::io::pump(reader, tx), driver);
         // A consumer that stopped reading makes the proxy's side fail: not an error here.
         if let Err(e) = driven
-            && !consumer_gone
+            && sent == Some(desc.size())
         {
             return Err(anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())));
         }
@@ -176,11 +158,7 @@ impl ProxySource {
     /// `converted` a Docker manifest to OCI: then the config was converted with it and exists
     /// only in the proxy (GetFullConfig); its digest is checked all the same.
     async fn config(&self, desc: &Descriptor, converted: bool) -> Result<Vec<u8>> {
-        anyhow::ensure!(
-            desc.size() <= MAX_CONFIG_SIZE,
-            "the config claims {} bytes",
-            desc.size()
-        );
+        check_small(desc, MAX_CONFIG_SIZE)?;
         if converted {
             let data = self.proxy.fetch_config_raw(&self.image).await?;
             verify_blob(&data, desc)?;
@@ -194,29 +172,14 @@ impl ProxySource {
         driven?;
         data
     }
-
-    /// Fetches one layer blob through the proxy and imports it.
-    pub async fn fetch_layer<H: FsVerityHashValue>(
-        &self,
-        store: &Store<H>,
-        desc: &Descriptor,
-        diff_id: &OciDigest,
-        fetched: Arc<AtomicU64>,
-    ) -> Result<PendingLayer<H>> {
-        let (reader, driver) = self
-            .proxy
-            .get_blob(&self.image, desc.digest(), desc.size())
-            .await?;
-        let (imported, driven) =
-            tokio::join!(import_blob(store, reader, desc, diff_id, fetched), driver);
-        // Our own checks explain a bad blob better than the proxy's broken pipe.
-        let pending = imported?;
-        driven.map_err(|e| anyhow::anyhow!("{}", clean_proxy_error(&e.to_string())))?;
-        Ok(pending)
-    }
 }
 
 impl ProxySource {
+    /// Whether the image is in a registry.
+    pub(super) fn is_registry(&self) -> bool {
+        self.registry.is_some()
+    }
+
     /// The native registry client for this image's repository: `None` when the image is not in
     /// a registry.
     pub async fn registry_client(&self) -> Result<Option<Arc<crate::source::registry::Client>>> {

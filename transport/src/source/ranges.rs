@@ -28,6 +28,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pull::convert::chunked::PartialStats;
+use crate::source::BlobStream;
 use crate::source::layout::BlobRanges;
 use crate::source::registry::{Client, RangeAnswer};
 
@@ -77,7 +78,7 @@ pub enum Fetched {
     /// One buffer per range asked for.
     Parts(Vec<Bytes>),
     /// The registry is sending the whole blob instead.
-    Whole(reqwest::Response),
+    Whole(BlobStream),
 }
 
 impl RangeSource {
@@ -94,7 +95,7 @@ impl RangeSource {
                 }
                 RangeAnswer::Whole(response) => return Ok(Fetched::Whole(response)),
                 RangeAnswer::Refused(status) if group.len() == 1 => {
-                    return Err(RangesRefused(status.as_u16()).into());
+                    return Err(RangesRefused(status).into());
                 }
                 RangeAnswer::Refused(status) => {
                     log::debug!(
@@ -207,7 +208,7 @@ pub fn start(
 pub struct SpanCursor {
     rx: mpsc::Receiver<oneshot::Receiver<Batch>>,
     spans: VecDeque<(Range<u64>, Bytes)>,
-    whole: Option<reqwest::Response>,
+    whole: Option<BlobStream>,
 }
 
 impl SpanCursor {
@@ -240,7 +241,7 @@ impl SpanCursor {
     }
 
     /// The whole-blob answer that stopped the cursor, if one did.
-    pub fn take_whole(&mut self) -> Option<reqwest::Response> {
+    pub fn take_whole(&mut self) -> Option<BlobStream> {
         self.whole.take()
     }
 }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::Descriptor;
+use fn_error_context::context;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{ObjectHint, PendingLayer, split_layer_with_hints};
@@ -32,9 +33,11 @@ use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
 use crate::format::zstd_chunked::toc::TocFile;
-use crate::format::zstd_chunked::{Crc64Iso, Metadata, Position, TarSplitEntry};
-use crate::io::{CHANNEL_DEPTH, ChannelReader, ImportStopped, produced_and_imported};
+use crate::format::zstd_chunked::{Crc64Iso, Metadata, TarSplitEntry};
+use crate::io::{ImportStopped, produced_and_imported};
 use crate::pull::convert::full::import_blob;
+use crate::pull::plan::ChunkedLayout;
+use crate::source::BlobStream;
 use crate::source::ranges::{
     self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests,
 };
@@ -72,22 +75,20 @@ impl<H: FsVerityHashValue> Clone for Reuse<H> {
     }
 }
 
+impl<H: FsVerityHashValue> Default for Reuse<H> {
+    fn default() -> Self {
+        Self {
+            stored: Arc::new(StoredFiles::default()),
+            previous: None,
+        }
+    }
+}
+
 impl<H: FsVerityHashValue> Reuse<H> {
     /// True when there is nothing to reuse.
     pub fn is_empty(&self) -> bool {
         self.stored.is_empty() && self.previous.is_none()
     }
-}
-
-/// Where a zstd:chunked layer's metadata lies, from its annotations.
-#[derive(Debug, Clone)]
-pub struct ChunkedLayout {
-    /// `sha256:` of the compressed TOC.
-    pub toc_digest: String,
-    /// The TOC.
-    pub toc: Position,
-    /// The tar-split.
-    pub tar_split: Position,
 }
 
 /// How a layer came in.
@@ -106,7 +107,7 @@ async fn fetch_metadata(
     toc: Range<u64>,
     tar_split: Range<u64>,
     stats: &PartialStats,
-) -> Result<Result<(Bytes, Bytes), reqwest::Response>> {
+) -> Result<Result<(Bytes, Bytes), BlobStream>> {
     let mut spans = Vec::new();
     for request in plan_requests(&[toc.clone(), tar_split.clone()]) {
         match source.fetch(request.clone(), stats).await? {
@@ -128,26 +129,20 @@ async fn fetch_metadata(
 /// Imports a blob that a registry sends whole, as a full pull does.
 async fn import_whole<H: FsVerityHashValue>(
     store: &Store<H>,
-    response: reqwest::Response,
+    whole: BlobStream,
     desc: &Descriptor,
     diff_id: &OciDigest,
     stats: &PartialStats,
 ) -> Result<Imported<H>> {
     log::info!("{}: {WholeBlobComing}", desc.digest());
-    let pending = import_blob(
-        store,
-        crate::source::registry::body_reader(response),
-        desc,
-        diff_id,
-        stats.fetched.clone(),
-    )
-    .await?;
+    let pending = import_blob(store, whole, desc, diff_id, stats.fetched.clone()).await?;
     Ok(Imported::Whole(pending))
 }
 
 /// Rebuilds the layer `desc` (DiffID `diff_id`) into `store` from files it may `reuse` and
 /// ranges of the blob from `source`.
-pub async fn import_partial<H: FsVerityHashValue>(
+#[context("Pulling layer {} partially (DiffID {diff_id})", desc.digest())]
+pub(crate) async fn import_partial<H: FsVerityHashValue>(
     store: &Store<H>,
     source: RangeSource,
     desc: &Descriptor,
@@ -187,7 +182,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
     .await??;
 
     let mut cursor = ranges::start(source, plan_requests(&plan.needed), stats.clone());
-    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (tx, rx) = crate::io::channel();
     // Every hint is known before the first byte: the importer never waits on the replay for
     // one, and finds the channel closed when the tar has more files than the plan.
     let (hint_tx, hint_rx) = mpsc::unbounded_channel();
@@ -205,8 +200,7 @@ pub async fn import_partial<H: FsVerityHashValue>(
         }
         (result, cursor.take_whole())
     });
-    let imported =
-        split_layer_with_hints(store, diff_id, ChannelReader::new(rx), Some(hint_rx)).await;
+    let imported = split_layer_with_hints(store, diff_id, rx, Some(hint_rx)).await;
     let (replayed, whole) = producer.await?;
     if let Some(response) = whole {
         drop(imported);

@@ -12,33 +12,14 @@ use std::task::{Context, Poll};
 use anyhow::Result;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use containers_image_proxy::oci_spec::image::Descriptor;
+use fn_error_context::context;
 use skiff_storage::digest::HashingReader;
 use skiff_storage::layer_import::{PendingLayer, split_layer};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
+use crate::blob::check_read;
 use crate::format::media::Compression;
-
-/// A blob whose bytes are not what its descriptor says.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    /// Different digest.
-    #[error("blob digest mismatch: the manifest says {expected}, the blob is {actual}")]
-    DigestMismatch {
-        /// From the descriptor.
-        expected: OciDigest,
-        /// Computed.
-        actual: OciDigest,
-    },
-    /// Different size.
-    #[error("blob size mismatch: the manifest says {expected} bytes, the blob has {actual}")]
-    SizeMismatch {
-        /// From the descriptor.
-        expected: u64,
-        /// Read (at most one byte more than expected).
-        actual: u64,
-    },
-}
 
 /// Counts bytes read, for progress.
 struct Counting<R> {
@@ -64,6 +45,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
 
 /// Imports the compressed layer `blob` described by `desc`, whose DiffID is `diff_id`.
 /// `fetched` counts compressed bytes as they arrive.
+#[context("Importing layer {} (DiffID {diff_id})", desc.digest())]
 pub async fn import_blob<H: FsVerityHashValue>(
     store: &Store<H>,
     blob: impl AsyncRead + Unpin + Send,
@@ -111,69 +93,9 @@ pub async fn import_blob<H: FsVerityHashValue>(
     };
     // Whatever follows the compressed data still counts in the blob digest.
     tokio::io::copy(&mut hashed, &mut tokio::io::sink()).await?;
-    check_blob(&mut hashed, desc)?;
+    check_read(&mut hashed, desc)?;
     Ok(pending)
 }
 
 /// Buffer between the blob and the decompressor.
 const BLOB_BUFFER: usize = 128 * 1024;
-
-/// Checks whole blob bytes against their descriptor.
-pub fn verify_blob(data: &[u8], desc: &Descriptor) -> Result<(), BlobError> {
-    if data.len() as u64 != desc.size() {
-        return Err(BlobError::SizeMismatch {
-            expected: desc.size(),
-            actual: data.len() as u64,
-        });
-    }
-    let actual = skiff_storage::digest::digest_of(data);
-    if &actual != desc.digest() {
-        return Err(BlobError::DigestMismatch {
-            expected: desc.digest().clone(),
-            actual,
-        });
-    }
-    Ok(())
-}
-
-fn check_blob<R>(hashed: &mut HashingReader<R>, desc: &Descriptor) -> Result<(), BlobError> {
-    if hashed.count() != desc.size() {
-        return Err(BlobError::SizeMismatch {
-            expected: desc.size(),
-            actual: hashed.count(),
-        });
-    }
-    let actual = hashed.finish();
-    if &actual != desc.digest() {
-        return Err(BlobError::DigestMismatch {
-            expected: desc.digest().clone(),
-            actual,
-        });
-    }
-    Ok(())
-}
-
-/// Reads a small blob (manifest, config) whole and checks it against its descriptor.
-/// `max` bounds the allocation.
-pub async fn read_small_blob(
-    mut blob: impl AsyncBufRead + Unpin,
-    desc: &Descriptor,
-    max: u64,
-) -> Result<Vec<u8>> {
-    anyhow::ensure!(
-        desc.size() <= max,
-        "blob {} claims {} bytes, more than the {max} allowed",
-        desc.digest(),
-        desc.size()
-    );
-    let mut hashed = HashingReader::new((&mut blob).take(desc.size() + 1));
-    let mut out = Vec::with_capacity(desc.size() as usize);
-    hashed.read_to_end(&mut out).await?;
-    check_blob(&mut hashed, desc)?;
-    Ok(out)
-}
-
-/// Largest config accepted: real ones are kilobytes; some carry long histories.
-pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
-/// Largest manifest or index accepted (the distribution spec suggests registries accept 4 MiB).
-pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;

@@ -30,11 +30,11 @@ use reqwest::StatusCode;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE,
 };
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::OnceCell;
 
-use crate::io::{CHANNEL_DEPTH, ChannelReader};
 use crate::options::SourceOptions;
 use crate::reference::DockerRef;
+use crate::source::BlobStream;
 use auth::Credentials;
 
 /// Room allowed for the headers of each part of a multipart answer (distribution 2.8 uses
@@ -58,9 +58,9 @@ pub enum RangeAnswer {
         wire_bytes: u64,
     },
     /// `200`: the server ignored `Range` and is sending the whole blob.
-    Whole(reqwest::Response),
-    /// `400` or `416`: the server refuses this set of ranges.
-    Refused(StatusCode),
+    Whole(BlobStream),
+    /// `400` or `416` (the status): the server refuses this set of ranges.
+    Refused(u16),
 }
 
 /// A client for one repository of one registry.
@@ -260,10 +260,10 @@ impl Client {
         let response = self.get(&path, headers).await?;
         let status = response.status();
         match status {
-            StatusCode::OK => return Ok(RangeAnswer::Whole(response)),
+            StatusCode::OK => return Ok(RangeAnswer::Whole(body_reader(response))),
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::BAD_REQUEST | StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Ok(RangeAnswer::Refused(status));
+                return Ok(RangeAnswer::Refused(status.as_u16()));
             }
             StatusCode::NOT_FOUND => {
                 bail!("blob {digest} not found in {}", self.target.repository())
@@ -323,7 +323,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let body = read_limited(response, crate::pull::convert::full::MAX_MANIFEST_SIZE).await?;
+        let body = read_limited(response, crate::blob::MAX_MANIFEST_SIZE).await?;
         if reference.starts_with("sha256:") {
             let actual = skiff_storage::digest::digest_of(&body).to_string();
             anyhow::ensure!(actual == reference, "the registry sent manifest {actual}");
@@ -350,8 +350,7 @@ impl Client {
         );
         let response = self.get(&path, headers).await?;
         let index: serde_json::Value = if response.status().is_success() {
-            let body =
-                read_limited(response, crate::pull::convert::full::MAX_MANIFEST_SIZE).await?;
+            let body = read_limited(response, crate::blob::MAX_MANIFEST_SIZE).await?;
             serde_json::from_slice(&body).context("malformed referrers index")?
         } else {
             match self.manifest(&referrers_tag(digest)).await? {
@@ -499,9 +498,9 @@ async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Byt
     Ok(body.freeze())
 }
 
-/// The body of `response` as an [`tokio::io::AsyncRead`], read by a task of its own.
-pub(crate) fn body_reader(mut response: reqwest::Response) -> ChannelReader {
-    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+/// The body of `response` as a blob stream, read by a task of its own.
+fn body_reader(mut response: reqwest::Response) -> BlobStream {
+    let (tx, stream) = crate::io::channel();
     tokio::spawn(async move {
         loop {
             let item = match response.chunk().await {
@@ -515,5 +514,5 @@ pub(crate) fn body_reader(mut response: reqwest::Response) -> ChannelReader {
             }
         }
     });
-    ChannelReader::new(rx)
+    BlobStream::new(stream)
 }
