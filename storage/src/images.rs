@@ -100,6 +100,18 @@ pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSu
     Ok(out)
 }
 
+/// The tags that name the image whose manifest digest is `digest`, sorted.
+#[context("Listing the tags of {digest}")]
+pub fn tags_of<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest) -> Result<Vec<String>> {
+    let mut tags: Vec<String> = oci_image::list_refs(store.repo())?
+        .into_iter()
+        .filter(|(_, d)| d == digest)
+        .map(|(tag, _)| tag)
+        .collect();
+    tags.sort();
+    Ok(tags)
+}
+
 /// The tag of a stored image whose config digest is `config`, if any (the first by name).
 #[context("Looking for an image with config {config}")]
 pub fn find_by_config<H: FsVerityHashValue>(

@@ -300,9 +300,23 @@ impl<H: FsVerityHashValue> Store<H> {
         Ok(())
     }
 
-    /// The composefs repository.
+    /// The composefs repository, for this crate and for tests that check the repository
+    /// itself. Other code uses the operations of [`Store`].
     pub fn repo(&self) -> &Arc<Repository<H>> {
         &self.repo
+    }
+
+    /// Opens the object `id` for reading (blocking).
+    pub fn open_object(&self, id: &H) -> Result<std::fs::File> {
+        Ok(std::fs::File::from(self.repo.open_object(id)?))
+    }
+
+    /// Writes the tar of the stored layer whose splitstream is `layer` to `out` (blocking).
+    #[context("Reading stored layer {}", layer.to_hex())]
+    pub fn write_layer_tar(&self, layer: &H, out: &mut impl std::io::Write) -> Result<()> {
+        self.repo
+            .open_stream("", Some(layer), None)?
+            .cat(&self.repo, out)
     }
 
     /// Where the repository lives.

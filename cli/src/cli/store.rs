@@ -117,11 +117,7 @@ fn inspect_text<H: FsVerityHashValue>(
     }
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_json)?;
     let (digest, _) = images::resolve(store, image)?;
-    let tags: Vec<String> = composefs_oci::oci_image::list_refs(store.repo())?
-        .into_iter()
-        .filter(|(_, d)| *d == digest)
-        .map(|(n, _)| n)
-        .collect();
+    let tags = images::tags_of(store, &digest)?;
     let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
     let value = serde_json::json!({
         "Name": match image { StoredRef::Tag(t) => t.clone(), StoredRef::Digest(_) => tags.first().cloned().unwrap_or_default() },

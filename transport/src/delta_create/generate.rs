@@ -18,11 +18,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use skiff_storage::FsVerityHashValue;
 use skiff_storage::images::{FileContent, ImageTree};
+use skiff_storage::{FsVerityHashValue, Store};
 
 use crate::format::oci_delta::clean_path;
 use crate::format::oci_delta::tar_diff::{
@@ -53,7 +52,7 @@ pub struct SourceSet<H: FsVerityHashValue> {
     by_path: HashMap<String, usize>,
     by_basename: HashMap<String, Vec<usize>>,
     by_stem: HashMap<String, Vec<usize>>,
-    repo: Arc<composefs::repository::Repository<H>>,
+    repo: Store<H>,
 }
 
 impl<H: FsVerityHashValue> std::fmt::Debug for SourceSet<H> {
@@ -89,10 +88,7 @@ fn size_is_similar(a: u64, b: u64) -> bool {
 
 impl<H: FsVerityHashValue> SourceSet<H> {
     /// Reads every regular file of `tree` (objects in `repo`) to index it.
-    pub fn build(
-        tree: &ImageTree<H>,
-        repo: Arc<composefs::repository::Repository<H>>,
-    ) -> Result<Self> {
+    pub fn build(tree: &ImageTree<H>, repo: Store<H>) -> Result<Self> {
         // Hard links: one source file with every name, opened by its first.
         let mut by_leaf: HashMap<usize, usize> = HashMap::new();
         let mut set = Self {
@@ -151,13 +147,8 @@ impl<H: FsVerityHashValue> SourceSet<H> {
     }
 
     /// Number of files.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.files.len()
-    }
-
-    /// True when the source image has no usable file.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
     }
 
     fn read(&self, content: &FileContent<H>) -> Result<Vec<u8>> {
@@ -165,7 +156,7 @@ impl<H: FsVerityHashValue> SourceSet<H> {
             FileContent::Inline(data) => Ok(data.clone()),
             FileContent::Object(id, size) => {
                 let mut data = Vec::with_capacity(*size as usize);
-                std::fs::File::from(self.repo.open_object(id)?).read_to_end(&mut data)?;
+                self.repo.open_object(id)?.read_to_end(&mut data)?;
                 anyhow::ensure!(
                     data.len() as u64 == *size,
                     "object {id:?} has the wrong size"

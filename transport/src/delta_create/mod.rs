@@ -18,7 +18,7 @@
 //! looks them up by exact name): `oci-layout`, `blobs/`, `blobs/sha256/`, the target manifest
 //! and config, the layer blobs, the empty config, the delta manifest, `index.json`.
 
-pub mod generate;
+mod generate;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -175,13 +175,10 @@ impl<H: FsVerityHashValue> NewLayers for StoredLayers<H> {
         let id = stored_layer(&self.store, &diff_id.parse()?)?
             .with_context(|| format!("layer {diff_id} is not in the repository"))?;
         let (reader, mut writer) = std::io::pipe()?;
-        let repo = self.store.repo().clone();
+        let store = self.store.clone();
         // A failure ends the tar early; the caller's DiffID check reports it.
         std::thread::spawn(move || {
-            let written = repo
-                .open_stream("", Some(&id), None)
-                .and_then(|mut stream| stream.cat(&repo, &mut writer));
-            if let Err(e) = written {
+            if let Err(e) = store.write_layer_tar(&id, &mut writer) {
                 log::warn!("reading layer {id:?}: {e:#}");
             }
         });
@@ -276,7 +273,7 @@ pub async fn create_delta<H: FsVerityHashValue>(
         tokio::task::spawn_blocking(move || ImageTree::load(&store, &tag)).await??
     }
     .with_context(|| format!("{old_tag} has no file tree (EROFS)"))?;
-    let repo = old_store.repo().clone();
+    let repo = old_store.clone();
     let sources =
         Arc::new(tokio::task::spawn_blocking(move || SourceSet::build(&tree, repo)).await??);
     log::info!("{} files in the source image", sources.len());

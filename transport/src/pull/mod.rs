@@ -16,9 +16,9 @@
 //! ([`delta_discovery`]), goes the same way: [`delta_target`] reads the image the delta
 //! rebuilds, and the plan takes its missing layers from the delta.
 
-pub mod convert;
-pub mod delta_discovery;
-pub mod delta_target;
+pub(crate) mod convert;
+mod delta_discovery;
+mod delta_target;
 mod events;
 mod plan;
 mod publish;

@@ -11,9 +11,9 @@
 //! layer blobs that the [layer converter](crate::pull::convert::full) verifies while importing.
 
 pub mod layout;
-pub mod proxy;
-pub mod ranges;
-pub mod registry;
+pub(crate) mod proxy;
+pub(crate) mod ranges;
+pub(crate) mod registry;
 pub mod skopeo;
 
 use std::sync::Arc;

@@ -160,7 +160,7 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
         Ok(bytes) => bytes,
         Err(whole) => return import_whole(store, whole, desc, diff_id, &stats).await,
     };
-    let repo = store.repo().clone();
+    let repo = store.clone();
     let planning_reuse = reuse.clone();
     let (meta, mut plan) = tokio::task::spawn_blocking(move || -> Result<_> {
         let meta = Metadata::load(
@@ -190,7 +190,7 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
         let _ = hint_tx.send(hint);
     }
     drop(hint_tx);
-    let repo = store.repo().clone();
+    let repo = store.clone();
     let producer_stats = stats.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let result = replay(&meta, &plan, &mut cursor, &repo, &producer_stats, &tx);
@@ -213,7 +213,7 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
 struct LocalFiles<'a, H: FsVerityHashValue> {
     stored: &'a StoredFiles<H>,
     previous: Option<&'a ImageTree<H>>,
-    repo: &'a composefs::repository::Repository<H>,
+    repo: &'a Store<H>,
 }
 
 impl<H: FsVerityHashValue> LocalFiles<'_, H> {
@@ -229,7 +229,7 @@ impl<H: FsVerityHashValue> LocalFiles<'_, H> {
             return Ok(None);
         }
         // Same path, same size: the same content only if the digest says so.
-        let mut f = std::fs::File::from(self.repo.open_object(&id)?);
+        let mut f = self.repo.open_object(&id)?;
         let mut sha = openssl::sha::Sha256::new();
         let mut buf = vec![0u8; OBJECT_READ_CHUNK];
         loop {
@@ -327,7 +327,7 @@ fn replay<H: FsVerityHashValue>(
     meta: &Metadata,
     plan: &ReplayPlan<H>,
     cursor: &mut SpanCursor,
-    repo: &composefs::repository::Repository<H>,
+    repo: &Store<H>,
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<()> {
@@ -354,7 +354,7 @@ fn replay<H: FsVerityHashValue>(
         };
         match found {
             Some(object) => {
-                let mut f = std::fs::File::from(repo.open_object(object)?);
+                let mut f = repo.open_object(object)?;
                 let mut left = file.size;
                 while left > 0 {
                     let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];

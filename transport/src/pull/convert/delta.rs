@@ -36,7 +36,7 @@ pub(crate) async fn apply_tar_diff<H: FsVerityHashValue>(
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
     let (tx, rx) = crate::io::channel();
-    let repo = store.repo().clone();
+    let repo = store.clone();
     let desc = desc.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<()> {

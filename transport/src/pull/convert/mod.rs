@@ -7,7 +7,7 @@
 //! - [`delta`]: a tar-diff applied to the files of the delta's source image
 //!   ([`source_files`]).
 
-pub mod chunked;
-pub mod delta;
-pub mod full;
-pub mod source_files;
+pub(crate) mod chunked;
+pub(crate) mod delta;
+pub(crate) mod full;
+mod source_files;

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use oci_delta::DeltaDataSource;
-use skiff_storage::FsVerityHashValue;
 use skiff_storage::images::{FileContent, ImageTree};
+use skiff_storage::{FsVerityHashValue, Store};
 
 /// Bytes read at a time when copying from a source file.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -68,7 +68,7 @@ impl Current {
 /// The regular files of a stored image, as a tar-diff's source.
 pub struct SourceFiles<H: FsVerityHashValue> {
     tree: Arc<ImageTree<H>>,
-    repo: Arc<composefs::repository::Repository<H>>,
+    repo: Store<H>,
     current: Option<Current>,
 }
 
@@ -82,7 +82,7 @@ impl<H: FsVerityHashValue> std::fmt::Debug for SourceFiles<H> {
 
 impl<H: FsVerityHashValue> SourceFiles<H> {
     /// Reads files of `tree`, whose objects are in `repo`.
-    pub fn new(tree: Arc<ImageTree<H>>, repo: Arc<composefs::repository::Repository<H>>) -> Self {
+    pub fn new(tree: Arc<ImageTree<H>>, repo: Store<H>) -> Self {
         Self {
             tree,
             repo,
@@ -111,10 +111,7 @@ impl<H: FsVerityHashValue> DeltaDataSource for SourceFiles<H> {
             )
         })?;
         let (content, size) = match content {
-            FileContent::Object(id, size) => (
-                Content::File(std::fs::File::from(self.repo.open_object(&id)?)),
-                size,
-            ),
+            FileContent::Object(id, size) => (Content::File(self.repo.open_object(&id)?), size),
             FileContent::Inline(data) => {
                 let size = data.len() as u64;
                 (Content::Inline(data), size)
