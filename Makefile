@@ -1,7 +1,7 @@
-# skiff: `make demo`, `make test`, `make bench`.
+# skiff: `make demo`, `make test`, `make bench`; `make docs`.
 #
-# Every target installs what it needs first (contrib/install-deps.sh, idempotent) and builds the
-# workspace once, in release mode: the tests and benchmarks drive the release binaries.
+# Every target but docs installs what it needs first (contrib/install-deps.sh, idempotent) and
+# builds the workspace once, in release mode: the tests and benchmarks drive the release binaries.
 
 CARGO ?= cargo
 export SKIFF_BIN := $(CURDIR)/target/release/skiff
@@ -10,7 +10,7 @@ export SKIFF_BIN := $(CURDIR)/target/release/skiff
 export SKIFF_PEERS_DIR ?= /var/cache/skiff/go-peers
 export PATH := $(SKIFF_PEERS_DIR)/bin:$(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 
-.PHONY: all deps build test demo bench clean
+.PHONY: all deps build test demo bench docs clean
 
 all: build
 
@@ -33,6 +33,11 @@ demo: build
 
 bench: build
 	./target/release/skiff-bench
+
+# The man pages and completions are written from the clap definition into cli/doc and committed;
+# `make test` fails (cli/tests/docs.rs) when they are not current.
+docs:
+	$(CARGO) run --release -p skiff --bin skiff-gen-docs -- cli/doc
 
 clean:
 	$(CARGO) clean
