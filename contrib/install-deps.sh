@@ -6,8 +6,9 @@ set -euo pipefail
 # Debian packages: skopeo (image proxy, fixtures), docker-registry (local test registry),
 # libssl-dev + pkg-config (openssl crate), zstd, xfsprogs (reflink-capable loop filesystems),
 # erofs-utils (inspecting EROFS images), openssl (test CAs), apache2-utils (htpasswd),
-# time (peak memory in benchmarks).
-packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time)
+# time (peak memory in benchmarks), make, man-db (renders the man pages in the `make install`
+# test), zsh and fish (load the installed completions in that test; bash is always there).
+packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish)
 
 missing=()
 for p in "${packages[@]}"; do

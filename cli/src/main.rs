@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-mod cli;
+use skiff::cli;
 
 /// How long the exit waits for blocking work still running (importers seeing their input close
 /// after an error end within milliseconds). Exiting while such threads still use zstd, OpenSSL

@@ -17,7 +17,8 @@ use super::output::{Output, ProgressMode};
 
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
-    /// The image to copy, in skopeo's syntax (docker://, oci:, oci-archive:, docker-archive:, dir:).
+    /// The image to copy, in skopeo's syntax (docker://, oci:, oci-archive:, docker-archive:, dir:,
+    /// containers-storage:).
     source: String,
     /// composefs:PATH:NAME (or composefs::NAME for the default repository).
     destination: String,

@@ -2,6 +2,7 @@
 
 mod copy;
 mod delta;
+pub mod help;
 pub mod logger;
 mod output;
 mod store;
@@ -9,7 +10,7 @@ mod store;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use skiff_storage::HashAlgorithm;
 
 /// Runs `$body` with the type alias `$h` set to the object-id type of the repository at `$path`.
@@ -29,9 +30,15 @@ macro_rules! with_repo_hash {
 }
 pub(crate) use with_repo_hash;
 
-/// Copies container images into composefs storage.
+/// The command line: global options and one command.
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about, long_about = None)]
+#[command(
+    name = "skiff",
+    version,
+    about = help::ABOUT,
+    long_about = help::LONG_ABOUT,
+    after_help = help::examples(help::SKIFF)
+)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalOptions,
@@ -97,11 +104,13 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME.
+    #[command(after_help = help::examples(help::COPY))]
     Copy(Box<copy::CopyArgs>),
     /// oci-delta artifacts: skiff delta create OLD NEW DESTINATION.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::examples(help::DELTA))]
     Delta(DeltaCommand),
     /// Create a composefs repository (insecure mode, with a notice, where there is no fs-verity).
+    #[command(after_help = help::examples(help::INIT))]
     Init {
         /// Where to create it.
         path: PathBuf,
@@ -113,6 +122,7 @@ enum Command {
         require_verity: bool,
     },
     /// List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs).
+    #[command(after_help = help::examples(help::IMAGES))]
     Images {
         /// The repository.
         path: Option<PathBuf>,
@@ -121,6 +131,7 @@ enum Command {
         json: bool,
     },
     /// Show an image of a repository, as skopeo inspect does.
+    #[command(after_help = help::examples(help::INSPECT))]
     Inspect {
         /// composefs:PATH:NAME, composefs:PATH@sha256:HEX or composefs::NAME.
         image: String,
@@ -132,16 +143,19 @@ enum Command {
         config: bool,
     },
     /// Remove an image's tag; its data goes at the next gc.
+    #[command(after_help = help::examples(help::RM))]
     Rm {
         /// composefs:PATH:NAME or composefs:PATH@sha256:HEX (removes every tag of that image).
         image: String,
     },
     /// Remove what no tag reaches and report what was freed.
+    #[command(after_help = help::examples(help::GC))]
     Gc {
         /// The repository.
         path: Option<PathBuf>,
     },
     /// Check every object, stream, image and content index.
+    #[command(after_help = help::examples(help::FSCK))]
     Fsck {
         /// The repository.
         path: Option<PathBuf>,
@@ -151,6 +165,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum DeltaCommand {
     /// Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...).
+    #[command(after_help = help::examples(help::DELTA_CREATE))]
     Create(Box<delta::CreateArgs>),
 }
 
@@ -167,6 +182,11 @@ impl From<HashArg> for HashAlgorithm {
             HashArg::Sha512 => HashAlgorithm::Sha512,
         }
     }
+}
+
+/// The clap definition of the command line, from which the man pages and completions are made.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parses the command line: help and version exit 0, usage errors exit 1 (as skopeo's do),

@@ -1,0 +1,170 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_skiff_global_optspecs
+    string join \n override-arch= override-os= override-variant= policy= insecure-policy debug command-timeout= h/help V/version
+end
+
+function __fish_skiff_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_skiff_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_skiff_using_subcommand
+    set -l cmd (__fish_skiff_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c skiff -n "__fish_skiff_needs_command" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_needs_command" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_needs_command" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_needs_command" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_needs_command" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_needs_command" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_needs_command" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_needs_command" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_needs_command" -s V -l version -d 'Print version'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "copy" -d 'Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "fsck" -d 'Check every object, stream, image and content index'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-username -d 'User name for the source registry' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-password -d 'Password for the source registry' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l authfile -d 'Path of the authentication file (default: skopeo\'s lookup of auth.json)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-authfile -d 'Path of the authentication file for the source registry (overrides --authfile)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-tls-verify -d 'Require HTTPS and verify certificates when talking to the source registry' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l retry-times -d 'Number of times to retry a failed layer fetch' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l digestfile -d 'Write the digest of the stored manifest to PATH' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -s j -l jobs -d 'Layers fetched and imported at once (default: number of CPUs)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l progress -d 'Progress output: bars on a terminal, plain lines otherwise, or one JSON object a line' -r -f -a "auto\t'Bars on a terminal, plain lines otherwise'
+bars\t'Progress bars'
+plain\t'One line per event'
+json\t'One JSON object per line'"
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l multi-arch -d 'Only `system` (the default: one image for this platform) applies to composefs storage' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-no-creds -d 'Access the source registry anonymously'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -s q -l quiet -d 'Suppress output but errors'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l no-delta -d 'Do not look for oci-delta artifacts of the image in its registry'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l require-verity -d 'Refuse to create or write a repository without fs-verity'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l remove-signatures -d 'Accepted for skopeo compatibility: composefs storage keeps no signatures'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l binary-diff -d 'How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as dictionary, tardf2) or auto (zstd where sizes allow, else bsdiff; tardf2)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -s j -l jobs -d 'Layers diffed at once (default: number of CPUs)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-creds -d 'Credentials (USER[:PASSWORD]) for a docker:// destination' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-authfile -d 'auth.json for a docker:// destination (else the default lookup)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-tls-verify -d 'Require HTTPS and verify certificates when pushing to a docker:// destination' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-cert-dir -d 'Certificates (*.crt, *.cert, *.key) for a docker:// destination' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-creds -d 'Credentials (USER[:PASSWORD]) for OLD and NEW in a registry' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-authfile -d 'auth.json for OLD and NEW in a registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-tls-verify -d 'Require HTTPS and verify certificates when reading OLD and NEW from a registry' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-cert-dir -d 'Certificates (*.crt, *.cert, *.key) for OLD and NEW in a registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l json -d 'Print the summary as JSON'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from help" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l hash -d 'Object-name algorithm' -r -f -a "sha256\t''
+sha512\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l require-verity -d 'Refuse to create a repository without fs-verity'
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand init" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l json -d 'Print JSON'
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand images" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand images" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l raw -d 'Print the raw manifest (with --config: the raw config)'
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l config -d 'Print the image\'s config'
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand inspect" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand rm" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand fsck" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "copy" -d 'Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from delta" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'

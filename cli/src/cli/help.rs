@@ -1,0 +1,194 @@
+//! What the help says beyond the flags: what skiff is for, and each command's examples. The man
+//! pages are written from the same text (skiff-gen-docs), so both say the same.
+
+/// The first line of `skiff -h` and the man page's NAME line.
+pub(super) const ABOUT: &str =
+    "Copy container images into composefs storage: skopeo copy, with composefs as the destination";
+
+/// What `skiff --help` and skiff(1) open with (wrapped here: clap prints it as it is).
+pub(super) const LONG_ABOUT: &str = "\
+skiff copies container images into composefs storage.
+
+`skiff copy SOURCE composefs:PATH:NAME` is skopeo's copy with a composefs repository
+as the destination: the same source syntax (docker://, oci:, oci-archive:,
+docker-archive:, dir:, containers-storage:) and the same flag names. Every blob's
+digest and every layer's DiffID is checked before the image is tagged. Layers the
+repository already holds are not fetched again, zstd:chunked layers in a registry are
+fetched only for the files the repository lacks, and an oci-delta artifact in the
+registry is used when it costs fewer bytes. cfsctl and bootc read the repository as
+their own.
+
+The other commands make oci-delta artifacts (delta create) and look after a repository
+(init, images, inspect, rm, gc, fsck). composefs::NAME is an image of the default
+repository: $SKIFF_REPO, else ~/.var/lib/composefs.";
+
+/// The heading `examples` puts first; skiff-gen-docs turns what follows into an EXAMPLES section.
+pub const EXAMPLES_HEADING: &str = "Examples:";
+
+/// An example: what it does, and the command (words split at spaces: no quoting).
+type Example = (&'static str, &'static str);
+
+pub(super) const SKIFF: &[Example] = &[
+    (
+        "Copy an image from a registry into the repository /srv/cfs, as fedora:41",
+        "skiff copy docker://quay.io/fedora/fedora:41 composefs:/srv/cfs:fedora:41",
+    ),
+    (
+        "List the images of that repository",
+        "skiff images /srv/cfs",
+    ),
+    ("Check every object and image in it", "skiff fsck /srv/cfs"),
+];
+
+pub(super) const COPY: &[Example] = &[
+    (
+        "From a registry into /srv/cfs, as fedora:41 (a missing repository is created)",
+        "skiff copy docker://quay.io/fedora/fedora:41 composefs:/srv/cfs:fedora:41",
+    ),
+    (
+        "From an OCI layout into the default repository",
+        "skiff copy oci:./layout:v1 composefs::app",
+    ),
+    (
+        "From a registry that needs a login and trusts the CA certificates in ./certs",
+        "skiff copy --src-creds user:secret --src-cert-dir ./certs \
+         docker://registry.example:5000/app:v2 composefs:/srv/cfs:app",
+    ),
+    (
+        "Apply an oci-delta artifact (the image it was made from must be in /srv/cfs)",
+        "skiff copy oci-archive:app-v1-v2.delta composefs:/srv/cfs:app:v2",
+    ),
+];
+
+const DELTA_TO_ARCHIVE: Example = (
+    "The delta that rebuilds v2 (an OCI layout) from v1 (stored in /srv/cfs), into an archive",
+    "skiff delta create composefs:/srv/cfs:app:v1 oci:./layout:v2 oci-archive:app-v1-v2.delta",
+);
+
+pub(super) const DELTA: &[Example] = &[DELTA_TO_ARCHIVE];
+
+pub(super) const DELTA_CREATE: &[Example] = &[
+    DELTA_TO_ARCHIVE,
+    (
+        "The same, pushed to the registry that serves app:v2, where skiff copy finds it",
+        "skiff delta create --dest-creds me:secret composefs:/srv/cfs:app:v1 oci:./layout:v2 \
+         docker://registry.example/app:v1-to-v2",
+    ),
+];
+
+pub(super) const INIT: &[Example] = &[
+    (
+        "A repository with sha512 object names",
+        "skiff init /srv/cfs",
+    ),
+    (
+        "sha256 object names, and only on a filesystem with fs-verity",
+        "skiff init --hash sha256 --require-verity /srv/cfs",
+    ),
+];
+
+pub(super) const IMAGES: &[Example] = &[
+    ("The images of /srv/cfs", "skiff images /srv/cfs"),
+    (
+        "Those of the default repository, as JSON",
+        "skiff images --json",
+    ),
+];
+
+pub(super) const INSPECT: &[Example] = &[
+    (
+        "An image's digest, layers and labels",
+        "skiff inspect composefs:/srv/cfs:app",
+    ),
+    (
+        "Its config as stored",
+        "skiff inspect --config --raw composefs:/srv/cfs:app",
+    ),
+];
+
+pub(super) const RM: &[Example] = &[
+    ("Untag app", "skiff rm composefs:/srv/cfs:app"),
+    (
+        "Then free what no tag reaches any more",
+        "skiff gc /srv/cfs",
+    ),
+];
+
+pub(super) const GC: &[Example] = &[
+    ("Free what no tag of /srv/cfs reaches", "skiff gc /srv/cfs"),
+    ("The same in the default repository", "skiff gc"),
+];
+
+pub(super) const FSCK: &[Example] = &[
+    ("Check /srv/cfs", "skiff fsck /srv/cfs"),
+    ("Check the default repository", "skiff fsck"),
+];
+
+/// The text clap prints after a command's flags: the heading, then each example's comment and
+/// command.
+pub(super) fn examples(list: &[Example]) -> String {
+    let mut text = String::from(EXAMPLES_HEADING);
+    for (what, command) in list {
+        text.push_str(&format!("\n  # {what}\n  {command}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::Cli;
+
+    /// Every visible command, with its path (`skiff delta create`).
+    fn commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.get_name() != "help" {
+                commands(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        out.push((path, cmd.clone()));
+    }
+
+    #[test]
+    fn every_command_ends_its_help_with_examples_the_parser_accepts() {
+        let mut all = Vec::new();
+        commands(&Cli::command(), "skiff".into(), &mut all);
+        assert_eq!(
+            all.len(),
+            10,
+            "{:?}",
+            all.iter().map(|c| &c.0).collect::<Vec<_>>()
+        );
+        for (path, cmd) in all {
+            let after = cmd
+                .get_after_help()
+                .unwrap_or_else(|| panic!("{path}: no examples"))
+                .to_string();
+            assert!(after.starts_with(EXAMPLES_HEADING), "{path}: {after}");
+            let commands: Vec<&str> = after
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("skiff "))
+                .collect();
+            assert!(!commands.is_empty(), "{path}: {after}");
+            for line in commands {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{path}: example `{line}` does not parse: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn help_opens_with_what_skiff_does() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.starts_with("skiff copies container images into composefs storage."),
+            "{help}"
+        );
+        assert!(!help.contains("library"), "{help}");
+    }
+}
