@@ -1,22 +1,33 @@
 //! A TCP forwarder on 127.0.0.1 that misbehaves on purpose: it relays to an upstream (a test
 //! registry) and cuts the first `faulty` connections once they have carried `cut_after` bytes
 //! from upstream, as a network that drops in the middle of a blob does; or it relays slowly, so
-//! that a test can stop the registry while a copy is under way.
+//! that a test can stop the registry while a copy is under way; or it relays a fixed number of
+//! bytes and then holds every connection, so that a test can stop a copy at a chosen byte.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 
-/// A running forwarder; stops accepting when dropped.
+/// A running forwarder; stops accepting (and releases held connections) when dropped.
 #[derive(Debug)]
 pub struct FlakyForwarder {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    cuts: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// State the relays of one forwarder share.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    cuts: AtomicUsize,
+    /// Bytes relayed from upstream, over all connections.
+    relayed: AtomicU64,
+    /// Bytes from upstream relayed over all connections before every connection is held.
+    budget: AtomicU64,
 }
 
 impl FlakyForwarder {
@@ -30,6 +41,7 @@ impl FlakyForwarder {
                 faulty,
                 delay: Duration::ZERO,
             },
+            u64::MAX,
         )
     }
 
@@ -42,29 +54,52 @@ impl FlakyForwarder {
                 faulty: 0,
                 delay,
             },
+            u64::MAX,
         )
     }
 
-    fn spawn(upstream: SocketAddr, behaviour: Behaviour) -> Result<Self> {
+    /// Relays to `upstream` until `budget` bytes from upstream have passed, over all
+    /// connections, then holds every connection (sends nothing more, closes nothing) until
+    /// [`Self::release`] or the forwarder is dropped. `u64::MAX`: relays everything, counting.
+    pub fn start_held(upstream: SocketAddr, budget: u64) -> Result<Self> {
+        Self::spawn(
+            upstream,
+            Behaviour {
+                cut_after: u64::MAX,
+                faulty: 0,
+                delay: Duration::ZERO,
+            },
+            budget,
+        )
+    }
+
+    /// Relays everything from now on, releasing the connections held at the budget.
+    pub fn release(&self) {
+        self.shared.budget.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    fn spawn(upstream: SocketAddr, behaviour: Behaviour, budget: u64) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let (stop_flag, cut_count) = (stop.clone(), cuts.clone());
+        let shared = Arc::new(Shared {
+            budget: AtomicU64::new(budget),
+            ..Default::default()
+        });
+        let state = shared.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
-                if stop_flag.load(Ordering::Relaxed) {
+                if state.stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = client else { continue };
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                let cut_count = cut_count.clone();
-                std::thread::spawn(move || relay(client, server, behaviour, &cut_count));
+                let state = state.clone();
+                std::thread::spawn(move || relay(client, server, behaviour, &state));
             }
         });
-        Ok(Self { addr, stop, cuts })
+        Ok(Self { addr, shared })
     }
 
     /// `127.0.0.1:PORT`.
@@ -74,13 +109,18 @@ impl FlakyForwarder {
 
     /// Connections cut so far.
     pub fn cuts(&self) -> usize {
-        self.cuts.load(Ordering::Relaxed)
+        self.shared.cuts.load(Ordering::Relaxed)
+    }
+
+    /// Bytes relayed from upstream so far, over all connections.
+    pub fn relayed(&self) -> u64 {
+        self.shared.relayed.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for FlakyForwarder {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so that it sees the flag.
         let _ = TcpStream::connect(self.addr);
     }
@@ -93,12 +133,47 @@ struct Behaviour {
     delay: Duration,
 }
 
-fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &AtomicUsize) {
+/// How often a held connection looks whether it was released or its forwarder dropped.
+const HOLD_POLL: Duration = Duration::from_millis(2);
+
+/// Claims up to `n` bytes of the forwarder's budget; returns how many may be relayed.
+fn claim(shared: &Shared, n: usize) -> usize {
+    let budget = shared.budget.load(Ordering::SeqCst);
+    let before = shared
+        .relayed
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+            Some(r + (n as u64).min(budget.saturating_sub(r)))
+        })
+        .unwrap_or_default();
+    (n as u64).min(budget.saturating_sub(before)) as usize
+}
+
+/// Relays `data`, holding whatever exceeds the budget until it is released; false when the
+/// client is gone or the forwarder was dropped.
+fn relay_within_budget(shared: &Shared, client: &mut TcpStream, mut data: &[u8]) -> bool {
+    loop {
+        let allowed = claim(shared, data.len());
+        if client.write_all(&data[..allowed]).is_err() {
+            return false;
+        }
+        data = &data[allowed..];
+        if data.is_empty() {
+            return true;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(HOLD_POLL);
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, shared: &Shared) {
     let Behaviour {
         cut_after,
         faulty,
         delay,
     } = behaviour;
+    let cuts = &shared.cuts;
     let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
@@ -130,7 +205,7 @@ fn relay(client: TcpStream, server: TcpStream, behaviour: Behaviour, cuts: &Atom
                 .and_then(|()| std::io::copy(&mut server_r, &mut client_w).map(drop));
             break;
         }
-        if client_w.write_all(&buf[..n]).is_err() {
+        if !relay_within_budget(shared, &mut client_w, &buf[..n]) {
             break;
         }
         if !delay.is_zero() {

@@ -2,6 +2,7 @@
 //! (skopeo, docker-registry, cfsctl, skiff), and an independent model of an image's file tree.
 
 pub mod chunked;
+pub mod crash;
 pub mod deltas;
 pub mod faults;
 pub mod fixtures;

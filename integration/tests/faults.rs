@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use skiff_integration::crash::copy_command;
 use skiff_integration::faults::FlakyForwarder;
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
@@ -154,20 +155,8 @@ fn kill_9_mid_copy_leaves_a_consistent_store_and_a_rerun_finishes() {
         .unwrap();
     let slow = FlakyForwarder::start_slow(upstream(&registry), Duration::from_millis(1)).unwrap();
     let repo = dir.path().join("repo");
-    let copy_cmd = || {
-        let mut cmd = skiff();
-        cmd.args([
-            "--insecure-policy",
-            "copy",
-            "--progress=json",
-            "--src-tls-verify=false",
-            "--jobs",
-            "2",
-        ]);
-        cmd.arg(format!("docker://{}/app:v1", slow.host()))
-            .arg(format!("composefs:{}:app", repo.display()));
-        cmd
-    };
+    let source = format!("docker://{}/app:v1", slow.host());
+    let copy_cmd = || copy_command(&source, &repo, "app", 2);
     let mut child = copy_cmd()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
