@@ -10,6 +10,8 @@ mod channel_reader;
 pub mod chunked_pull;
 pub mod copy;
 pub mod delta;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod imageref;
 pub mod layer;
 pub mod media;
