@@ -42,7 +42,11 @@ pub fn zstd_chunked_toc(data: &[u8]) {
     for file in &parsed.files {
         let mut covered = 0;
         for chunk in &file.chunks {
-            assert_eq!(chunk.offset, covered, "chunks of {:?} leave a gap", file.name);
+            assert_eq!(
+                chunk.offset, covered,
+                "chunks of {:?} leave a gap",
+                file.name
+            );
             assert!(chunk.size > 0, "an empty chunk in {:?}", file.name);
             assert!(
                 chunk.compressed.start <= chunk.compressed.end
@@ -52,7 +56,11 @@ pub fn zstd_chunked_toc(data: &[u8]) {
             );
             covered += chunk.size;
         }
-        assert_eq!(covered, file.size, "chunks of {:?} do not cover it", file.name);
+        assert_eq!(
+            covered, file.size,
+            "chunks of {:?} do not cover it",
+            file.name
+        );
     }
     // The tar-split a faithful writer makes for these entries.
     let mut entries = Vec::new();
@@ -118,7 +126,9 @@ impl Write for BoundedSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0 += buf.len() as u64;
         if self.0 > MAX_TAR_DIFF_OUTPUT {
-            return Err(std::io::Error::other("the tar-diff output limit is reached"));
+            return Err(std::io::Error::other(
+                "the tar-diff output limit is reached",
+            ));
         }
         Ok(buf.len())
     }
@@ -168,9 +178,15 @@ fn tar_diff_source() -> &'static SourceImage {
 pub fn delta_manifest(data: &[u8]) {
     let is_delta = crate::delta::is_delta(data);
     if let Ok(delta) = crate::delta::DeltaManifest::parse(data) {
-        assert!(is_delta, "a manifest parsed as a delta is not recognised as one");
+        assert!(
+            is_delta,
+            "a manifest parsed as a delta is not recognised as one"
+        );
         for to in delta.layers_by_to.keys() {
-            assert!(to.parse::<OciDigest>().is_ok(), "layer target {to:?} is no digest");
+            assert!(
+                to.parse::<OciDigest>().is_ok(),
+                "layer target {to:?} is no digest"
+            );
         }
     }
 }
@@ -184,7 +200,11 @@ pub fn byteranges(data: &[u8]) {
     let body = Bytes::copy_from_slice(data.get(split + 1..).unwrap_or_default());
     if let Ok(range) = byteranges::parse_content_range(&header) {
         assert!(range.start < range.end, "an empty range {range:?} accepted");
-        assert_eq!(byteranges::parse_content_range(&format!("bytes {}-{}/*", range.start, range.end - 1)).ok(), Some(range));
+        assert_eq!(
+            byteranges::parse_content_range(&format!("bytes {}-{}/*", range.start, range.end - 1))
+                .ok(),
+            Some(range)
+        );
     }
     let boundary = match byteranges::multipart_boundary(&header) {
         Ok(Some(b)) => b,
@@ -195,7 +215,11 @@ pub fn byteranges(data: &[u8]) {
         return;
     };
     for (range, bytes) in &parts {
-        assert_eq!(bytes.len() as u64, range.end - range.start, "part {range:?}");
+        assert_eq!(
+            bytes.len() as u64,
+            range.end - range.start,
+            "part {range:?}"
+        );
     }
     let wanted: Vec<_> = parts.iter().map(|(r, _)| r.clone()).collect();
     let selected = byteranges::select(&parts, &wanted).expect("the parts cover their ranges");
@@ -268,7 +292,11 @@ fn import_and_publish(
         let pending = skiff_storage::layer_import::split_layer(store, &diff_id, tar).await?;
         pending.register().await
     })?;
-    assert_eq!(stats.tar_size, tar.len() as u64, "the import did not read the whole tar");
+    assert_eq!(
+        stats.tar_size,
+        tar.len() as u64,
+        "the import did not read the whole tar"
+    );
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },

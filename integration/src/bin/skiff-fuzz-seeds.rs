@@ -31,7 +31,12 @@ fn main() -> Result<()> {
         let split = metadata(&blob, &annotations[TARSPLIT_POSITION])?;
         write(out, "zstd_chunked_toc", &format!("toc-{i}.json"), &toc.1)?;
         write(out, "zstd_chunked_toc", &format!("toc-{i}.zst"), &toc.0)?;
-        write(out, "zstd_chunked_toc", &format!("footer-{i}"), &blob[blob.len() - 72..])?;
+        write(
+            out,
+            "zstd_chunked_toc",
+            &format!("footer-{i}"),
+            &blob[blob.len() - 72..],
+        )?;
         write(out, "tar_split", &format!("tar-split-{i}.jsonl"), &split.1)?;
     }
     for (name, seed) in tar_diffs()? {
@@ -119,18 +124,34 @@ fn tar_diffs() -> Result<Vec<(&'static str, Vec<u8>)>> {
         ("data", tar_diff(false, &[(0, 5, b"hello")])),
         (
             "open-copy",
-            tar_diff(false, &[(1, host.len() as u64, host), (2, HOSTNAME.1 as u64, b"")]),
+            tar_diff(
+                false,
+                &[(1, host.len() as u64, host), (2, HOSTNAME.1 as u64, b"")],
+            ),
         ),
         (
             "seek-add",
             tar_diff(
                 false,
-                &[(1, data.len() as u64, data), (4, 100, b""), (3, 4, b"\x01\x02\x03\x04")],
+                &[
+                    (1, data.len() as u64, data),
+                    (4, 100, b""),
+                    (3, 4, b"\x01\x02\x03\x04"),
+                ],
             ),
         ),
-        ("open-symlink", tar_diff(false, &[(1, 4, b"link"), (2, 1, b"")])),
-        ("open-dir", tar_diff(false, &[(1, 15, b"usr/share/empty"), (2, 1, b"")])),
-        ("climb", tar_diff(true, &[(1, 15, b"../etc/hostname"), (2, 3, b"")])),
+        (
+            "open-symlink",
+            tar_diff(false, &[(1, 4, b"link"), (2, 1, b"")]),
+        ),
+        (
+            "open-dir",
+            tar_diff(false, &[(1, 15, b"usr/share/empty"), (2, 1, b"")]),
+        ),
+        (
+            "climb",
+            tar_diff(true, &[(1, 15, b"../etc/hostname"), (2, 3, b"")]),
+        ),
     ];
     let old: Vec<u8> = (0..DATA.1).map(|i| (i * 7 % 251) as u8).collect();
     let mut new = old.clone();
@@ -185,14 +206,19 @@ fn delta_manifests() -> Vec<(&'static str, Vec<u8>)> {
                 true,
             ),
         ),
-        ("no-config", manifest(vec![layer("image-manifest", None)], false)),
+        (
+            "no-config",
+            manifest(vec![layer("image-manifest", None)], false),
+        ),
     ]
 }
 
 fn byteranges() -> Vec<(&'static str, Vec<u8>)> {
     let part = |range: &str, data: &[u8]| {
-        let mut p = format!("--XyZ\r\nContent-Type: application/octet-stream\r\nContent-Range: {range}\r\n\r\n")
-            .into_bytes();
+        let mut p = format!(
+            "--XyZ\r\nContent-Type: application/octet-stream\r\nContent-Range: {range}\r\n\r\n"
+        )
+        .into_bytes();
         p.extend_from_slice(data);
         p.extend_from_slice(b"\r\n");
         p
