@@ -41,6 +41,18 @@ if ! command -v ferro-oci-server >/dev/null 2>&1 ||
     cargo install ferro-oci-server --version "$ferro_version" --locked
 fi
 
+# cargo-fuzz 0.13.2: builds and runs the libFuzzer targets in fuzz/ (`make test` runs each briefly,
+# `make fuzz` for long). Its builds need the nightly toolchain (sanitizer flags).
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "install-deps: the fuzz targets need the nightly Rust toolchain, and \`cargo +nightly\` fails:" \
+        "install it with \`rustup toolchain install nightly\`" >&2
+    exit 1
+fi
+cargo_fuzz_version=0.13.2
+if ! grep -q "\"cargo-fuzz $cargo_fuzz_version " "${CARGO_HOME:-$HOME/.cargo}/.crates.toml" 2>/dev/null; then
+    cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
+fi
+
 # Go peers, built from the module proxy by contrib/go-peers (a tools module of our own, pinned by
 # its go.mod and go.sum): skiff-peer-copy (containers/image's copy, i.e. skopeo copy, writing
 # current containers/storage zstd:chunked) and skiff-peer-registry (go-containerregistry's

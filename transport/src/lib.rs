@@ -15,6 +15,8 @@
 mod blob;
 pub mod delta_create;
 pub mod format;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod io;
 pub mod options;
 pub(crate) mod platform;

@@ -61,7 +61,7 @@ pub(crate) async fn apply_tar_diff<H: FsVerityHashValue>(
 /// op stream ends inside an op fails with "failed to fill whole buffer" and nothing else. Its
 /// reads of the source files carry a context, and a blob ending before its descriptor's size
 /// says so ([`VerifiedBlob`]), so a bare end-of-file can only be the op stream's.
-fn name_short_op(error: anyhow::Error) -> anyhow::Error {
+pub(crate) fn name_short_op(error: anyhow::Error) -> anyhow::Error {
     let bare_eof = error.chain().count() == 1
         && error.downcast_ref::<std::io::Error>().is_some_and(|io| {
             io.kind() == std::io::ErrorKind::UnexpectedEof && io.get_ref().is_none()

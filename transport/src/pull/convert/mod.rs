@@ -10,4 +10,4 @@
 pub(crate) mod chunked;
 pub(crate) mod delta;
 pub(crate) mod full;
-mod source_files;
+pub(crate) mod source_files;
