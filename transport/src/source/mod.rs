@@ -7,8 +7,9 @@
 //! - For `docker://` images, the proxy reads manifests and whole blobs, and the native
 //!   [registry client](crate::source::registry) byte ranges ([`Source::range_reader`]).
 //!
-//! Every source hands out the manifest and config bytes verified against their digests, and
-//! layer blobs that the [layer converter](crate::pull::convert::full) verifies while importing.
+//! A source only yields bytes and never sees the store: manifest and config bytes verified
+//! against their digests, blob streams ([`BlobStream`]) and byte ranges that the pull's
+//! converters verify as they read them, and referrers.
 
 pub mod layout;
 pub(crate) mod proxy;
