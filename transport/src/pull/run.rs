@@ -236,7 +236,7 @@ impl<H: FsVerityHashValue> Runner<H> {
         self.observer.event(&CopyEvent::LayerStarted {
             digest: desc.digest().to_string(),
             size: desc.size(),
-            fetched: stats.fetched.clone(),
+            fetched: stats.fetch.fetched.clone(),
         });
         let imported = import_partial(
             &self.store,
@@ -266,7 +266,7 @@ impl<H: FsVerityHashValue> Runner<H> {
                 return None;
             }
         };
-        let fetched = stats.fetched.load(Ordering::Relaxed);
+        let fetched = stats.fetch.fetched.load(Ordering::Relaxed);
         let reused = if partial {
             stats.reused.load(Ordering::Relaxed)
         } else {
@@ -287,7 +287,7 @@ impl<H: FsVerityHashValue> Runner<H> {
             },
             fetched,
             stats: layer_stats,
-            requests: stats.requests.load(Ordering::Relaxed),
+            requests: stats.fetch.requests.load(Ordering::Relaxed),
         })
     }
 }

@@ -20,14 +20,13 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pull::convert::chunked::PartialStats;
 use crate::source::BlobStream;
 use crate::source::layout::BlobRanges;
 use crate::source::registry::{Client, RangeAnswer};
@@ -47,6 +46,15 @@ pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 /// Requests in flight at once: enough to hide a round trip behind the transfer of others,
 /// few enough to be polite to a registry.
 pub const PARALLEL_REQUESTS: usize = 4;
+
+/// What range reads cost, counted as they go (read by progress output while they run).
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Bytes received (parts and multipart headers).
+    pub fetched: Arc<AtomicU64>,
+    /// Requests made.
+    pub requests: AtomicU64,
+}
 
 /// The registry refuses range requests even for a single range.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +91,7 @@ pub enum Fetched {
 
 impl RangeSource {
     /// Fetches `ranges`, splitting the request when the registry refuses it.
-    pub async fn fetch(&self, ranges: Vec<Range<u64>>, stats: &PartialStats) -> Result<Fetched> {
+    pub async fn fetch(&self, ranges: Vec<Range<u64>>, stats: &FetchStats) -> Result<Fetched> {
         let mut out = Vec::with_capacity(ranges.len());
         let mut queue = VecDeque::from([ranges]);
         while let Some(group) = queue.pop_front() {
@@ -177,7 +185,7 @@ type Batch = Result<(Vec<Range<u64>>, Fetched)>;
 pub fn start(
     source: RangeSource,
     requests: Vec<Vec<Range<u64>>>,
-    stats: Arc<PartialStats>,
+    stats: Arc<FetchStats>,
 ) -> SpanCursor {
     // Each queued receiver is a request started; the queue's bound is what limits them.
     let (tx, rx) = mpsc::channel::<oneshot::Receiver<Batch>>(PARALLEL_REQUESTS - 1);

@@ -38,6 +38,7 @@ use crate::io::{ImportStopped, produced_and_imported};
 use crate::pull::convert::full::import_blob;
 use crate::pull::plan::ChunkedLayout;
 use crate::source::BlobStream;
+use crate::source::ranges::FetchStats;
 use crate::source::ranges::{
     self, Fetched, RangeSource, SpanCursor, WholeBlobComing, plan_requests,
 };
@@ -48,12 +49,10 @@ const OBJECT_READ_CHUNK: usize = 256 * 1024;
 /// Counters of a partial pull.
 #[derive(Debug, Default)]
 pub struct PartialStats {
-    /// Compressed bytes read from the source (metadata and missing files).
-    pub fetched: Arc<AtomicU64>,
+    /// Bytes and requests of the range reads (metadata and missing files).
+    pub fetch: Arc<FetchStats>,
     /// Content bytes taken from stored objects.
     pub reused: AtomicU64,
-    /// Range reads made.
-    pub requests: AtomicU64,
 }
 
 /// What a partial pull may reuse: the files of every stored layer with a content index, and
@@ -110,7 +109,7 @@ async fn fetch_metadata(
 ) -> Result<Result<(Bytes, Bytes), BlobStream>> {
     let mut spans = Vec::new();
     for request in plan_requests(&[toc.clone(), tar_split.clone()]) {
-        match source.fetch(request.clone(), stats).await? {
+        match source.fetch(request.clone(), &stats.fetch).await? {
             Fetched::Parts(parts) => spans.extend(request.into_iter().zip(parts)),
             Fetched::Whole(response) => return Ok(Err(response)),
         }
@@ -135,7 +134,7 @@ async fn import_whole<H: FsVerityHashValue>(
     stats: &PartialStats,
 ) -> Result<Imported<H>> {
     log::info!("{}: {WholeBlobComing}", desc.digest());
-    let pending = import_blob(store, whole, desc, diff_id, stats.fetched.clone()).await?;
+    let pending = import_blob(store, whole, desc, diff_id, stats.fetch.fetched.clone()).await?;
     Ok(Imported::Whole(pending))
 }
 
@@ -181,7 +180,7 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
     })
     .await??;
 
-    let mut cursor = ranges::start(source, plan_requests(&plan.needed), stats.clone());
+    let mut cursor = ranges::start(source, plan_requests(&plan.needed), stats.fetch.clone());
     let (tx, rx) = crate::io::channel();
     // Every hint is known before the first byte: the importer never waits on the replay for
     // one, and finds the channel closed when the tar has more files than the plan.
