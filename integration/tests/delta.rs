@@ -829,6 +829,79 @@ fn deltas_pushed_to_a_registry_are_found_by_ordinary_copies() {
     }
 }
 
+/// A delta blob larger than one upload chunk (16 MiB) goes to the registry in `PATCH` chunks,
+/// read from its temporary file as they are sent, and applies from there.
+#[test]
+fn a_delta_blob_larger_than_an_upload_chunk_is_pushed_in_chunks() {
+    // A text file that diffs well (so that the delta costs less than the layer and copies use
+    // it), and noise that OLD lacks (so that the tar-diff carries 36 MiB literally).
+    let book = text(3, 8 * 1024 * 1024);
+    let mut edited = book.clone();
+    edited[4096..4200].fill(b'x');
+    let mut old_layer = Layer::default();
+    old_layer.add("usr/", dir()).add("usr/book.txt", file(book));
+    let mut new_layer = Layer::default();
+    new_layer
+        .add("usr/", dir())
+        .add("usr/book.txt", file(edited))
+        .add("usr/noise.bin", file(noise(5, 36 * 1024 * 1024)));
+    let s = Setup::new(&[old_layer], &[new_layer], Compression::Gzip);
+    let full_id = s.full_pull_id();
+    for registry in [
+        Registry::start_plain().unwrap(),
+        Registry::start_ggcr().unwrap(),
+    ] {
+        let new_ref = registry.push(&s.src("new"), "big:new").unwrap();
+        let push = output(
+            skiff()
+                .env("SKIFF_LOG", "debug")
+                .args(["delta", "create", "--json"])
+                .args(registry_flags(&registry, "dest"))
+                .args(registry_flags(&registry, "src"))
+                .args([
+                    &s.dest("repo", "old"),
+                    &new_ref,
+                    &registry.docker_ref("big:delta"),
+                ]),
+        )
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&push.stderr);
+        assert!(push.status.success(), "{stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&push.stdout).unwrap();
+        assert_eq!(summary["layers_tar_diff"], 1, "{summary}");
+        assert!(
+            summary["delta_bytes"].as_u64().unwrap() > 32 << 20,
+            "{summary}"
+        );
+        let chunks = stderr.matches("uploading bytes").count();
+        assert!(chunks >= 3, "{chunks} chunks: {stderr}");
+        let repo = format!("big-{}", registry.host().replace(':', "-"));
+        let old_ref = registry.push(&s.src("old"), "big:old").unwrap();
+        let copy = |source: &str| {
+            output(
+                skiff()
+                    .args(["copy", "--progress=plain"])
+                    .args(registry_flags(&registry, "src"))
+                    .args([source, &s.dest(&repo, "app")]),
+            )
+            .unwrap()
+        };
+        assert!(copy(&old_ref).status.success());
+        let out = copy(&new_ref);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("Using delta sha256:"), "{stdout}");
+        assert_eq!(
+            run(cfsctl(&s.repo(&repo)).args(["oci", "compute-id", "app"])).unwrap(),
+            full_id
+        );
+    }
+}
+
 #[test]
 fn layers_carried_whole_are_read_by_their_real_compression() {
     let (old, new) = pair();

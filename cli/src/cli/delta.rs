@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use skiff_storage::images::StoredRef;
 use skiff_storage::{FsVerityHashValue, InitOptions, Store};
-use skiff_transport::delta_create::{CreateOptions, CreateSummary, NewImage, create_delta};
+use skiff_transport::delta_create::{
+    CreateOptions, CreateSummary, NewImage, check_destination, create_delta,
+};
 use skiff_transport::format::oci_delta::tar_diff::BinaryDiff;
 use skiff_transport::options::SourceOptions;
 use skiff_transport::pull::{CopyOptions, NoObserver, copy_image};
@@ -18,7 +20,7 @@ use skiff_transport::source::skopeo::copy_to_layout;
 
 use super::output::human;
 use super::with_repo_hash;
-use super::{GlobalOptions, parse_creds};
+use super::{GlobalOptions, parse_optional_creds};
 
 /// `skiff delta create [flags] OLD NEW DESTINATION`.
 #[derive(Debug, Args)]
@@ -72,31 +74,16 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
     let old: ImageRef = args.old.parse()?;
     let new: ImageRef = args.new.parse()?;
     let dest: ImageRef = args.destination.parse()?;
-    if !matches!(
-        dest,
-        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } | ImageRef::Docker(_)
-    ) {
-        bail!(
-            "destination {dest}: a delta is written to oci-archive:PATH, oci:PATH or docker://NAME"
-        );
-    }
+    check_destination(&dest)?;
     let dest_options = SourceOptions {
-        creds: args
-            .dest_creds
-            .as_deref()
-            .map(|c| parse_creds(c, "--dest-creds"))
-            .transpose()?,
+        creds: parse_optional_creds(args.dest_creds.as_deref(), "--dest-creds")?,
         authfile: args.dest_authfile.clone(),
         tls_verify: args.dest_tls_verify,
         cert_dir: args.dest_cert_dir.clone(),
         ..Default::default()
     };
     let options = SourceOptions {
-        creds: args
-            .src_creds
-            .as_deref()
-            .map(|c| parse_creds(c, "--src-creds"))
-            .transpose()?,
+        creds: parse_optional_creds(args.src_creds.as_deref(), "--src-creds")?,
         authfile: args.src_authfile.clone(),
         tls_verify: args.src_tls_verify,
         cert_dir: args.src_cert_dir.clone(),
@@ -107,70 +94,14 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         insecure_policy: global.insecure_policy,
         ..Default::default()
     };
-    let (new_image, _new_scratch) = match &new {
-        ImageRef::Composefs { repo, image } => {
-            let path = repository_path(repo)?;
-            let image =
-                with_repo_hash!(&path, H => NewImage::from_store(Store::<H>::open(&path)?, image))
-                    .with_context(|| format!("NEW {new}"))?;
-            (image, None)
-        }
-        _ => {
-            let direct = match &new {
-                ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-                    let (new, options) = (new.clone(), options.clone());
-                    tokio::task::spawn_blocking(move || LayoutSource::open(&new, &options))
-                        .await??
-                }
-                _ => None,
-            };
-            let (layout, scratch) = match direct {
-                Some(layout) => (layout, None),
-                None => {
-                    let (layout, scratch) = copy_to_layout(&new, &options).await?;
-                    (layout, Some(scratch))
-                }
-            };
-            (NewImage::from_layout(layout).await?, scratch)
-        }
-    };
+    let (new_image, _new_scratch) = load_new(&new, &options).await?;
     let create = CreateOptions {
         binary_diff: args.binary_diff,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
-    // OLD's files must be in a composefs repository: its own, or a temporary one.
-    let (repo_path, tag, _scratch) = match &old {
-        ImageRef::Composefs { repo, image } => {
-            let StoredRef::Tag(tag) = image else {
-                bail!("OLD {old}: name the image by tag (composefs:PATH:NAME)");
-            };
-            (repository_path(repo)?, tag.clone(), None)
-        }
-        other => {
-            let scratch = tempfile::Builder::new().prefix("skiff-delta-").tempdir()?;
-            let path = scratch.path().join("repo");
-            skiff_storage::repository::init(&path, InitOptions::default())?;
-            let store = Store::<skiff_storage::Sha512HashValue>::open_writable(&path)?;
-            let source = Arc::new(Source::open(other, &options).await?);
-            copy_image(
-                source,
-                &store,
-                "old",
-                &CopyOptions {
-                    jobs: create.jobs,
-                    delta_jobs: create.jobs,
-                    use_deltas: false,
-                    retry_times: 0,
-                },
-                Arc::new(NoObserver),
-            )
-            .await
-            .with_context(|| format!("Reading OLD {other}"))?;
-            (path, "old".to_owned(), Some(scratch))
-        }
-    };
+    let (repo_path, tag, _old_scratch) = old_in_repository(&old, &options, create.jobs).await?;
     let summary = with_repo_hash!(&repo_path, H => run::<H>(&repo_path, &tag, new_image, &dest, &dest_options, create).await)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -178,6 +109,66 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
         print_summary(&dest, &summary);
     }
     Ok(())
+}
+
+/// NEW, read where it is (a composefs repository, an OCI layout or uncompressed oci-archive),
+/// else copied by skopeo into a temporary layout, which is returned to be kept while in use.
+async fn load_new(
+    new: &ImageRef,
+    options: &SourceOptions,
+) -> Result<(NewImage, Option<tempfile::TempDir>)> {
+    if let ImageRef::Composefs { repo, image } = new {
+        let path = repository_path(repo)?;
+        let image =
+            with_repo_hash!(&path, H => NewImage::from_store(Store::<H>::open(&path)?, image))
+                .with_context(|| format!("NEW {new}"))?;
+        return Ok((image, None));
+    }
+    let direct = match new {
+        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
+            let (new, options) = (new.clone(), options.clone());
+            tokio::task::spawn_blocking(move || LayoutSource::open(&new, &options)).await??
+        }
+        _ => None,
+    };
+    let (layout, scratch) = match direct {
+        Some(layout) => (layout, None),
+        None => {
+            let (layout, scratch) = copy_to_layout(new, options).await?;
+            (layout, Some(scratch))
+        }
+    };
+    Ok((NewImage::from_layout(layout).await?, scratch))
+}
+
+/// The composefs repository and tag holding OLD's files: its own, or a temporary one it is
+/// copied into (returned to be kept while in use).
+async fn old_in_repository(
+    old: &ImageRef,
+    options: &SourceOptions,
+    jobs: usize,
+) -> Result<(PathBuf, String, Option<tempfile::TempDir>)> {
+    if let ImageRef::Composefs { repo, image } = old {
+        let StoredRef::Tag(tag) = image else {
+            bail!("OLD {old}: name the image by tag (composefs:PATH:NAME)");
+        };
+        return Ok((repository_path(repo)?, tag.clone(), None));
+    }
+    let scratch = tempfile::Builder::new().prefix("skiff-delta-").tempdir()?;
+    let path = scratch.path().join("repo");
+    skiff_storage::repository::init(&path, InitOptions::default())?;
+    let store = Store::<skiff_storage::Sha512HashValue>::open_writable(&path)?;
+    let source = Arc::new(Source::open(old, options).await?);
+    let copy = CopyOptions {
+        jobs,
+        delta_jobs: jobs,
+        use_deltas: false,
+        retry_times: 0,
+    };
+    copy_image(source, &store, "old", &copy, Arc::new(NoObserver))
+        .await
+        .context("Reading OLD")?;
+    Ok((path, "old".to_owned(), Some(scratch)))
 }
 
 async fn run<H: FsVerityHashValue>(

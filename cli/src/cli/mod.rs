@@ -247,6 +247,11 @@ fn parse_creds(value: &str, flag: &str) -> Result<(String, String)> {
     Ok((user.to_owned(), password.to_owned()))
 }
 
+/// [`parse_creds`] of a flag that may be absent.
+fn parse_optional_creds(value: Option<&str>, flag: &str) -> Result<Option<(String, String)>> {
+    value.map(|v| parse_creds(v, flag)).transpose()
+}
+
 /// Exit status for an error: 2 when the source image does not exist, as skopeo does.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error

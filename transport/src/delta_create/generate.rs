@@ -29,9 +29,10 @@ use crate::format::oci_delta::tar_diff::{
     write_rollsum, write_zstd, zstd_patch,
 };
 
-/// Largest NEW file diffed against OLD: its content is held in memory for its sha1 and the
-/// diff. Larger files go into the delta as literal data, streamed, so a size read from a tar
-/// header (unchecked until the layer's DiffID is) never sizes an allocation.
+/// Largest file diffed, in NEW and in OLD: the content of both is held in memory for the diff.
+/// Larger files go into the delta as literal data, streamed, so a size read from a tar
+/// header (unchecked until the layer's DiffID is) never sizes an allocation, nor does a
+/// source file of similar size (up to ten times larger).
 const MAX_DIFFED_FILE: u64 = 1024 * 1024 * 1024;
 
 /// A regular file of the source image.
@@ -114,8 +115,7 @@ impl<H: FsVerityHashValue> SourceSet<H> {
             let index = match by_leaf.get(&leaf) {
                 Some(&i) => i,
                 None => {
-                    let data = set.read(&content)?;
-                    let sha1 = openssl::sha::sha1(&data);
+                    let sha1 = set.sha1(&content)?;
                     set.files.push(SourceFile {
                         path: path.clone(),
                         basenames: Vec::new(),
@@ -151,17 +151,46 @@ impl<H: FsVerityHashValue> SourceSet<H> {
         self.files.len()
     }
 
-    fn read(&self, content: &FileContent<H>) -> Result<Vec<u8>> {
+    /// The sha1 of a stored file, streamed: index building holds no file whole.
+    fn sha1(&self, content: &FileContent<H>) -> Result<[u8; 20]> {
         match content {
-            FileContent::Inline(data) => Ok(data.clone()),
+            FileContent::Inline(data) => Ok(openssl::sha::sha1(data)),
+            FileContent::Object(id, size) => {
+                let mut sha = openssl::sha::Sha1::new();
+                let mut object = self.repo.open_object(id)?;
+                let mut buf = vec![0; 128 * 1024];
+                let mut read = 0u64;
+                loop {
+                    let n = object.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    sha.update(&buf[..n]);
+                    read += n as u64;
+                }
+                anyhow::ensure!(read == *size, "object {id:?} has the wrong size");
+                Ok(sha.finish())
+            }
+        }
+    }
+
+    /// A stored file's content, to diff against; `None` for a file over [`MAX_DIFFED_FILE`],
+    /// which is never held whole (the target is then written literally).
+    fn read(&self, content: &FileContent<H>) -> Result<Option<Vec<u8>>> {
+        match content {
+            FileContent::Inline(data) => Ok(Some(data.clone())),
+            FileContent::Object(_, size) if *size > MAX_DIFFED_FILE => Ok(None),
             FileContent::Object(id, size) => {
                 let mut data = Vec::with_capacity(*size as usize);
-                self.repo.open_object(id)?.read_to_end(&mut data)?;
+                self.repo
+                    .open_object(id)?
+                    .take(size + 1)
+                    .read_to_end(&mut data)?;
                 anyhow::ensure!(
                     data.len() as u64 == *size,
                     "object {id:?} has the wrong size"
                 );
-                Ok(data)
+                Ok(Some(data))
             }
         }
     }
@@ -273,22 +302,7 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
     for entry in archive.entries().context("Reading the new layer")? {
         let mut entry = entry.context("Reading the new layer")?;
         drain(&mut w)?;
-        let entry_type = entry.header().entry_type();
-        let mode = entry.header().mode();
-        let size = entry.size();
-        let path_bytes = entry.path_bytes().into_owned();
-        let sparse = entry_type == tar::EntryType::GNUSparse
-            || entry.pax_extensions().ok().flatten().is_some_and(|mut p| {
-                p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"GNU.sparse.")))
-            });
-        let candidate = entry_type == tar::EntryType::Regular
-            && !path_bytes.ends_with(b"/")
-            && size > 0
-            && !sparse
-            && size <= MAX_DIFFED_FILE
-            && mode.is_ok_and(|m| m & 0o004 != 0);
-        let path = std::str::from_utf8(&path_bytes).map(clean_path).ok();
-        let Some(path) = path.filter(|p| candidate && !p.is_empty()) else {
+        let Some(path) = diff_candidate(&mut entry) else {
             continue;
         };
         // The content goes through the encoder, not the literal recording.
@@ -297,27 +311,7 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
         let mut content = Vec::new();
         entry.read_to_end(&mut content)?;
         state.borrow_mut().skip = false;
-        let sha1 = openssl::sha::sha1(&content);
-        // A content no longer than its name plus an op stays literal (tar-diff's rule).
-        let encoded = if size <= path.len() as u64 + 4 {
-            false
-        } else {
-            match sources.choose(&path, size, &sha1) {
-                None => false,
-                Some((i, true)) => {
-                    write_copy(&mut w, &sources.files[i].path, size)?;
-                    stats.copied += 1;
-                    true
-                }
-                Some((i, false)) => {
-                    let source = &sources.files[i];
-                    let old = sources.read(&source.content)?;
-                    let encoded = encode_changed(&mut w, method, &source.path, &old, &content)?;
-                    stats.diffed += usize::from(encoded);
-                    encoded
-                }
-            }
-        };
+        let encoded = encode_file(&mut w, sources, method, &path, &content, &mut stats)?;
         if !encoded {
             w.literal(&content)?;
         }
@@ -334,6 +328,62 @@ pub fn write_layer_diff<H: FsVerityHashValue, W: Write>(
     stats.diff_id = format!("sha256:{}", hex::encode(state.diff_id.finish()));
     stats.tar_bytes = state.total;
     Ok((out, stats))
+}
+
+/// The path of an entry whose content may be written against a source file: a
+/// regular, non-sparse, world-readable file of 1 to [`MAX_DIFFED_FILE`] bytes with a UTF-8 name.
+fn diff_candidate<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<String> {
+    let entry_type = entry.header().entry_type();
+    let mode = entry.header().mode();
+    let size = entry.size();
+    let path_bytes = entry.path_bytes().into_owned();
+    let sparse = entry_type == tar::EntryType::GNUSparse
+        || entry.pax_extensions().ok().flatten().is_some_and(|mut p| {
+            p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"GNU.sparse.")))
+        });
+    let candidate = entry_type == tar::EntryType::Regular
+        && !path_bytes.ends_with(b"/")
+        && size > 0
+        && !sparse
+        && size <= MAX_DIFFED_FILE
+        && mode.is_ok_and(|m| m & 0o004 != 0);
+    let path = std::str::from_utf8(&path_bytes).map(clean_path).ok()?;
+    (candidate && !path.is_empty()).then_some(path)
+}
+
+/// Writes `content` (of the file at `path`) as a COPY or a diff of its source, if it has one
+/// and that is smaller; false when it is to be written literally.
+fn encode_file<H: FsVerityHashValue, W: Write>(
+    w: &mut OpWriter<W>,
+    sources: &SourceSet<H>,
+    method: BinaryDiff,
+    path: &str,
+    content: &[u8],
+    stats: &mut LayerDiffStats,
+) -> Result<bool> {
+    let size = content.len() as u64;
+    // A content no longer than its name plus an op stays literal (tar-diff's rule).
+    if size <= path.len() as u64 + 4 {
+        return Ok(false);
+    }
+    let sha1 = openssl::sha::sha1(content);
+    match sources.choose(path, size, &sha1) {
+        None => Ok(false),
+        Some((i, true)) => {
+            write_copy(w, &sources.files[i].path, size)?;
+            stats.copied += 1;
+            Ok(true)
+        }
+        Some((i, false)) => {
+            let source = &sources.files[i];
+            let Some(old) = sources.read(&source.content)? else {
+                return Ok(false);
+            };
+            let encoded = encode_changed(w, method, &source.path, &old, content)?;
+            stats.diffed += usize::from(encoded);
+            Ok(encoded)
+        }
+    }
 }
 
 /// Writes a changed file against its source the way `method` and the sizes allow; false when

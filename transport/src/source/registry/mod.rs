@@ -14,12 +14,14 @@
 //! - `GET /v2/NAME/manifests/REF`: exact manifest bytes;
 //! - `GET /v2/NAME/referrers/DIGEST`, else the referrers tag `sha256-HEX` (an image index):
 //!   the artifacts (deltas) whose `subject` is an image;
-//! - pushing: `HEAD /v2/NAME/blobs/DIGEST`, `POST /v2/NAME/blobs/uploads/` then
-//!   `PUT LOCATION?digest=DIGEST` (monolithic upload), `PUT /v2/NAME/manifests/REF`.
+//! - pushing: `HEAD /v2/NAME/blobs/DIGEST`, then an upload ([`upload`]: `POST
+//!   /v2/NAME/blobs/uploads/`, `PATCH` chunks, `PUT LOCATION?digest=DIGEST`), and
+//!   `PUT /v2/NAME/manifests/REF`.
 
 pub mod auth;
 pub mod byteranges;
 pub mod tls;
+mod upload;
 
 use std::ops::Range;
 
@@ -382,55 +384,6 @@ impl Client {
             .send(reqwest::Method::HEAD, &url, HeaderMap::new(), None)
             .await?;
         Ok(response.status().is_success())
-    }
-
-    /// Uploads blob `digest` (monolithic: one POST, one PUT), unless the repository has it.
-    #[context("Pushing blob {digest}")]
-    pub async fn push_blob(&self, digest: &str, data: Bytes) -> Result<()> {
-        if self.has_blob(digest).await? {
-            return Ok(());
-        }
-        let base = self.base().await?;
-        let url = format!("{base}/v2/{}/blobs/uploads/", self.target.repository());
-        let response = self
-            .send(reqwest::Method::POST, &url, HeaderMap::new(), None)
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::ACCEPTED,
-            "starting the upload: HTTP {}",
-            response.status()
-        );
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .context("the registry gave no upload location")?;
-        let location = if location.starts_with('/') {
-            format!("{base}{location}")
-        } else {
-            anyhow::ensure!(
-                !(base.starts_with("https://") && location.starts_with("http://")),
-                "the registry sends the upload to plain HTTP ({location})"
-            );
-            location.to_owned()
-        };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, "application/octet-stream".parse()?);
-        let response = self
-            .send(
-                reqwest::Method::PUT,
-                &format!("{location}{separator}digest={digest}"),
-                headers,
-                Some(data),
-            )
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "finishing the upload: HTTP {}",
-            response.status()
-        );
-        Ok(())
     }
 
     /// Stores manifest `bytes` (of `media_type`) under `reference` (a tag or its digest).
