@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::format::zstd_chunked::MAX_METADATA_SIZE;
 use crate::source::BlobStream;
 use crate::source::layout::BlobRanges;
 use crate::source::registry::{Client, RangeAnswer};
@@ -42,6 +43,12 @@ pub const MAX_RANGES_PER_REQUEST: usize = 256;
 /// Bytes asked for in one request (a single larger range is still one request): bounds the
 /// memory each request in flight holds.
 pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Largest single range fetched: it is held whole in memory. The largest a partial pull needs
+/// is a TOC or tar-split ([`MAX_METADATA_SIZE`]); file chunks are far smaller (cut at
+/// rolling-checksum boundaries, 64 KiB on average). A TOC naming a larger chunk is refused, and
+/// its layer is pulled whole.
+pub const MAX_RANGE_BYTES: u64 = MAX_METADATA_SIZE;
 
 /// Requests in flight at once: enough to hide a round trip behind the transfer of others,
 /// few enough to be polite to a registry.
@@ -140,8 +147,18 @@ impl RangeSource {
 }
 
 /// Merges `needed` (in the order they will be consumed) into spans and groups the spans into
-/// requests. Every needed range lies in the span consumed with it or in a later one.
-pub fn plan_requests(needed: &[Range<u64>]) -> Vec<Vec<Range<u64>>> {
+/// requests. Every needed range lies in the span consumed with it or in a later one. A range
+/// over [`MAX_RANGE_BYTES`] is refused.
+pub fn plan_requests(needed: &[Range<u64>]) -> Result<Vec<Vec<Range<u64>>>> {
+    if let Some(r) = needed
+        .iter()
+        .find(|r| r.end.saturating_sub(r.start) > MAX_RANGE_BYTES)
+    {
+        bail!(
+            "a range of {} bytes ({r:?}) is more than the {MAX_RANGE_BYTES} fetched at once",
+            r.end - r.start
+        );
+    }
     let mut spans: Vec<Range<u64>> = Vec::new();
     for r in needed.iter().filter(|r| r.start < r.end) {
         match spans.last_mut() {
@@ -175,7 +192,7 @@ pub fn plan_requests(needed: &[Range<u64>]) -> Vec<Vec<Range<u64>>> {
             }
         }
     }
-    requests
+    Ok(requests)
 }
 
 type Batch = Result<(Vec<Range<u64>>, Fetched)>;
@@ -259,12 +276,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_range_too_large_to_hold_is_refused() {
+        #[allow(clippy::single_range_in_vec_init)]
+        let at_limit: [Range<u64>; 1] = [0..MAX_RANGE_BYTES];
+        assert_eq!(plan_requests(&at_limit).unwrap(), vec![at_limit.to_vec()]);
+        let over = vec![0..10, 100..100 + MAX_RANGE_BYTES + 1];
+        let err = plan_requests(&over).unwrap_err().to_string();
+        assert!(err.contains("more than the"), "{err}");
+    }
+
+    #[test]
     fn close_ranges_merge_and_requests_are_bounded() {
         let needed = vec![0..10, 10..20, 500..600, 5000..5100, 5100..5200];
-        assert_eq!(plan_requests(&needed), vec![vec![0..600, 5000..5200]]);
+        assert_eq!(
+            plan_requests(&needed).unwrap(),
+            vec![vec![0..600, 5000..5200]]
+        );
         // Many far-apart ranges: several requests of at most MAX_RANGES_PER_REQUEST.
         let needed: Vec<_> = (0..600u64).map(|i| i * 10_000..i * 10_000 + 10).collect();
-        let requests = plan_requests(&needed);
+        let requests = plan_requests(&needed).unwrap();
         assert_eq!(requests.len(), 3);
         assert!(requests.iter().all(|r| r.len() <= MAX_RANGES_PER_REQUEST));
         assert_eq!(requests.iter().map(Vec::len).sum::<usize>(), 600);
@@ -276,7 +306,7 @@ mod tests {
             2 * big..2 * big + 1,
             3 * big..5 * big,
         ];
-        let requests = plan_requests(&needed);
+        let requests = plan_requests(&needed).unwrap();
         assert_eq!(
             requests,
             vec![
@@ -291,7 +321,7 @@ mod tests {
     fn ranges_out_of_order_start_new_spans() {
         // A range before the current span starts a new one, so consumption order holds.
         let needed = vec![1000..1100, 0..100, 200..300];
-        let requests = plan_requests(&needed);
+        let requests = plan_requests(&needed).unwrap();
         let spans: Vec<_> = requests.concat();
         assert_eq!(spans, vec![1000..1100, 0..300]);
         assert!(
@@ -299,5 +329,41 @@ mod tests {
                 .iter()
                 .all(|r| r.windows(2).all(|w| w[0].end < w[1].start))
         );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The invariants the cursor relies on: each request's ranges ascend and are apart,
+        /// requests are bounded in ranges and (but for one large range) in bytes, and each
+        /// needed range lies in the span consumed with it or a later one, in order.
+        #[test]
+        fn planned_requests_cover_every_needed_range_in_order(
+            needed in proptest::collection::vec(
+                (0u64..1 << 26, 0u64..3 << 20).prop_map(|(start, len)| start..start + len),
+                0..400,
+            ),
+            sorted in any::<bool>(),
+        ) {
+            let mut needed = needed;
+            if sorted {
+                needed.sort_by_key(|r| r.start);
+            }
+            let requests = plan_requests(&needed).unwrap();
+            let spans: Vec<Range<u64>> = requests.iter().flatten().cloned().collect();
+            for request in &requests {
+                prop_assert!(!request.is_empty() && request.len() <= MAX_RANGES_PER_REQUEST);
+                prop_assert!(request.windows(2).all(|w| w[0].end < w[1].start));
+                let bytes: u64 = request.iter().map(|r| r.end - r.start).sum();
+                prop_assert!(bytes <= MAX_REQUEST_BYTES || request.len() == 1);
+            }
+            let mut at = 0;
+            for r in needed.iter().filter(|r| r.start < r.end) {
+                while at < spans.len() && !(spans[at].start <= r.start && r.end <= spans[at].end) {
+                    at += 1;
+                }
+                prop_assert!(at < spans.len(), "{r:?} is in no span at or after the last");
+            }
+        }
     }
 }

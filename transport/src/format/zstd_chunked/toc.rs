@@ -193,27 +193,8 @@ impl Toc {
             );
             match e.kind.as_str() {
                 "reg" => {
-                    let digest = match e.digest.as_deref() {
-                        Some(d) => sha256_field(d, "digest")?,
-                        None if e.size == 0 => openssl::sha::sha256(b""),
-                        None => bail!(at("a non-empty file without a digest")),
-                    };
-                    if e.size > 0 {
-                        let (start, end) = (e.offset as u64, e.end_offset as u64);
-                        ensure!(
-                            start < end && end <= blob_size,
-                            at(&format!(
-                                "range {start}..{end} outside the {blob_size}-byte blob"
-                            ))
-                        );
-                        let mut file = TocFile {
-                            name,
-                            size: e.size as u64,
-                            sha256: digest,
-                            chunks: Vec::new(),
-                        };
-                        push_chunk(&mut file, e, end, blob_size)
-                            .map_err(|m| anyhow::anyhow!(at(&m.to_string())))?;
+                    if let Some(file) = regular_file(e, name, blob_size, &at)? {
+                        let end = e.end_offset as u64;
                         files.push(file);
                         open = Some((files.len() - 1, end));
                     }
@@ -336,6 +317,39 @@ pub fn check_matches_tar_split(toc: &Toc, tar_split: &TarSplit) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A `reg` entry of the TOC: the file with its first chunk, or `None` when it is empty (it
+/// has no content to fetch). `at` names the entry in messages.
+fn regular_file(
+    e: &TocEntry,
+    name: Vec<u8>,
+    blob_size: u64,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<TocFile>> {
+    let digest = match e.digest.as_deref() {
+        Some(d) => sha256_field(d, "digest")?,
+        None if e.size == 0 => openssl::sha::sha256(b""),
+        None => bail!(at("a non-empty file without a digest")),
+    };
+    if e.size == 0 {
+        return Ok(None);
+    }
+    let (start, end) = (e.offset as u64, e.end_offset as u64);
+    ensure!(
+        start < end && end <= blob_size,
+        at(&format!(
+            "range {start}..{end} outside the {blob_size}-byte blob"
+        ))
+    );
+    let mut file = TocFile {
+        name,
+        size: e.size as u64,
+        sha256: digest,
+        chunks: Vec::new(),
+    };
+    push_chunk(&mut file, e, end, blob_size).map_err(|m| anyhow::anyhow!(at(&m.to_string())))?;
+    Ok(Some(file))
 }
 
 #[cfg(test)]

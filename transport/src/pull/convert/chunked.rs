@@ -108,7 +108,7 @@ async fn fetch_metadata(
     stats: &PartialStats,
 ) -> Result<Result<(Bytes, Bytes), BlobStream>> {
     let mut spans = Vec::new();
-    for request in plan_requests(&[toc.clone(), tar_split.clone()]) {
+    for request in plan_requests(&[toc.clone(), tar_split.clone()])? {
         match source.fetch(request.clone(), &stats.fetch).await? {
             Fetched::Parts(parts) => spans.extend(request.into_iter().zip(parts)),
             Fetched::Whole(response) => return Ok(Err(response)),
@@ -180,7 +180,7 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
     })
     .await??;
 
-    let mut cursor = ranges::start(source, plan_requests(&plan.needed), stats.fetch.clone());
+    let mut cursor = ranges::start(source, plan_requests(&plan.needed)?, stats.fetch.clone());
     let (tx, rx) = crate::io::channel();
     // Every hint is known before the first byte: the importer never waits on the replay for
     // one, and finds the channel closed when the tar has more files than the plan.
@@ -353,60 +353,85 @@ fn replay<H: FsVerityHashValue>(
         };
         match found {
             Some(object) => {
-                let mut f = repo.open_object(object)?;
-                let mut left = file.size;
-                while left > 0 {
-                    let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];
-                    f.read_exact(&mut buf).context("Reading a stored object")?;
-                    left -= buf.len() as u64;
-                    emit(Bytes::from(buf))?;
-                }
+                emit_stored(repo, object, file.size, name, &mut emit)?;
                 stats.reused.fetch_add(file.size, Ordering::Relaxed);
             }
-            None => {
-                for chunk in &file.chunks {
-                    // In blocks: a chunk's declared size is not trusted with an allocation.
-                    if chunk.zeros {
-                        let mut left = chunk.size;
-                        while left > 0 {
-                            let n = left.min(OBJECT_READ_CHUNK as u64);
-                            emit(Bytes::from(vec![0u8; n as usize]))?;
-                            left -= n;
-                        }
-                        continue;
-                    }
-                    let frames = cursor.take(chunk.compressed.clone())?;
-                    let mut decoder =
-                        zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
-                    let mut total = 0u64;
-                    loop {
-                        let mut block = vec![0u8; OBJECT_READ_CHUNK];
-                        let n = decoder
-                            .read(&mut block)
-                            .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
-                        if n == 0 {
-                            break;
-                        }
-                        total += n as u64;
-                        ensure!(
-                            total <= chunk.size,
-                            "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
-                            shown_path(name),
-                            chunk.size
-                        );
-                        block.truncate(n);
-                        emit(Bytes::from(block))?;
-                    }
-                    ensure!(
-                        total == chunk.size,
-                        "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
-                        shown_path(name),
-                        chunk.size
-                    );
-                }
-            }
+            None => emit_fetched(file, cursor, name, &mut emit)?,
         }
         check.verify(file, *crc64, name)?;
+    }
+    Ok(())
+}
+
+/// Sends the `size` bytes of a stored object, in blocks.
+fn emit_stored<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    object: &H,
+    size: u64,
+    name: &[u8],
+    emit: &mut dyn FnMut(Bytes) -> Result<()>,
+) -> Result<()> {
+    let mut f = repo.open_object(object).with_context(|| {
+        format!(
+            "Opening the stored object of {:?} (removed since the plan?)",
+            shown_path(name)
+        )
+    })?;
+    let mut left = size;
+    while left > 0 {
+        let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(left as usize)];
+        f.read_exact(&mut buf).context("Reading a stored object")?;
+        left -= buf.len() as u64;
+        emit(Bytes::from(buf))?;
+    }
+    Ok(())
+}
+
+/// Sends a file's content from its fetched chunks (zeros for holes), decompressed in blocks:
+/// a chunk's declared size is not trusted with an allocation.
+fn emit_fetched(
+    file: &TocFile,
+    cursor: &mut SpanCursor,
+    name: &[u8],
+    emit: &mut dyn FnMut(Bytes) -> Result<()>,
+) -> Result<()> {
+    for chunk in &file.chunks {
+        if chunk.zeros {
+            let mut left = chunk.size;
+            while left > 0 {
+                let n = left.min(OBJECT_READ_CHUNK as u64);
+                emit(Bytes::from(vec![0u8; n as usize]))?;
+                left -= n;
+            }
+            continue;
+        }
+        let frames = cursor.take(chunk.compressed.clone())?;
+        let mut decoder = zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
+        let mut total = 0u64;
+        loop {
+            let mut block = vec![0u8; OBJECT_READ_CHUNK];
+            let n = decoder
+                .read(&mut block)
+                .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            ensure!(
+                total <= chunk.size,
+                "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
+                shown_path(name),
+                chunk.size
+            );
+            block.truncate(n);
+            emit(Bytes::from(block))?;
+        }
+        ensure!(
+            total == chunk.size,
+            "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
+            shown_path(name),
+            chunk.size
+        );
     }
     Ok(())
 }
