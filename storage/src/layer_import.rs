@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, IndexEntry, StoredFiles};
 use crate::digest::HashingReader;
 use crate::repository::Store;
-use crate::tar_header::{HeaderEvent, HeaderReader, MAX_HEADER_BYTES};
+use crate::tar_header::{EntryHeader, HeaderEvent, HeaderReader, MAX_HEADER_BYTES};
 use crate::tree_path::{PathError, normalize_entry_path, shown_path};
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.
@@ -278,173 +278,210 @@ async fn split_layer_known<H: FsVerityHashValue>(
     })
 }
 
-/// Parses tar entries from `tar` into `builder`.
+/// Parses tar entries from `tar` into `split`: headers and small contents inline, larger
+/// regular files as objects (found in the store, else written), each indexed.
 async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
     repo: &Arc<Repository<H>>,
     tar: &mut HashingReader<R>,
     split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
-    mut known: Option<Known<H>>,
+    known: Option<Known<H>>,
 ) -> Result<()> {
-    let semaphore = repo.write_semaphore();
+    let mut splitter = Splitter {
+        repo,
+        tar,
+        split,
+        index,
+        known,
+        buf: BytesMut::with_capacity(IO_BUF_CAPACITY),
+    };
     let mut headers = HeaderReader::new();
-    let mut buf = BytesMut::with_capacity(IO_BUF_CAPACITY);
     let mut need = HEADER_SIZE;
     loop {
-        while buf.len() < need {
+        if !splitter.fill(need).await? {
+            // A tar without end-of-archive blocks: accepted, as composefs-oci does.
+            return Ok(());
+        }
+        let event = headers
+            .parse(&splitter.buf)
+            .map_err(|e| malformed(e.to_string()))?;
+        need = HEADER_SIZE;
+        match event {
+            HeaderEvent::NeedData(min_bytes) => need = min_bytes,
+            HeaderEvent::Global { consumed } => {
+                let header = splitter.buf.split_to(consumed);
+                splitter.split.inline(&header)?;
+            }
+            HeaderEvent::End { consumed } => return splitter.end(consumed).await,
+            HeaderEvent::Entry { consumed, header } => splitter.entry(consumed, &header).await?,
+        }
+    }
+}
+
+/// The state of [`split_entries`]: where bytes come from and go, and the bytes read ahead.
+struct Splitter<'a, 'b, H: FsVerityHashValue, R> {
+    repo: &'a Arc<Repository<H>>,
+    tar: &'a mut HashingReader<R>,
+    split: &'a mut Split<'b, H>,
+    index: &'a mpsc::UnboundedSender<IndexEntry<H>>,
+    known: Option<Known<H>>,
+    /// Bytes read from `tar` and not consumed yet.
+    buf: BytesMut,
+}
+
+impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
+    /// Reads until `need` bytes are buffered; false at the end of the stream with nothing
+    /// buffered.
+    async fn fill(&mut self, need: usize) -> Result<bool> {
+        while self.buf.len() < need {
             if need > MAX_HEADER_BYTES {
                 return Err(malformed(format!(
                     "a tar entry header needs {need} bytes, more than the {MAX_HEADER_BYTES} allowed"
                 )));
             }
-            buf.reserve(need - buf.len());
-            if tar.read_buf(&mut buf).await? == 0 {
-                if buf.is_empty() {
-                    // A tar without end-of-archive blocks: accepted, as composefs-oci does.
-                    return Ok(());
+            self.buf.reserve(need - self.buf.len());
+            if self.tar.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
                 }
                 bail!("unexpected end of the layer's tar stream (truncated layer?)");
             }
         }
-        let event = headers.parse(&buf).map_err(|e| malformed(e.to_string()))?;
-        match event {
-            HeaderEvent::NeedData(min_bytes) => need = min_bytes,
-            HeaderEvent::Global { consumed } => {
-                split.inline(&buf.split_to(consumed))?;
-                need = HEADER_SIZE;
+        Ok(true)
+    }
+
+    /// The end-of-archive blocks (`consumed` bytes), then record padding and anything else up
+    /// to EOF, which are part of the DiffID.
+    async fn end(&mut self, consumed: usize) -> Result<()> {
+        self.split.inline(&self.buf.split_to(consumed))?;
+        let mut trailing = 0u64;
+        loop {
+            trailing += self.buf.len() as u64;
+            if trailing > MAX_TRAILING_BYTES {
+                return Err(malformed(format!(
+                    "more than {MAX_TRAILING_BYTES} bytes after the end-of-archive blocks"
+                )));
             }
-            HeaderEvent::End { consumed } => {
-                split.inline(&buf.split_to(consumed))?;
-                // Record padding and anything else up to EOF is part of the DiffID.
-                let mut trailing = 0u64;
-                loop {
-                    trailing += buf.len() as u64;
-                    if trailing > MAX_TRAILING_BYTES {
-                        return Err(malformed(format!(
-                            "more than {MAX_TRAILING_BYTES} bytes after the end-of-archive blocks"
-                        )));
-                    }
-                    if !buf.is_empty() {
-                        split.inline(&buf.split())?;
-                    }
-                    buf.reserve(IO_BUF_CAPACITY);
-                    if tar.read_buf(&mut buf).await? == 0 {
-                        return Ok(());
-                    }
-                }
+            if !self.buf.is_empty() {
+                self.split.inline(&self.buf.split())?;
             }
-            HeaderEvent::Entry {
-                consumed,
-                header: entry,
-            } => {
-                let link = entry
-                    .link_target
-                    .as_deref()
-                    .filter(|_| entry.entry_type.is_hard_link());
-                check_entry_paths(&entry.path, link)?;
-                let padded = usize::try_from(entry.data_size)
-                    .ok()
-                    .and_then(|s| s.checked_next_multiple_of(512).map(|p| (s, p)));
-                let Some((size, padded)) = padded else {
-                    return Err(malformed(format!(
-                        "tar entry size {} is too large",
-                        entry.data_size
-                    )));
-                };
-                // Sparse files store their regions like any file's data.
-                let external = entry.is_file() && size > INLINE_CONTENT_MAX_V0;
-                let name = shown_path(&entry.path);
-                split.inline(&buf.split_to(consumed))?;
-                let content_offset = tar.count() - buf.len() as u64;
-                let hint = match (&mut known, external) {
-                    (Some(Known::Hints(h)), true) => {
-                        let hint = h.recv().await.ok_or_else(|| {
-                            malformed(format!(
-                                "tar entry {name:?} at offset {content_offset} has no counterpart in \
-                                 the layer's metadata"
-                            ))
-                        })?;
-                        if (hint.offset, hint.size) != (content_offset, size as u64) {
-                            return Err(malformed(format!(
-                                "tar entry {name:?}: its content is at offset {content_offset} \
-                                 ({size} bytes) but the layer's metadata says {} ({} bytes)",
-                                hint.offset, hint.size
-                            )));
-                        }
-                        hint.object
-                    }
-                    _ => None,
-                };
-                if !external {
-                    copy_inline(split, &mut buf, tar, padded).await?;
-                    need = HEADER_SIZE;
-                    continue;
-                }
-                // Where the object comes from: the store (by hint, or found by digest after
-                // reading the content), or a writer fed from memory or from the stream.
-                let mut from_memory = None;
-                let mut stored = match hint {
-                    Some(found) => {
-                        skip_bytes(&mut buf, tar, size).await?;
-                        Some(found)
-                    }
-                    None => None,
-                };
-                if let Some(Known::Index(index_of_store)) = &known
-                    && size <= PRECHECK_MAX
-                {
-                    let mut content = BytesMut::with_capacity(size);
-                    while content.len() < size {
-                        content.extend_from_slice(
-                            &take_piece(&mut buf, tar, size - content.len()).await?,
-                        );
-                    }
-                    let sha256 = openssl::sha::sha256(&content);
-                    stored = index_of_store
-                        .find(&sha256, size as u64)
-                        .map(|id| (id.clone(), sha256));
-                    from_memory = Some(content.freeze());
-                }
-                if let Some((object, sha256)) = stored {
-                    let id = object.clone();
-                    let ready =
-                        tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
-                    let _ = index.send(IndexEntry {
-                        sha256,
-                        object,
-                        size: size as u64,
-                    });
-                    split.builder.push_external(ready, size as u64);
-                } else {
-                    let permit = semaphore.clone().acquire_owned().await?;
-                    let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
-                    let task_repo = repo.clone();
-                    let task_index = index.clone();
-                    let handle = tokio::task::spawn_blocking(move || {
-                        let result = write_object(rx, size as u64, &task_repo, &task_index);
-                        drop(permit);
-                        result
-                    });
-                    let sent = match from_memory {
-                        Some(content) => tx.send(content).await.map_err(|_| SendError::WriterGone),
-                        None => send_file(&tx, &mut buf, tar, size).await,
-                    };
-                    drop(tx);
-                    match sent {
-                        Ok(()) => {}
-                        // The writer failed first: its error is the cause.
-                        Err(SendError::WriterGone) => {
-                            handle.await??;
-                            bail!("object writer stopped early");
-                        }
-                        Err(SendError::Read(e)) => return Err(e),
-                    }
-                    split.builder.push_external(handle, size as u64);
-                }
-                copy_inline(split, &mut buf, tar, padded - size).await?;
-                need = HEADER_SIZE;
+            self.buf.reserve(IO_BUF_CAPACITY);
+            if self.tar.read_buf(&mut self.buf).await? == 0 {
+                return Ok(());
             }
         }
+    }
+
+    /// One entry: its header (`consumed` bytes), then its content and padding.
+    async fn entry(&mut self, consumed: usize, entry: &EntryHeader) -> Result<()> {
+        let link = entry
+            .link_target
+            .as_deref()
+            .filter(|_| entry.entry_type.is_hard_link());
+        check_entry_paths(&entry.path, link)?;
+        let padded = usize::try_from(entry.data_size)
+            .ok()
+            .and_then(|s| s.checked_next_multiple_of(512).map(|p| (s, p)));
+        let Some((size, padded)) = padded else {
+            return Err(malformed(format!(
+                "tar entry size {} is too large",
+                entry.data_size
+            )));
+        };
+        // Sparse files store their regions like any file's data.
+        let external = entry.is_file() && size > INLINE_CONTENT_MAX_V0;
+        self.split.inline(&self.buf.split_to(consumed))?;
+        if !external {
+            return copy_inline(self.split, &mut self.buf, self.tar, padded).await;
+        }
+        let hint = self.hint(&entry.path, size).await?;
+        self.external(size, hint).await?;
+        copy_inline(self.split, &mut self.buf, self.tar, padded - size).await
+    }
+
+    /// The stored object the caller names for the file of `size` bytes starting here, when it
+    /// names them; its place must be where the content really is.
+    async fn hint(&mut self, path: &[u8], size: usize) -> Result<Option<(H, [u8; 32])>> {
+        let Some(Known::Hints(hints)) = &mut self.known else {
+            return Ok(None);
+        };
+        let content_offset = self.tar.count() - self.buf.len() as u64;
+        let name = shown_path(path);
+        let hint = hints.recv().await.ok_or_else(|| {
+            malformed(format!(
+                "tar entry {name:?} at offset {content_offset} has no counterpart in the layer's \
+                 metadata"
+            ))
+        })?;
+        if (hint.offset, hint.size) != (content_offset, size as u64) {
+            return Err(malformed(format!(
+                "tar entry {name:?}: its content is at offset {content_offset} ({size} bytes) but \
+                 the layer's metadata says {} ({} bytes)",
+                hint.offset, hint.size
+            )));
+        }
+        Ok(hint.object)
+    }
+
+    /// The content of a file stored as an object: the store's object (`hinted`, or found by
+    /// digest after reading the content), else a new one written from memory or the stream.
+    async fn external(&mut self, size: usize, hinted: Option<(H, [u8; 32])>) -> Result<()> {
+        let mut from_memory = None;
+        let mut stored = None;
+        if let Some(found) = hinted {
+            skip_bytes(&mut self.buf, self.tar, size).await?;
+            stored = Some(found);
+        }
+        if let Some(Known::Index(index_of_store)) = &self.known
+            && size <= PRECHECK_MAX
+        {
+            let mut content = BytesMut::with_capacity(size);
+            while content.len() < size {
+                content.extend_from_slice(
+                    &take_piece(&mut self.buf, self.tar, size - content.len()).await?,
+                );
+            }
+            let sha256 = openssl::sha::sha256(&content);
+            stored = index_of_store
+                .find(&sha256, size as u64)
+                .map(|id| (id.clone(), sha256));
+            from_memory = Some(content.freeze());
+        }
+        if let Some((object, sha256)) = stored {
+            let id = object.clone();
+            let ready = tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
+            let _ = self.index.send(IndexEntry {
+                sha256,
+                object,
+                size: size as u64,
+            });
+            self.split.builder.push_external(ready, size as u64);
+            return Ok(());
+        }
+        let permit = self.repo.write_semaphore().clone().acquire_owned().await?;
+        let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
+        let (task_repo, task_index) = (self.repo.clone(), self.index.clone());
+        let handle = tokio::task::spawn_blocking(move || {
+            let result = write_object(rx, size as u64, &task_repo, &task_index);
+            drop(permit);
+            result
+        });
+        let sent = match from_memory {
+            Some(content) => tx.send(content).await.map_err(|_| SendError::WriterGone),
+            None => send_file(&tx, &mut self.buf, self.tar, size).await,
+        };
+        drop(tx);
+        match sent {
+            Ok(()) => {}
+            // The writer failed first: its error is the cause.
+            Err(SendError::WriterGone) => {
+                handle.await??;
+                bail!("object writer stopped early");
+            }
+            Err(SendError::Read(e)) => return Err(e),
+        }
+        self.split.builder.push_external(handle, size as u64);
+        Ok(())
     }
 }
 
