@@ -183,4 +183,83 @@ mod tests {
             assert!(TarSplit::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
+
+    use proptest::prelude::*;
+
+    fn entry_strategy() -> impl Strategy<Value = TarSplitEntry> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(TarSplitEntry::Segment),
+            (
+                proptest::collection::vec(any::<u8>(), 1..40),
+                0u64..1 << 40,
+                any::<u64>()
+            )
+                .prop_map(|(name, size, crc)| TarSplitEntry::File {
+                    name,
+                    size,
+                    crc64: (size > 0).then_some(crc),
+                }),
+        ]
+    }
+
+    /// Lines as tar-split's packer writes them (`name` for UTF-8 names, else `name_raw`).
+    fn pack(entries: &[TarSplitEntry]) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = Vec::new();
+        for (position, entry) in entries.iter().enumerate() {
+            let line = match entry {
+                TarSplitEntry::Segment(bytes) => serde_json::json!({
+                    "type": 2, "payload": b64.encode(bytes), "position": position,
+                }),
+                TarSplitEntry::File { name, size, crc64 } => {
+                    let mut line = serde_json::json!({
+                        "type": 1,
+                        "payload": crc64.map(|c| b64.encode(c.to_be_bytes())),
+                        "position": position,
+                    });
+                    match std::str::from_utf8(name) {
+                        Ok(text) => line["name"] = text.into(),
+                        Err(_) => line["name_raw"] = b64.encode(name).into(),
+                    }
+                    if *size > 0 {
+                        line["size"] = (*size).into();
+                    }
+                    line
+                }
+            };
+            out.extend_from_slice(&serde_json::to_vec(&line).unwrap());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn packed_lines_parse_back(entries in proptest::collection::vec(entry_strategy(), 0..30)) {
+            let parsed = TarSplit::parse(&pack(&entries)).unwrap();
+            prop_assert_eq!(&parsed.entries, &entries);
+            let segments: u64 = entries.iter().map(|e| match e {
+                TarSplitEntry::Segment(b) => b.len() as u64,
+                TarSplitEntry::File { size, .. } => *size,
+            }).sum();
+            prop_assert_eq!(parsed.tar_size(), segments);
+        }
+
+        #[test]
+        fn lines_out_of_order_are_refused(
+            entries in proptest::collection::vec(entry_strategy(), 2..10),
+            swap in any::<prop::sample::Index>(),
+        ) {
+            let packed = pack(&entries);
+            let mut lines: Vec<&[u8]> = packed.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+            let i = swap.index(lines.len() - 1);
+            lines.swap(i, i + 1);
+            prop_assert!(TarSplit::parse(&lines.join(&b'\n')).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = TarSplit::parse(&bytes);
+        }
+    }
 }

@@ -238,4 +238,70 @@ mod tests {
         // No boundary at all.
         assert!(parse_multipart(&Bytes::from_static(b"hello"), "XyZ").is_err());
     }
+
+    /// Disjoint ascending ranges with their data, as a server sends them.
+    fn parts_strategy() -> impl Strategy<Value = Vec<(Range<u64>, Vec<u8>)>> {
+        proptest::collection::vec(
+            (0u64..10_000, proptest::collection::vec(any::<u8>(), 1..200)),
+            1..8,
+        )
+        .prop_map(|gaps| {
+            let mut start = 0;
+            gaps.into_iter()
+                .map(|(gap, data)| {
+                    let range = start + gap..start + gap + data.len() as u64;
+                    start = range.end;
+                    (range, data)
+                })
+                .collect()
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn multipart_bodies_round_trip(
+            parts in parts_strategy(),
+            boundary in "[A-Za-z0-9'()+_,./:=?-]{1,70}",
+        ) {
+            let mut raw = b"\r\n".to_vec();
+            for (range, data) in &parts {
+                raw.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                raw.extend_from_slice(b"Content-Type: application/octet-stream\r\n");
+                raw.extend_from_slice(
+                    format!("Content-Range: bytes {}-{}/*\r\n\r\n", range.start, range.end - 1)
+                        .as_bytes(),
+                );
+                raw.extend_from_slice(data);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+            let ct = format!("multipart/byteranges; boundary=\"{boundary}\"");
+            prop_assert_eq!(multipart_boundary(&ct).unwrap(), Some(boundary.clone()));
+            let parsed = parse_multipart(&Bytes::from(raw.clone()), &boundary).unwrap();
+            prop_assert_eq!(parsed.len(), parts.len());
+            for ((range, data), (got_range, got)) in parts.iter().zip(&parsed) {
+                prop_assert_eq!(range, got_range);
+                prop_assert_eq!(&data[..], &got[..]);
+            }
+            // Any sub-range of a part is selected from it; the header asks for the parts.
+            let wanted: Vec<_> = parts.iter().map(|(r, _)| r.start + 1.min(r.end - r.start - 1)..r.end).collect();
+            let selected = select(&parsed, &wanted).unwrap();
+            for ((w, got), (r, data)) in wanted.iter().zip(&selected).zip(&parts) {
+                let at = (w.start - r.start) as usize;
+                prop_assert_eq!(&data[at..], &got[..]);
+            }
+            let header = range_header(&parts.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>());
+            for (spec, (r, _)) in header["bytes=".len()..].split(',').zip(&parts) {
+                let parsed = parse_content_range(&format!("bytes {spec}/*")).unwrap();
+                prop_assert_eq!(&parsed, r);
+            }
+            // A body cut anywhere before its closing boundary is refused, never misread.
+            let closing = raw.len() - boundary.len() - 6;
+            for cut in [closing / 2, closing - 1] {
+                prop_assert!(parse_multipart(&Bytes::from(raw[..cut].to_vec()), &boundary).is_err());
+            }
+        }
+    }
 }
