@@ -316,8 +316,7 @@ async fn copy_into<H: FsVerityHashValue>(
         },
         observer.clone(),
     )
-    .await
-    .with_context(|| format!("Copying {source_ref} to {dest_ref}"))?;
+    .await?;
     observer.finish();
     if let Some(path) = &args.digestfile {
         std::fs::write(path, &summary.manifest_digest)

@@ -95,7 +95,7 @@ impl Target {
 }
 
 /// Copies the image `source` names into `store`, tagged `tag`.
-#[context("Copying {} into tag {tag}", source.kind())]
+#[context("Copying {} into tag {tag}", source.reference())]
 pub async fn copy_image<H: FsVerityHashValue>(
     source: Arc<Source>,
     store: &Store<H>,

@@ -132,6 +132,11 @@ fn is_compressed_file(path: &Path) -> Result<bool> {
 }
 
 impl LayoutSource {
+    /// The reference the layout was opened by.
+    pub fn reference(&self) -> &str {
+        &self.name
+    }
+
     /// Opens an `oci:` or `oci-archive:` reference; `None` for a compressed archive, which
     /// skopeo reads instead.
     #[context("Opening {reference}")]

@@ -88,6 +88,14 @@ impl Source {
         }
     }
 
+    /// The reference the source was opened by (`docker://…`, `oci:…`), for messages.
+    pub fn reference(&self) -> &str {
+        match self {
+            Self::Proxy(p) => p.reference(),
+            Self::Layout(l) => l.reference(),
+        }
+    }
+
     /// How the source is read, for messages.
     pub fn kind(&self) -> &'static str {
         match self {

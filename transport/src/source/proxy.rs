@@ -37,6 +37,11 @@ impl std::fmt::Debug for ProxySource {
 }
 
 impl ProxySource {
+    /// The reference the proxy opened.
+    pub(crate) fn reference(&self) -> &str {
+        &self.reference
+    }
+
     /// Starts skopeo's proxy and opens `reference`.
     #[context("Opening {reference} through skopeo")]
     pub async fn open(reference: &ImageRef, options: &SourceOptions) -> Result<Self> {
