@@ -17,6 +17,8 @@
 //!   holding v1), then the delta applied by skiff and by `cfsctl oci pull oci-archive:…`.
 //!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
+//! `SKIFF_BENCH_BASELINE=PATH` adds a column `skiff-before`: the skiff binary at PATH (a build
+//! of an earlier commit), run with the same arguments in the same run.
 //! The image is the `large` fixture (340 MB uncompressed in 4 layers, 6,000 files plus one of
 //! 65 MiB),
 //! built once under `target/bench`.
@@ -83,24 +85,62 @@ struct Row {
 /// fresh state first).
 type Tool<'a> = (&'static str, Box<dyn FnMut(usize) -> Result<Command> + 'a>);
 
+/// The skiff binary to compare against, from `SKIFF_BENCH_BASELINE` (for example a build of
+/// an earlier commit): every scenario then also runs it, as `skiff-before`, with the same
+/// arguments and fresh state, interleaved with the others.
+fn baseline() -> Option<PathBuf> {
+    std::env::var_os("SKIFF_BENCH_BASELINE").map(PathBuf::from)
+}
+
+/// `cmd` with its program replaced by `program` (same arguments and environment).
+fn with_program(cmd: &Command, program: &Path) -> Command {
+    let mut other = Command::new(program);
+    other.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+}
+
 /// Runs every tool of a scenario `runs` times, interleaved (A B C A B C ...) so that the
 /// machine's drift hits all alike, with a `sync` before each run so that one run's writeback
-/// does not land in the next.
+/// does not land in the next. With a [`baseline`], skiff's runs are each followed by one of
+/// the baseline.
 fn run_scenario(
     rows: &mut Vec<Row>,
     runs: usize,
     scenario: &'static str,
     mut tools: Vec<Tool<'_>>,
 ) -> Result<()> {
+    let baseline = baseline();
+    // (tool index, run by the baseline binary)
+    let mut columns: Vec<(usize, bool)> = Vec::new();
+    for (i, (name, _)) in tools.iter().enumerate() {
+        columns.push((i, false));
+        if *name == "skiff" && baseline.is_some() {
+            columns.push((i, true));
+        }
+    }
     let mut samples: Vec<(Vec<f64>, Vec<f64>)> =
-        tools.iter().map(|_| (Vec::new(), Vec::new())).collect();
+        columns.iter().map(|_| (Vec::new(), Vec::new())).collect();
     for i in 0..runs {
-        for ((tool, prepare), (secs, rss)) in tools.iter_mut().zip(samples.iter_mut()) {
+        for (&(tool, before), (secs, rss)) in columns.iter().zip(samples.iter_mut()) {
+            let (name, prepare) = &mut tools[tool];
             let mut cmd = prepare(i)?;
+            let name = match &baseline {
+                Some(program) if before => {
+                    cmd = with_program(&cmd, program);
+                    "skiff-before"
+                }
+                _ => *name,
+            };
             Command::new("sync").status()?;
             let s = measure(&mut cmd)?;
             eprintln!(
-                "  {scenario:16} {tool:8} run {}: {:.2}s, {} MiB",
+                "  {scenario:16} {name:12} run {}: {:.2}s, {} MiB",
                 i + 1,
                 s.seconds,
                 s.rss_kib / 1024
@@ -109,10 +149,14 @@ fn run_scenario(
             rss.push(s.rss_kib as f64 / 1024.0);
         }
     }
-    for ((tool, _), (secs, rss)) in tools.iter().zip(samples) {
+    for (&(tool, before), (secs, rss)) in columns.iter().zip(samples) {
         rows.push(Row {
             scenario,
-            tool,
+            tool: if before {
+                "skiff-before"
+            } else {
+                tools[tool].0
+            },
             seconds: median(secs),
             rss_mib: median(rss),
         });
