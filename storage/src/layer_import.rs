@@ -542,17 +542,29 @@ async fn send_file(
     Ok(())
 }
 
+/// Consumes `len` bytes of the stream, piece by piece, through `each`.
+async fn consume(
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    len: usize,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut remaining = len;
+    while remaining > 0 {
+        let piece = take_piece(buf, tar, remaining).await?;
+        remaining -= piece.len();
+        each(&piece)?;
+    }
+    Ok(())
+}
+
 /// Consumes `len` bytes of the stream.
 async fn skip_bytes(
     buf: &mut BytesMut,
     tar: &mut (impl AsyncRead + Unpin),
     len: usize,
 ) -> Result<()> {
-    let mut remaining = len;
-    while remaining > 0 {
-        remaining -= take_piece(buf, tar, remaining).await?.len();
-    }
-    Ok(())
+    consume(buf, tar, len, |_| Ok(())).await
 }
 
 /// Copies `len` bytes inline.
@@ -562,13 +574,7 @@ async fn copy_inline<H: FsVerityHashValue>(
     tar: &mut (impl AsyncRead + Unpin),
     len: usize,
 ) -> Result<()> {
-    let mut remaining = len;
-    while remaining > 0 {
-        let piece = take_piece(buf, tar, remaining).await?;
-        remaining -= piece.len();
-        split.inline(&piece)?;
-    }
-    Ok(())
+    consume(buf, tar, len, |piece| split.inline(piece)).await
 }
 
 /// Receives one file's content, writes it to an object and records it in the content index.
