@@ -62,6 +62,39 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `skiff copy --progress=plain ARGS... SOURCE DEST`, whatever its status: how the end-to-end
+/// tests run a copy.
+pub fn copy(args: &[&str], source: &str, dest: &str) -> Output {
+    output(
+        skiff()
+            .args(["copy", "--progress=plain"])
+            .args(args)
+            .args([source, dest]),
+    )
+    .expect("skiff runs")
+}
+
+/// The JSON summary of `skiff copy --progress=json ARGS... SOURCE DEST`, which must succeed.
+pub fn copy_summary(args: &[&str], source: &str, dest: &str) -> serde_json::Value {
+    let out = output(
+        skiff()
+            .args(["copy", "--progress=json"])
+            .args(args)
+            .args([source, dest]),
+    )
+    .expect("skiff runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .expect("a summary line")
+}
+
 /// A `Command` for cfsctl on the repository `repo`.
 pub fn cfsctl(repo: &std::path::Path) -> Command {
     let mut c = Command::new(require("cfsctl"));

@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use skiff_integration::deltas::{edit_delta, replace_tar_diff, tar_diff};
 use skiff_integration::fixtures::{self, Compression, Layer, Node, dir, file, noise, text};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{cfsctl, output, run, skiff};
+use skiff_integration::tools::{cfsctl, copy, output, run, skiff};
 use skiff_integration::tree::Tree;
 
 /// The rich fixture, and an update of it: its base layer unchanged (reused), its top layer
@@ -94,10 +93,6 @@ impl Setup {
 
     fn dest(&self, repo: &str, tag: &str) -> String {
         format!("composefs:{}:{tag}", self.repo(repo).display())
-    }
-
-    fn copy(&self, source: &str, dest: &str) -> Output {
-        output(skiff().args(["copy", "--progress=plain", source, dest])).unwrap()
     }
 
     /// A copy that must succeed; its output.
@@ -941,7 +936,11 @@ fn layers_carried_whole_are_read_by_their_real_compression() {
 /// Applies the delta in `dir`, expecting a failure that mentions `expected`; the repository
 /// keeps its old image only and passes fsck.
 fn apply_fails(s: &Setup, dir: &Path, expected: &str) {
-    let out = s.copy(&format!("oci:{}:d", dir.display()), &s.dest("repo", "new"));
+    let out = copy(
+        &[],
+        &format!("oci:{}:d", dir.display()),
+        &s.dest("repo", "new"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -964,7 +963,11 @@ fn bad_deltas_are_refused_and_store_nothing() {
 
     // The source image is not in the repository.
     let dir = fresh("no-source");
-    let out = s.copy(&format!("oci:{}:d", dir.display()), &s.dest("empty", "new"));
+    let out = copy(
+        &[],
+        &format!("oci:{}:d", dir.display()),
+        &s.dest("empty", "new"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let old_config = {
         let m: serde_json::Value = serde_json::from_slice(

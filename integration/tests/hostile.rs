@@ -9,14 +9,10 @@ use serde_json::json;
 use skiff_integration::deltas::{replace_tar_diff, tar_diff};
 use skiff_integration::fixtures::{self, Compression, Layer, Node, dir, file, noise};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{cfsctl, output, run, skiff};
+use skiff_integration::tools::{cfsctl, copy, output, run, skiff};
 
 /// Longest error message accepted: a few lines, whatever the input's names.
 const MAX_MESSAGE: usize = 4096;
-
-fn copy(source: &str, dest: &str) -> Output {
-    output(skiff().args(["copy", "--progress=plain", source, dest])).unwrap()
-}
 
 fn oci(layout: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", layout.display())
@@ -88,7 +84,7 @@ fn deep_trees_are_copied_as_cfsctl_copies_them() {
     // Past the 5,000 levels that overflowed a 2 MiB thread stack; cfsctl imports 20,000.
     fixtures::write_oci_layout(&layout, "deep", &[deep_layer(6_000)], Compression::Gzip).unwrap();
     let repo = tmp.path().join("repo");
-    assert_copied(&copy(&oci(&layout, "deep"), &composefs(&repo, "deep")));
+    assert_copied(&copy(&[], &oci(&layout, "deep"), &composefs(&repo, "deep")));
     let theirs = tmp.path().join("theirs");
     run(cfsctl(&theirs).arg("init").arg("--insecure").arg(&theirs)).unwrap();
     run(cfsctl(&theirs).args(["oci", "pull", &oci(&layout, "deep"), "deep"])).unwrap();
@@ -99,8 +95,8 @@ fn deep_trees_are_copied_as_cfsctl_copies_them() {
     // partially, goes without the old image's tree; a delta from it says why it cannot be made.
     let v2 = fixtures::by_name("demo-v2").unwrap();
     fixtures::write_oci_layout(&layout, "v2", &v2, Compression::ZstdChunked).unwrap();
-    assert_copied(&copy(&oci(&layout, "v2"), &composefs(&repo, "deep")));
-    assert_copied(&copy(&oci(&layout, "deep"), &composefs(&repo, "deep")));
+    assert_copied(&copy(&[], &oci(&layout, "v2"), &composefs(&repo, "deep")));
+    assert_copied(&copy(&[], &oci(&layout, "deep"), &composefs(&repo, "deep")));
     let out = output(skiff().args([
         "delta",
         "create",
@@ -129,7 +125,7 @@ fn trees_deeper_than_the_limit_are_refused_by_name() {
     layer.add(format!("usr/{}f", "d/".repeat(depth)), file("x"));
     fixtures::write_oci_layout(&layout, "deeper", &[layer], Compression::Gzip).unwrap();
     let repo = tmp.path().join("repo");
-    let out = copy(&oci(&layout, "deeper"), &composefs(&repo, "deeper"));
+    let out = copy(&[], &oci(&layout, "deeper"), &composefs(&repo, "deeper"));
     assert_refused(
         &out,
         &repo,
@@ -177,7 +173,7 @@ fn every_blob_of_a_layer_named_twice_is_checked() {
     // The same tar twice, compressed two ways: both blobs are read; the copy succeeds.
     let good = tmp.path().join("good");
     same_diff_id_twice(&good, (plain, tar.clone()));
-    let out = copy(&oci(&good, "twice"), &composefs(&repo, "twice"));
+    let out = copy(&[], &oci(&good, "twice"), &composefs(&repo, "twice"));
     assert_copied(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 skipped, 2 full"), "{stdout}");
@@ -189,7 +185,7 @@ fn every_blob_of_a_layer_named_twice_is_checked() {
     let (_, second) = same_diff_id_twice(&missing, (plain, tar.clone()));
     std::fs::remove_file(fixtures::blob_path(&missing, &second)).unwrap();
     let repo = tmp.path().join("repo-missing");
-    let out = copy(&oci(&missing, "twice"), &composefs(&repo, "twice"));
+    let out = copy(&[], &oci(&missing, "twice"), &composefs(&repo, "twice"));
     assert_refused(&out, &repo, "twice", &second);
 
     // The second blob holds another tar.
@@ -199,7 +195,7 @@ fn every_blob_of_a_layer_named_twice_is_checked() {
     let other = fixtures::layer_tar(&other).unwrap();
     same_diff_id_twice(&liar, (plain, other));
     let repo = tmp.path().join("repo-liar");
-    let out = copy(&oci(&liar, "twice"), &composefs(&repo, "twice"));
+    let out = copy(&[], &oci(&liar, "twice"), &composefs(&repo, "twice"));
     assert_refused(&out, &repo, "twice", "DiffID mismatch");
 }
 
@@ -281,6 +277,7 @@ fn an_index_json_is_bounded_as_manifests_are() {
     builder.append_dir_all(".", &small).unwrap();
     builder.finish().unwrap();
     let out = copy(
+        &[],
         &format!("oci-archive:{}:small", archive.display()),
         &composefs(&repo, "small"),
     );
@@ -312,7 +309,7 @@ fn a_config_of_another_media_type_is_refused_before_anything_is_stored() {
     )
     .unwrap();
     let repo = tmp.path().join("repo");
-    let out = copy(&oci(&layout, "img"), &composefs(&repo, "img"));
+    let out = copy(&[], &oci(&layout, "img"), &composefs(&repo, "img"));
     assert_refused(
         &out,
         &repo,
@@ -348,11 +345,11 @@ fn a_partial_pull_names_the_check_the_import_failed() {
     let repo = tmp.path().join("repo");
     let v1 = fixtures::by_name("demo-v1").unwrap();
     fixtures::write_oci_layout(&layout, "v1", &v1, Compression::Gzip).unwrap();
-    assert_copied(&copy(&oci(&layout, "v1"), &composefs(&repo, "v1")));
+    assert_copied(&copy(&[], &oci(&layout, "v1"), &composefs(&repo, "v1")));
     let mut bad = v1.clone();
     bad.push(refused_then_big());
     fixtures::write_oci_layout(&layout, "bad", &bad, Compression::ZstdChunked).unwrap();
-    let out = copy(&oci(&layout, "bad"), &composefs(&repo, "bad"));
+    let out = copy(&[], &oci(&layout, "bad"), &composefs(&repo, "bad"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("partial pull failed") && stdout.contains("leaves the image root"),
@@ -383,7 +380,7 @@ impl DeltaSetup {
         fixtures::write_oci_layout(&layout, "old", &old, Compression::Gzip).unwrap();
         fixtures::write_oci_layout(&layout, "new", &new, Compression::Gzip).unwrap();
         let repo = tmp.join("repo");
-        assert_copied(&copy(&oci(&layout, "old"), &composefs(&repo, "old")));
+        assert_copied(&copy(&[], &oci(&layout, "old"), &composefs(&repo, "old")));
         Self {
             root: tmp.to_owned(),
             layout,
@@ -403,7 +400,7 @@ impl DeltaSetup {
         ]))
         .unwrap();
         replace_tar_diff(&delta, blob);
-        let out = copy(&oci(&delta, "d"), &composefs(&self.repo, "new"));
+        let out = copy(&[], &oci(&delta, "d"), &composefs(&self.repo, "new"));
         assert_refused(&out, &self.repo, "new", expected)
     }
 }
@@ -591,7 +588,11 @@ fn the_readme_states_the_tar_header_limit_the_importer_applies() {
         );
         fixtures::write_oci_layout(&layout, tag, &[layer], Compression::Gzip).unwrap();
     }
-    assert_copied(&copy(&oci(&layout, "under"), &composefs(&repo, "under")));
-    let out = copy(&oci(&layout, "over"), &composefs(&repo, "over"));
+    assert_copied(&copy(
+        &[],
+        &oci(&layout, "under"),
+        &composefs(&repo, "under"),
+    ));
+    let out = copy(&[], &oci(&layout, "over"), &composefs(&repo, "over"));
     assert_refused(&out, &repo, "over", &limit.to_string());
 }

@@ -10,23 +10,8 @@ use std::process::Output;
 use skiff_integration::faults::{RangeBehaviour, RangeFault};
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{cfsctl, output, run, skiff};
+use skiff_integration::tools::{cfsctl, copy, copy_summary, output, run, skiff};
 use skiff_integration::tree::Tree;
-
-fn copy(source: &str, dest: &str) -> Output {
-    copy_with(&[], source, dest)
-}
-
-fn copy_with(args: &[&str], source: &str, dest: &str) -> Output {
-    output(
-        skiff()
-            .args(["copy", "--progress=plain"])
-            .args(args)
-            .arg(source)
-            .arg(dest),
-    )
-    .unwrap()
-}
 
 /// The JSON-free summary lines are enough: `layers    S skipped, F full, P partial, D delta`.
 fn layer_counts(out: &Output) -> (usize, usize) {
@@ -40,31 +25,6 @@ fn layer_counts(out: &Output) -> (usize, usize) {
         .filter_map(|n| n.parse().ok())
         .collect();
     (numbers[1], numbers[2])
-}
-
-fn summary(source: &str, dest: &str) -> serde_json::Value {
-    summary_with(&[], source, dest)
-}
-
-fn summary_with(args: &[&str], source: &str, dest: &str) -> serde_json::Value {
-    let out = output(
-        skiff()
-            .args(["copy", "--progress=json"])
-            .args(args)
-            .arg(source)
-            .arg(dest),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .unwrap()
 }
 
 /// A layout with demo v1 (gzip) and v2 (zstd:chunked).
@@ -112,8 +72,8 @@ fn partial_pull_fetches_only_what_the_store_lacks() {
     let (layout, expected) = pair(dir.path());
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
-    summary(&format!("oci:{}:v1", layout.display()), &dest("v1"));
-    let s = summary(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    copy_summary(&[], &format!("oci:{}:v1", layout.display()), &dest("v1"));
+    let s = copy_summary(&[], &format!("oci:{}:v2", layout.display()), &dest("v2"));
     let full = blob_sizes(&layout, "v2");
     let fetched = s["bytes_fetched"].as_u64().unwrap();
     assert_eq!(s["layers_partial"], 4, "{s}");
@@ -152,11 +112,11 @@ fn a_toc_that_fails_its_checksum_falls_back_to_a_full_pull() {
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
     assert!(
-        copy(&format!("oci:{}:v1", layout.display()), &dest("v1"))
+        copy(&[], &format!("oci:{}:v1", layout.display()), &dest("v1"))
             .status
             .success()
     );
-    let out = copy(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    let out = copy(&[], &format!("oci:{}:v2", layout.display()), &dest("v2"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -194,11 +154,11 @@ fn a_corrupt_file_frame_fails_both_ways_and_stores_nothing() {
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
     assert!(
-        copy(&format!("oci:{}:v1", layout.display()), &dest("v1"))
+        copy(&[], &format!("oci:{}:v1", layout.display()), &dest("v1"))
             .status
             .success()
     );
-    let out = copy(&format!("oci:{}:v2", layout.display()), &dest("v2"));
+    let out = copy(&[], &format!("oci:{}:v2", layout.display()), &dest("v2"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -252,14 +212,14 @@ fn a_stored_object_that_vanished_is_fetched_instead_of_reused() {
     // v1's layers stay, untagged, with their content index: what a pull reuses before a gc.
     let stored_v1 = |name: &str| {
         let repo = dir.path().join(name);
-        assert!(copy(&v1, &dest(&repo, "v1")).status.success());
+        assert!(copy(&[], &v1, &dest(&repo, "v1")).status.success());
         run(skiff().args(["rm", &dest(&repo, "v1")])).unwrap();
         repo
     };
 
     // With the objects in place, reuse happens: every layer partial, a fraction fetched.
     let kept = stored_v1("kept");
-    let s = summary(&v2, &dest(&kept, "v2"));
+    let s = copy_summary(&[], &v2, &dest(&kept, "v2"));
     assert_eq!(s["layers_partial"], 4, "{s}");
     let kept_fetched = s["bytes_fetched"].as_u64().unwrap();
     assert!(
@@ -321,7 +281,7 @@ fn a_stored_object_that_vanished_is_fetched_instead_of_reused() {
     for object in object_files(&bare) {
         std::fs::remove_file(object).unwrap();
     }
-    let out = copy(&v2, &dest(&bare, "v2"));
+    let out = copy(&[], &v2, &dest(&bare, "v2"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("content index is not used"), "{stderr}");
@@ -346,7 +306,8 @@ fn files_of_the_previous_image_are_found_by_path_when_it_has_no_content_index() 
         "app",
     ]))
     .unwrap();
-    let s = summary(
+    let s = copy_summary(
+        &[],
         &format!("oci:{}:v2", layout.display()),
         &format!("composefs:{}:app", repo.display()),
     );
@@ -398,8 +359,8 @@ fn registry_partial_pull_fetches_only_what_the_store_lacks() {
     let (layout, expected) = pushed_pair(&registry, dir.path());
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
-    summary_with(PLAIN, &registry.docker_ref("demo:v1"), &dest("v1"));
-    let s = summary_with(PLAIN, &registry.docker_ref("demo:v2"), &dest("v2"));
+    copy_summary(PLAIN, &registry.docker_ref("demo:v1"), &dest("v1"));
+    let s = copy_summary(PLAIN, &registry.docker_ref("demo:v2"), &dest("v2"));
     let full = blob_sizes(&layout, "v2");
     let fetched = s["bytes_fetched"].as_u64().unwrap();
     assert_eq!(s["layers_partial"], 4, "{s}");
@@ -433,9 +394,9 @@ fn registry_partial_pull_uses_the_same_tls_and_credentials() {
     let authfile = registry.authfile().unwrap().to_str().unwrap().to_owned();
     // --src-creds for v1; an auth file for v2, whose layers come by range requests.
     let creds = ["--src-cert-dir", &cert_dir, "--src-creds", "ann:s3cret"];
-    summary_with(&creds, &registry.docker_ref("demo:v1"), &dest("v1"));
+    copy_summary(&creds, &registry.docker_ref("demo:v1"), &dest("v1"));
     let from_file = ["--src-cert-dir", &cert_dir, "--authfile", &authfile];
-    let s = summary_with(&from_file, &registry.docker_ref("demo:v2"), &dest("v2"));
+    let s = copy_summary(&from_file, &registry.docker_ref("demo:v2"), &dest("v2"));
     assert_eq!(s["layers_partial"], 4, "{s}");
     Tree::from_stored_image(&repo, "v2")
         .unwrap()
@@ -451,12 +412,8 @@ fn a_registry_that_ignores_ranges_sends_each_blob_once() {
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
     let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
-    assert!(
-        copy_with(PLAIN, &source("v1"), &dest("v1"))
-            .status
-            .success()
-    );
-    let out = copy_with(PLAIN, &source("v2"), &dest("v2"));
+    assert!(copy(PLAIN, &source("v1"), &dest("v1")).status.success());
+    let out = copy(PLAIN, &source("v2"), &dest("v2"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -492,8 +449,8 @@ fn a_registry_that_refuses_several_ranges_is_asked_for_fewer() {
     let repo = dir.path().join("repo");
     let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
     let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
-    summary_with(PLAIN, &source("v1"), &dest("v1"));
-    let s = summary_with(PLAIN, &source("v2"), &dest("v2"));
+    copy_summary(PLAIN, &source("v1"), &dest("v1"));
+    let s = copy_summary(PLAIN, &source("v2"), &dest("v2"));
     assert_eq!(s["layers_partial"], 4, "{s}");
     let refused = fault
         .requests()
@@ -517,12 +474,8 @@ fn a_registry_that_refuses_ranges_gets_a_full_pull() {
         let repo = dir.path().join("repo");
         let dest = |t: &str| format!("composefs:{}:{t}", repo.display());
         let source = |t: &str| format!("docker://{}/demo:{t}", fault.host());
-        assert!(
-            copy_with(PLAIN, &source("v1"), &dest("v1"))
-                .status
-                .success()
-        );
-        let out = copy_with(PLAIN, &source("v2"), &dest("v2"));
+        assert!(copy(PLAIN, &source("v1"), &dest("v1")).status.success());
+        let out = copy(PLAIN, &source("v2"), &dest("v2"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

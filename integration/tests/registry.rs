@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use skiff_integration::fixtures::{Compression, rich_image, write_oci_layout};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{cfsctl, output, require, run, skiff};
+use skiff_integration::tools::{cfsctl, copy, require, run, skiff};
 
 const USER: &str = "skiff-user";
 const PASSWORD: &str = "s3cret pass:word";
@@ -44,14 +44,10 @@ impl Work {
     }
 }
 
-/// `skiff --insecure-policy copy ARGS... SOURCE composefs:REPO:rich`.
-fn copy(args: &[&str], source: &str, repo: &Path) -> Output {
-    let mut cmd = skiff();
-    cmd.args(["--insecure-policy", "copy", "--quiet"])
-        .args(args)
-        .arg(source);
-    cmd.arg(format!("composefs:{}:rich", repo.display()));
-    output(&mut cmd).unwrap()
+/// `skiff copy --insecure-policy --quiet ARGS... SOURCE composefs:REPO:rich`.
+fn copy_rich(args: &[&str], source: &str, repo: &Path) -> Output {
+    let args = [&["--insecure-policy", "--quiet"], args].concat();
+    copy(&args, source, &format!("composefs:{}:rich", repo.display()))
 }
 
 /// Fails with the whole output unless `out` is a success.
@@ -128,7 +124,7 @@ fn plain_registry_copy_matches_layout_copy_and_cfsctl_pull() {
 
     let repo = work.repo("from-registry");
     assert_success(
-        &copy(&["--src-tls-verify=false"], &source, &repo),
+        &copy_rich(&["--src-tls-verify=false"], &source, &repo),
         "skiff copy from the registry",
     );
     assert_stored(&repo);
@@ -137,7 +133,7 @@ fn plain_registry_copy_matches_layout_copy_and_cfsctl_pull() {
     // The same image straight from the layout: same composefs image.
     let repo = work.repo("from-layout");
     assert_success(
-        &copy(&[], &work.layout_ref(), &repo),
+        &copy_rich(&[], &work.layout_ref(), &repo),
         "skiff copy from the layout",
     );
     assert_stored(&repo);
@@ -212,7 +208,7 @@ fn tls_auth_registry_with_creds_authfile_and_no_verify() {
     for (name, args) in &cases {
         let repo = work.repo(name);
         assert_success(
-            &copy(args, &source, &repo),
+            &copy_rich(args, &source, &repo),
             &format!("skiff copy with {name}"),
         );
         assert_stored(&repo);
@@ -224,7 +220,7 @@ fn tls_auth_registry_with_creds_authfile_and_no_verify() {
     );
     // Anonymous access to a registry that requires credentials is refused.
     let repo = work.repo("anonymous");
-    let out = copy(
+    let out = copy_rich(
         &[
             "--src-no-creds",
             "--authfile",
@@ -252,7 +248,7 @@ fn wrong_password_fails_without_tag() {
     let cert_dir = registry.cert_dir().unwrap().to_str().unwrap().to_owned();
     let repo = work.repo("repo");
     let creds = format!("{USER}:not-the-password");
-    let out = copy(
+    let out = copy_rich(
         &["--src-creds", &creds, "--src-cert-dir", &cert_dir],
         &source,
         &repo,
@@ -261,7 +257,7 @@ fn wrong_password_fails_without_tag() {
     assert_no_tag(&repo);
 
     // Without any credentials: refused too.
-    let out = copy(&["--src-cert-dir", &cert_dir], &source, &repo);
+    let out = copy_rich(&["--src-cert-dir", &cert_dir], &source, &repo);
     assert_failure(&out, 1, &["unauthorized", "authentication required"]);
     assert_no_tag(&repo);
 }
@@ -274,7 +270,7 @@ fn unknown_ca_fails() {
     let repo = work.repo("repo");
     let creds = format!("{USER}:{PASSWORD}");
     let stderr = assert_failure(
-        &copy(&["--src-creds", &creds], &source, &repo),
+        &copy_rich(&["--src-creds", &creds], &source, &repo),
         1,
         &["x509", "certificate"],
     );
@@ -283,7 +279,7 @@ fn unknown_ca_fails() {
         "stderr shows the password: {stderr}"
     );
     // --src-tls-verify=true is the default made explicit.
-    let out = copy(
+    let out = copy_rich(
         &["--src-creds", &creds, "--src-tls-verify=true"],
         &source,
         &repo,
@@ -299,7 +295,7 @@ fn missing_image_exits_2() {
     registry.push(&work.layout_ref(), "rich:v1").unwrap();
     let repo = work.repo("repo");
     for missing in ["nope:v1", "rich:nope"] {
-        let out = copy(
+        let out = copy_rich(
             &["--src-tls-verify=false"],
             &registry.docker_ref(missing),
             &repo,
@@ -322,7 +318,7 @@ fn stopped_registry_fails_and_stop_is_idempotent() {
     registry.stop();
     registry.stop();
     let repo = work.repo("repo");
-    let out = copy(&["--src-tls-verify=false"], &source, &repo);
+    let out = copy_rich(&["--src-tls-verify=false"], &source, &repo);
     assert_failure(&out, 1, &["connection refused", "connect"]);
     assert_no_tag(&repo);
 }
