@@ -65,6 +65,8 @@ impl Client {
                 break chunk;
             }
             let end = sent + chunk.len() as u64;
+            // A reader longer than the blob is stopped here, not streamed on.
+            anyhow::ensure!(end <= size, "the blob read is longer than its {size} bytes");
             log::debug!("uploading bytes {sent}-{end} of {digest}");
             let mut headers = octet_stream()?;
             headers.insert(CONTENT_RANGE, format!("{sent}-{}", end - 1).parse()?);
