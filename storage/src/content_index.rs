@@ -23,14 +23,15 @@
 //!
 //! # Lifetime
 //!
-//! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
-//! treated as having none.)
-//!
-//!
 //! The layer splitstream that skiff writes carries a named reference
 //! [`CONTENT_INDEX_REF`] to its index. Garbage collection (skiff's or cfsctl's) follows named
 //! references, so an index lives exactly as long as its layer, whoever collects. Layers
 //! imported by other tools have no index; readers treat that as "nothing known".
+//! An index that cannot be read (its object removed behind the store's back) is treated the
+//! same way, with a warning: it costs reuse, never the copy.
+//!
+//! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
+//! treated as having none.)
 
 use std::io::Read;
 
