@@ -7,9 +7,9 @@
 //! OLD is read from a composefs repository (its file tree is what the delta's OPENs name, as
 //! an applier will see it); NEW from an OCI layout (its layer blobs go into the delta where a
 //! tar-diff would not be smaller) or a composefs repository (layer tars from the store; a layer
-//! carried whole is recompressed with gzip). Layers of NEW whose DiffID OLD has are left out (listed in
-//! `delta.reused`); every other layer becomes a tar-diff ([`generate`]) when that is
-//! smaller than the layer blob, else the blob itself.
+//! carried whole is recompressed with gzip). Layers of NEW whose DiffID OLD has are left out
+//! (listed in `delta.reused`); every other layer becomes a tar-diff ([`generate`]) when that
+//! is smaller than the layer blob, else the blob itself.
 //!
 //! The stages, one file each: [`old_image`] and [`new_image`] load the pair, [`layers`] chooses
 //! how each layer goes in ([`generate`] writes a tar-diff), [`manifest`] assembles the delta as
