@@ -872,15 +872,9 @@ fn a_delta_blob_larger_than_an_upload_chunk_is_pushed_in_chunks() {
         assert!(chunks >= 3, "{chunks} chunks: {stderr}");
         let repo = format!("big-{}", registry.host().replace(':', "-"));
         let old_ref = registry.push(&s.src("old"), "big:old").unwrap();
-        let copy = |source: &str| {
-            output(
-                skiff()
-                    .args(["copy", "--progress=plain"])
-                    .args(registry_flags(&registry, "src"))
-                    .args([source, &s.dest(&repo, "app")]),
-            )
-            .unwrap()
-        };
+        let flags = registry_flags(&registry, "src");
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let copy = |source: &str| copy(&flags, source, &s.dest(&repo, "app"));
         assert!(copy(&old_ref).status.success());
         let out = copy(&new_ref);
         let stdout = String::from_utf8_lossy(&out.stdout);

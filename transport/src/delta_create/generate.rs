@@ -20,6 +20,7 @@ use std::io::{Read, Write};
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
+use openssl::hash::{Hasher, MessageDigest};
 use skiff_storage::images::{FileContent, ImageTree};
 use skiff_storage::{FsVerityHashValue, Store};
 
@@ -156,20 +157,10 @@ impl<H: FsVerityHashValue> SourceSet<H> {
         match content {
             FileContent::Inline(data) => Ok(openssl::sha::sha1(data)),
             FileContent::Object(id, size) => {
-                let mut sha = openssl::sha::Sha1::new();
-                let mut object = self.repo.open_object(id)?;
-                let mut buf = vec![0; 128 * 1024];
-                let mut read = 0u64;
-                loop {
-                    let n = object.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    sha.update(&buf[..n]);
-                    read += n as u64;
-                }
+                let mut sha = Hasher::new(MessageDigest::sha1())?;
+                let read = std::io::copy(&mut self.repo.open_object(id)?, &mut sha)?;
                 anyhow::ensure!(read == *size, "object {id:?} has the wrong size");
-                Ok(sha.finish())
+                Ok((*sha.finish()?).try_into()?)
             }
         }
     }

@@ -15,6 +15,7 @@
 //! ([`crate::source::ranges`]); a registry that answers with the whole blob is imported from that
 //! answer as a full pull.
 
+use openssl::hash::{Hasher, MessageDigest};
 use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
@@ -228,17 +229,9 @@ impl<H: FsVerityHashValue> LocalFiles<'_, H> {
             return Ok(None);
         }
         // Same path, same size: the same content only if the digest says so.
-        let mut f = self.repo.open_object(&id)?;
-        let mut sha = openssl::sha::Sha256::new();
-        let mut buf = vec![0u8; OBJECT_READ_CHUNK];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            sha.update(&buf[..n]);
-        }
-        Ok((sha.finish() == file.sha256).then_some(id))
+        let mut sha = Hasher::new(MessageDigest::sha256())?;
+        std::io::copy(&mut self.repo.open_object(&id)?, &mut sha)?;
+        Ok((*sha.finish()? == file.sha256).then_some(id))
     }
 }
 
