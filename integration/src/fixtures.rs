@@ -392,6 +392,14 @@ pub fn write_multi_arch(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) ->
 
 /// The manifest of the image tagged `tag` in the OCI layout `dir`.
 pub fn layout_manifest(dir: &Path, tag: &str) -> Result<serde_json::Value> {
+    let digest = layout_manifest_digest(dir, tag)?;
+    Ok(serde_json::from_slice(&std::fs::read(blob_path(
+        dir, &digest,
+    ))?)?)
+}
+
+/// The manifest digest of the image `tag` of the OCI layout `dir`, as its index names it.
+pub fn layout_manifest_digest(dir: &Path, tag: &str) -> Result<String> {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
     let desc = index["manifests"]
         .as_array()
@@ -400,12 +408,10 @@ pub fn layout_manifest(dir: &Path, tag: &str) -> Result<serde_json::Value> {
                 .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
         })
         .with_context(|| format!("no image {tag} in {}", dir.display()))?;
-    let digest = desc["digest"]
+    Ok(desc["digest"]
         .as_str()
-        .context("descriptor without digest")?;
-    Ok(serde_json::from_slice(&std::fs::read(blob_path(
-        dir, digest,
-    ))?)?)
+        .context("descriptor without digest")?
+        .to_owned())
 }
 
 /// Bytes of the layer blobs of the image tagged `tag` in the OCI layout `dir`.

@@ -256,7 +256,7 @@ fn make_install_puts_skiff_its_man_pages_and_completions_where_packagers_expect(
         "bash",
         &format!(
             "source {}; complete -p skiff; for line in 'skiff co' 'skiff copy --src-t' \
-             'skiff copy --dest-c'; do read -ra COMP_WORDS <<<\"$line\"; \
+             'skiff copy --sign-b' 'skiff copy --dest-c'; do read -ra COMP_WORDS <<<\"$line\"; \
              COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMPREPLY=(); \
              _skiff skiff \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
              echo \"$line: ${{COMPREPLY[*]}}\"; done",
@@ -271,7 +271,12 @@ fn make_install_puts_skiff_its_man_pages_and_completions_where_packagers_expect(
         bash.contains("skiff copy --src-t: --src-tls-verify\n"),
         "{bash}"
     );
-    assert!(bash.contains("skiff copy --dest-c: \n"), "{bash}");
+    assert!(bash.contains("skiff copy --sign-b: \n"), "{bash}");
+    // The destination flags of a copy out of the store are offered.
+    assert!(
+        bash.contains("skiff copy --dest-c: --dest-creds --dest-cert-dir --dest-compress-format\n"),
+        "{bash}"
+    );
     // zsh's compinit binds _skiff to skiff from site-functions on fpath.
     let zsh = shell(
         "zsh",
@@ -288,7 +293,7 @@ fn make_install_puts_skiff_its_man_pages_and_completions_where_packagers_expect(
     // fish autoloads vendor_completions.d of $XDG_DATA_DIRS.
     let fish = shell(
         "fish",
-        "complete -C 'skiff copy --src-t'; echo ---; complete -C 'skiff copy --dest-c'",
+        "complete -C 'skiff copy --src-t'; echo ---; complete -C 'skiff copy --sign-b'",
         home.path(),
         dest.path(),
     );

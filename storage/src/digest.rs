@@ -1,4 +1,5 @@
-//! Streaming sha256 for OCI digests (`sha256:<hex>`): blob digests and DiffIDs.
+//! Streaming sha256 for OCI digests (`sha256:<hex>`): blob digests and DiffIDs, of what is
+//! read ([`HashingReader`]) or written ([`HashingWriter`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -102,6 +103,56 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
     }
 }
 
+/// A [`std::io::Write`] that hashes and counts everything written through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    sha: Sha256,
+    count: u64,
+}
+
+impl<W> std::fmt::Debug for HashingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingWriter")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Flushes, and returns the writer, the digest and the length of what was written.
+    pub fn finish(mut self) -> std::io::Result<(W, OciDigest, u64)> {
+        self.inner.flush()?;
+        Ok((self.inner, sha256_digest(&self.sha.finish()), self.count))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.sha.update(&data[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +171,13 @@ mod tests {
         assert_eq!(
             (blocking.count(), blocking.finish()),
             (100_000, digest_of(&data))
+        );
+        let mut writer = HashingWriter::new(Vec::new());
+        std::io::Write::write_all(&mut writer, &data).unwrap();
+        let (written, digest, count) = writer.finish().unwrap();
+        assert_eq!(
+            (written, digest, count),
+            (data.clone(), digest_of(&data), 100_000)
         );
         assert_eq!(
             digest_of(b"").to_string(),

@@ -45,6 +45,10 @@ pub struct ImageSummary {
     pub size: u64,
     /// The config's `created`, if any.
     pub created: Option<String>,
+    /// Layers the manifest names.
+    pub layers: usize,
+    /// Layers whose original blob the store keeps (see [`crate::kept_blobs`]).
+    pub blobs_kept: usize,
 }
 
 /// Finds the manifest `reference` names.
@@ -89,11 +93,18 @@ pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSu
         let manifest = image.manifest();
         let size =
             manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+        let layer_digests: Vec<OciDigest> = manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().clone())
+            .collect();
         out.push(ImageSummary {
             name,
             digest: digest.to_string(),
             size,
             created: image.created().map(str::to_owned),
+            layers: layer_digests.len(),
+            blobs_kept: crate::kept_blobs::kept_blobs(store, &layer_digests)?.len(),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

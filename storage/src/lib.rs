@@ -3,8 +3,9 @@
 //!
 //! The layout is composefs-oci's: layers are splitstreams `oci-layer-<diff_id>`, configs and
 //! manifests `oci-config-<digest>` / `oci-manifest-<digest>`, tags `streams/refs/oci/<name>`.
-//! skiff adds one thing, the per-layer [content index](content_index), under names that cannot
-//! collide with composefs-oci's (prefix `skiff-`).
+//! skiff adds the per-layer [content index](content_index) and, where asked, the original
+//! compressed blobs ([kept blobs](kept_blobs)), under names that cannot collide with
+//! composefs-oci's (prefix `skiff-`), and its [settings](settings) in `skiff.json`.
 //!
 //! This crate logs (through `log`) and never prints.
 
@@ -14,11 +15,13 @@
 pub mod content_index;
 pub mod digest;
 pub mod images;
+pub mod kept_blobs;
 pub mod layer_import;
 pub mod layer_tree;
 pub mod maintenance;
 pub mod publish;
 pub mod repository;
+pub mod settings;
 pub mod tar_header;
 pub mod tree_path;
 

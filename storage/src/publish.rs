@@ -7,11 +7,13 @@
 //! to the root (see [`crate::tree_path`]); and the layers are read as Go reads them, missing
 //! parents and sparse files included (see [`crate::layer_tree`]). The logical files of sparse
 //! files are named in the manifest splitstream (`skiff-sparse-file-N`), which keeps them from
-//! garbage collection as long as the image. For every image that cfsctl accepts and reads as Go
+//! garbage collection as long as the image; so are the layers' kept blobs (`skiff-blob-DIGEST`,
+//! see [`crate::kept_blobs`]), whenever the store holds them. For every image that cfsctl accepts and reads as Go
 //! does, the EROFS is bit-for-bit cfsctl's.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use composefs::erofs::format::FormatVersion;
@@ -24,6 +26,7 @@ use composefs_oci::oci_image::{OciImage, manifest_identifier, tag_image};
 use fn_error_context::context;
 
 use crate::digest::digest_of;
+use crate::kept_blobs::{KEPT_BLOB_REF_PREFIX, kept_blob_ref, kept_blobs};
 use crate::layer_tree::{apply_layer, implicit_dir_stat};
 use crate::repository::Store;
 
@@ -59,40 +62,61 @@ pub fn publish_image<H: FsVerityHashValue>(
     let manifest_digest = digest_of(manifest_json);
     let config_digest = digest_of(config_json);
 
+    let kept_blobs: Vec<(String, H)> = kept_blobs(store, &layer_digests(manifest_json))?
+        .into_iter()
+        .map(|(digest, verity)| (kept_blob_ref(&digest), verity))
+        .collect();
+
     let erofs = match existing_erofs(repo, &manifest_digest)? {
-        Some(erofs) => erofs,
+        Some((erofs, manifest_refs)) => {
+            // An image stored before its blobs were kept gains the references to them.
+            if kept_blobs
+                .iter()
+                .any(|(name, _)| !manifest_refs.contains_key(name.as_str()))
+            {
+                let mut refs: Vec<(String, H)> = manifest_refs
+                    .into_iter()
+                    .map(|(name, verity)| (name.into(), verity))
+                    .collect();
+                refs.retain(|(name, _)| !name.starts_with(KEPT_BLOB_REF_PREFIX));
+                refs.extend(kept_blobs);
+                write_manifest_stream(repo, manifest_json, &manifest_digest, &refs)?;
+            }
+            erofs
+        }
         None => {
             let (fs, sparse_files) = build_filesystem(repo, layers)?;
             let mut images = fs.commit_images(repo, None)?;
             let v1 = images.remove(&FormatVersion::V1);
             let v2 = images.remove(&FormatVersion::V2);
-            let refs: HashMap<Box<str>, H> = layers
+            let config_refs: HashMap<Box<str>, H> = layers
                 .iter()
                 .map(|(d, v)| (Box::from(d.as_ref()), v.clone()))
                 .collect();
             let (_, config_verity) = composefs_oci::write_config_raw(
                 repo,
                 config_json,
-                refs,
+                config_refs,
                 v2.as_ref(),
                 v1.as_ref(),
                 &HashMap::new(),
             )?;
-            let mut writer = repo.create_stream(MANIFEST_CONTENT_TYPE)?;
-            writer.add_named_stream_ref(&format!("config:{config_digest}"), &config_verity);
-            for (diff_id, verity) in layers {
-                writer.add_named_stream_ref(diff_id.as_ref(), verity);
-            }
-            for (i, object) in sparse_files.iter().enumerate() {
-                writer.add_named_stream_ref(&format!("{SPARSE_FILE_REF_PREFIX}{i}"), object);
-            }
-            writer.write_external(manifest_json)?;
-            // write_stream syncs the repository before the name appears.
-            repo.write_stream(writer, &manifest_identifier(&manifest_digest), None)?;
-            existing_erofs(repo, &manifest_digest)?.context(
-                "composefs-oci does not read the manifest just stored as an image (no EROFS \
+            let mut refs = vec![(format!("config:{config_digest}"), config_verity)];
+            refs.extend(layers.iter().map(|(d, v)| (d.to_string(), v.clone())));
+            refs.extend(
+                sparse_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, object)| (format!("{SPARSE_FILE_REF_PREFIX}{i}"), object.clone())),
+            );
+            refs.extend(kept_blobs);
+            write_manifest_stream(repo, manifest_json, &manifest_digest, &refs)?;
+            existing_erofs(repo, &manifest_digest)?
+                .context(
+                    "composefs-oci does not read the manifest just stored as an image (no EROFS \
                      image linked from it: is its config an OCI image config?)",
-            )?
+                )?
+                .0
         }
     };
     if let Some(tag) = tag {
@@ -105,16 +129,66 @@ pub fn publish_image<H: FsVerityHashValue>(
     })
 }
 
-/// The EROFS image of a stored manifest, if both exist.
+/// A splitstream's named references: name → verity of the stream named.
+type NamedRefs<H> = HashMap<Box<str>, H>;
+
+/// Stores the manifest splitstream: the exact JSON bytes and the named references that keep
+/// what the image needs (config, layers, sparse files' objects, kept blobs) alive.
+/// `write_stream` syncs the repository before the name appears.
+fn write_manifest_stream<H: FsVerityHashValue>(
+    repo: &Arc<Repository<H>>,
+    manifest_json: &[u8],
+    manifest_digest: &OciDigest,
+    refs: &[(String, H)],
+) -> Result<()> {
+    let mut writer = repo.create_stream(MANIFEST_CONTENT_TYPE)?;
+    for (name, verity) in refs {
+        writer.add_named_stream_ref(name, verity);
+    }
+    writer.write_external(manifest_json)?;
+    repo.write_stream(writer, &manifest_identifier(manifest_digest), None)?;
+    Ok(())
+}
+
+/// The EROFS image of a stored manifest and the manifest splitstream's named references, if
+/// both exist.
 fn existing_erofs<H: FsVerityHashValue>(
     repo: &Repository<H>,
     manifest: &OciDigest,
-) -> Result<Option<H>> {
+) -> Result<Option<(H, NamedRefs<H>)>> {
     let Some(verity) = repo.has_stream(&manifest_identifier(manifest))? else {
         return Ok(None);
     };
     let image = OciImage::open(repo, manifest, Some(&verity))?;
-    Ok(image.image_ref(repo.erofs_version()).cloned())
+    let Some(erofs) = image.image_ref(repo.erofs_version()).cloned() else {
+        return Ok(None);
+    };
+    let refs = repo
+        .open_stream("", Some(&verity), Some(MANIFEST_CONTENT_TYPE))?
+        .into_named_refs();
+    Ok(Some((erofs, refs)))
+}
+
+/// The layer digests a manifest names (none when it does not parse: composefs-oci refuses such
+/// a manifest anyway).
+fn layer_digests(manifest_json: &[u8]) -> Vec<OciDigest> {
+    #[derive(serde::Deserialize)]
+    struct Layers {
+        #[serde(default)]
+        layers: Vec<Layer>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Layer {
+        digest: String,
+    }
+    serde_json::from_slice::<Layers>(manifest_json)
+        .map(|m| {
+            m.layers
+                .iter()
+                .filter_map(|l| l.digest.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Merges the layers (applying whiteouts) into the image's tree, transformed as composefs-oci

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! reference → source → pull (plan, convert, run) → skiff_storage (import, publish)
+//! skiff_storage → push (export: kept or regenerated blobs) → layout, archive, dir, registry
 //! ```
 //!
 //! with [`format`] (zstd:chunked, oci-delta, media types) as leaves every stage reads. The
@@ -22,5 +23,6 @@ pub mod options;
 pub(crate) mod platform;
 pub(crate) mod policy;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod source;

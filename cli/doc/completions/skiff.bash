@@ -126,7 +126,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__copy)
-            opts="-q -j -h --src-creds --src-username --src-password --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-q -j -h --src-creds --src-username --src-password --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --keep-blobs --dest-creds --dest-authfile --dest-no-creds --dest-tls-verify --dest-cert-dir --dest-compress-format --preserve-digests --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -181,6 +181,26 @@ _skiff() {
                     return 0
                     ;;
                 --multi-arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-creds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-authfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-tls-verify)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --dest-cert-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-compress-format)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -622,7 +642,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__init)
-            opts="-h --hash --require-verity --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-h --hash --require-verity --keep-blobs --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -33,7 +33,7 @@ complete -c skiff -n "__fish_skiff_needs_command" -l insecure-policy -d 'Run wit
 complete -c skiff -n "__fish_skiff_needs_command" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_needs_command" -s h -l help -d 'Print help'
 complete -c skiff -n "__fish_skiff_needs_command" -s V -l version -d 'Print version'
-complete -c skiff -n "__fish_skiff_needs_command" -f -a "copy" -d 'Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
@@ -58,6 +58,12 @@ bars\t'Progress bars'
 plain\t'One line per event'
 json\t'One JSON object per line'"
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l multi-arch -d 'Only `system` (the default: one image for this platform) applies to composefs storage' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-authfile -d 'Path of the authentication file for the destination registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-tls-verify -d 'Require HTTPS and verify certificates when talking to the destination registry' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-compress-format -d 'How to compress layers whose original blob the store does not keep: gzip (default) or zstd. The manifest digest then changes' -r
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
@@ -68,6 +74,9 @@ complete -c skiff -n "__fish_skiff_using_subcommand copy" -s q -l quiet -d 'Supp
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l no-delta -d 'Do not look for oci-delta artifacts of the image in its registry'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l require-verity -d 'Refuse to create or write a repository without fs-verity'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l remove-signatures -d 'Accepted for skopeo compatibility: composefs storage keeps no signatures'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l keep-blobs -d 'Keep the original compressed blob of every layer (fetching whole the layers whose blob the store lacks), so that copying the image out keeps its manifest digest. Repositories made with `skiff init --keep-blobs` always do'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-no-creds -d 'Access the destination registry anonymously'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l preserve-digests -d 'Refuse to copy out an image whose manifest digest would change (a layer without its kept original blob)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -112,6 +121,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand init" -l override-variant -d
 complete -c skiff -n "__fish_skiff_using_subcommand init" -l policy -d 'Path to a signature policy file' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand init" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
 complete -c skiff -n "__fish_skiff_using_subcommand init" -l require-verity -d 'Refuse to create a repository without fs-verity'
+complete -c skiff -n "__fish_skiff_using_subcommand init" -l keep-blobs -d 'Keep the original compressed blob of every layer pulled in full, so that images copied out keep their manifest digests (a setting of the repository, in skiff.json; also for an existing repository)'
 complete -c skiff -n "__fish_skiff_using_subcommand init" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand init" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand init" -s h -l help -d 'Print help'
@@ -158,7 +168,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l command-timeout -d 
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "copy" -d 'Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use skiff_storage::images::StoredRef;
+use skiff_storage::settings::RepoSettings;
 use skiff_storage::{FsVerityHashValue, InitOptions, Store};
 use skiff_transport::options::SourceOptions;
 use skiff_transport::pull::{CopyOptions, copy_image};
+use skiff_transport::push::CopyOutOptions;
+use skiff_transport::push::compress::DestCompression;
 use skiff_transport::reference::{ImageRef, repository_path};
 use skiff_transport::source::Source;
 
@@ -18,9 +21,10 @@ use super::output::{Output, ProgressMode};
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
     /// The image to copy, in skopeo's syntax (docker://, oci:, oci-archive:, docker-archive:, dir:,
-    /// containers-storage:).
+    /// containers-storage:), or an image of composefs storage (composefs:PATH:NAME) to copy out.
     source: String,
-    /// composefs:PATH:NAME (or composefs::NAME for the default repository).
+    /// composefs:PATH:NAME (or composefs::NAME for the default repository); when copying out,
+    /// oci:, oci-archive:, dir:, docker:// or containers-storage:.
     destination: String,
 
     /// Credentials for the source registry, USERNAME[:PASSWORD].
@@ -74,35 +78,107 @@ pub(crate) struct CopyArgs {
     /// Only `system` (the default: one image for this platform) applies to composefs storage.
     #[arg(long, value_name = "system")]
     multi_arch: Option<String>,
+    /// Keep the original compressed blob of every layer (fetching whole the layers whose blob
+    /// the store lacks), so that copying the image out keeps its manifest digest. Repositories
+    /// made with `skiff init --keep-blobs` always do.
+    #[arg(long)]
+    keep_blobs: bool,
+
+    #[command(flatten)]
+    dest: DestFlags,
 
     #[command(flatten)]
     rejected: RejectedFlags,
 }
 
-/// skopeo copy flags that mean nothing when the destination is composefs storage. Accepted by
-/// the parser only to be refused by name.
+/// The flags of a copy out of composefs storage (refused when the destination is composefs
+/// storage).
+#[derive(Debug, Args)]
+struct DestFlags {
+    /// Credentials for the destination registry, USERNAME[:PASSWORD].
+    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
+    dest_creds: Option<String>,
+    /// Path of the authentication file for the destination registry.
+    #[arg(long, value_name = "PATH")]
+    dest_authfile: Option<PathBuf>,
+    /// Access the destination registry anonymously.
+    #[arg(long)]
+    dest_no_creds: bool,
+    /// Require HTTPS and verify certificates when talking to the destination registry.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    dest_tls_verify: Option<bool>,
+    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry.
+    #[arg(long, value_name = "PATH")]
+    dest_cert_dir: Option<PathBuf>,
+    /// How to compress layers whose original blob the store does not keep: gzip (default) or
+    /// zstd. The manifest digest then changes.
+    #[arg(long, value_name = "FORMAT")]
+    dest_compress_format: Option<String>,
+    /// Refuse to copy out an image whose manifest digest would change (a layer without its
+    /// kept original blob).
+    #[arg(long)]
+    preserve_digests: bool,
+}
+
+impl DestFlags {
+    /// The first given flag, spelled as on the command line.
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.dest_creds.is_some(), "--dest-creds"),
+            (self.dest_authfile.is_some(), "--dest-authfile"),
+            (self.dest_no_creds, "--dest-no-creds"),
+            (self.dest_tls_verify.is_some(), "--dest-tls-verify"),
+            (self.dest_cert_dir.is_some(), "--dest-cert-dir"),
+            (
+                self.dest_compress_format.is_some(),
+                "--dest-compress-format",
+            ),
+            (self.preserve_digests, "--preserve-digests"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+
+    fn options(&self, global: &GlobalOptions) -> Result<CopyOutOptions> {
+        let creds = super::parse_optional_creds(self.dest_creds.as_deref(), "--dest-creds")?;
+        if self.dest_no_creds && creds.is_some() {
+            bail!("--dest-no-creds and --dest-creds cannot be used together");
+        }
+        Ok(CopyOutOptions {
+            compression: match &self.dest_compress_format {
+                Some(format) => format.parse()?,
+                None => DestCompression::default(),
+            },
+            preserve_digests: self.preserve_digests,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            destination: SourceOptions {
+                creds,
+                no_creds: self.dest_no_creds,
+                authfile: self.dest_authfile.clone(),
+                tls_verify: self.dest_tls_verify,
+                cert_dir: self.dest_cert_dir.clone(),
+                arch: global.override_arch.clone(),
+                os: global.override_os.clone(),
+                variant: global.override_variant.clone(),
+                policy: global.policy.clone(),
+                insecure_policy: global.insecure_policy,
+            },
+        })
+    }
+}
+
+/// skopeo copy flags that skiff does not implement. Accepted by the parser only to be refused by
+/// name.
 #[derive(Debug, Args)]
 struct RejectedFlags {
-    #[arg(long, hide = true)]
-    dest_creds: Option<String>,
     #[arg(long, hide = true)]
     dest_username: Option<String>,
     #[arg(long, hide = true)]
     dest_password: Option<String>,
     #[arg(long, hide = true)]
-    dest_no_creds: bool,
-    #[arg(long, hide = true)]
-    dest_authfile: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    dest_tls_verify: Option<String>,
-    #[arg(long, hide = true)]
-    dest_cert_dir: Option<String>,
-    #[arg(long, hide = true)]
     dest_registry_token: Option<String>,
     #[arg(long, hide = true)]
     dest_compress: bool,
-    #[arg(long, hide = true)]
-    dest_compress_format: Option<String>,
     #[arg(long, hide = true)]
     dest_compress_level: Option<String>,
     #[arg(long, hide = true)]
@@ -119,8 +195,6 @@ struct RejectedFlags {
     format: Option<String>,
     #[arg(long, short = 'a', hide = true)]
     all: bool,
-    #[arg(long, hide = true)]
-    preserve_digests: bool,
     #[arg(long, hide = true)]
     sign_by: Option<String>,
     #[arg(long, hide = true)]
@@ -150,20 +224,11 @@ struct RejectedFlags {
 impl RejectedFlags {
     /// The first given flag, spelled as on the command line.
     fn first_given(&self) -> Option<&'static str> {
-        let given: [(bool, &'static str); 30] = [
-            (self.dest_creds.is_some(), "--dest-creds"),
+        let given: [(bool, &'static str); 23] = [
             (self.dest_username.is_some(), "--dest-username"),
             (self.dest_password.is_some(), "--dest-password"),
-            (self.dest_no_creds, "--dest-no-creds"),
-            (self.dest_authfile.is_some(), "--dest-authfile"),
-            (self.dest_tls_verify.is_some(), "--dest-tls-verify"),
-            (self.dest_cert_dir.is_some(), "--dest-cert-dir"),
             (self.dest_registry_token.is_some(), "--dest-registry-token"),
             (self.dest_compress, "--dest-compress"),
-            (
-                self.dest_compress_format.is_some(),
-                "--dest-compress-format",
-            ),
             (self.dest_compress_level.is_some(), "--dest-compress-level"),
             (self.dest_decompress, "--dest-decompress"),
             (
@@ -178,7 +243,6 @@ impl RejectedFlags {
             (self.dest_daemon_host.is_some(), "--dest-daemon-host"),
             (self.format.is_some(), "--format"),
             (self.all, "--all"),
-            (self.preserve_digests, "--preserve-digests"),
             (self.sign_by.is_some(), "--sign-by"),
             (self.sign_by_sigstore.is_some(), "--sign-by-sigstore"),
             (
@@ -235,6 +299,13 @@ impl CopyArgs {
 
 pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     if let Some(flag) = args.rejected.first_given() {
+        bail!("{flag} is not supported by skiff copy");
+    }
+    let source_ref: ImageRef = args.source.parse()?;
+    if let ImageRef::Composefs { repo, image } = &source_ref {
+        return copy_out(&args, global, &source_ref, repo, image).await;
+    }
+    if let Some(flag) = args.dest.first_given() {
         bail!("{flag} has no meaning when the destination is composefs storage");
     }
     if let Some(mode) = args.multi_arch.as_deref().filter(|m| *m != "system") {
@@ -242,7 +313,6 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
             "--multi-arch {mode} has no meaning when the destination is composefs storage (it stores one image: --multi-arch system)"
         );
     }
-    let source_ref: ImageRef = args.source.parse()?;
     let dest_ref: ImageRef = args.destination.parse()?;
     let ImageRef::Composefs { repo, image } = &dest_ref else {
         bail!(
@@ -254,9 +324,6 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
             "destination {dest_ref}: name the image (composefs:PATH:NAME); a digest cannot be a destination"
         );
     };
-    if matches!(source_ref, ImageRef::Composefs { .. }) {
-        bail!("source {source_ref}: copying out of composefs storage is not supported yet");
-    }
     let options = args.source_options(global)?;
     let repo_path = repository_path(repo)?;
     let outcome = skiff_storage::repository::init(
@@ -313,6 +380,7 @@ async fn copy_into<H: FsVerityHashValue>(
             },
             use_deltas: !args.no_delta,
             retry_times: args.retry_times,
+            keep_blobs: args.keep_blobs || RepoSettings::load(repo_path)?.keep_blobs,
         },
         observer.clone(),
     )
@@ -323,5 +391,54 @@ async fn copy_into<H: FsVerityHashValue>(
             .with_context(|| format!("Writing the digest file {}", path.display()))?;
     }
     output.summary(source_ref, dest_ref, &summary);
+    Ok(())
+}
+
+/// `skiff copy composefs:... DESTINATION`: an image out of the store.
+async fn copy_out(
+    args: &CopyArgs,
+    global: &GlobalOptions,
+    source_ref: &ImageRef,
+    repo: &Option<PathBuf>,
+    image: &StoredRef,
+) -> Result<()> {
+    for (given, flag) in [
+        (args.src_creds.is_some(), "--src-creds"),
+        (args.src_username.is_some(), "--src-username"),
+        (args.src_no_creds, "--src-no-creds"),
+        (args.src_authfile.is_some(), "--src-authfile"),
+        (args.src_tls_verify.is_some(), "--src-tls-verify"),
+        (args.src_cert_dir.is_some(), "--src-cert-dir"),
+        (args.keep_blobs, "--keep-blobs"),
+        (args.no_delta, "--no-delta"),
+        (args.require_verity, "--require-verity"),
+    ] {
+        if given {
+            bail!("{flag} has no meaning when the source is composefs storage");
+        }
+    }
+    let dest_ref: ImageRef = args.destination.parse()?;
+    if matches!(dest_ref, ImageRef::Composefs { .. }) {
+        bail!(
+            "copying from one composefs repository to another is not supported (copy out to \
+             an oci: layout and in again, or use cfsctl oci copy)"
+        );
+    }
+    let mut options = args.dest.options(global)?;
+    if let Some(jobs) = args.jobs {
+        options.jobs = jobs;
+    }
+    let repo_path = repository_path(repo)?;
+    let summary = super::with_repo_hash!(&repo_path, H => {
+        let store = Store::<H>::open(&repo_path)
+            .with_context(|| format!("Source {source_ref}"))?;
+        skiff_transport::push::copy_out(&store, image, &dest_ref, &options).await?
+    });
+    if let Some(path) = &args.digestfile {
+        std::fs::write(path, &summary.manifest_digest)
+            .with_context(|| format!("Writing the digest file {}", path.display()))?;
+    }
+    Output::new(args.progress, args.quiet)
+        .copy_out_summary(source_ref, &dest_ref, &summary, &options);
     Ok(())
 }

@@ -164,6 +164,7 @@ async fn old_in_repository(
         delta_jobs: jobs,
         use_deltas: false,
         retry_times: 0,
+        keep_blobs: false,
     };
     copy_image(source, &store, "old", &copy, Arc::new(NoObserver))
         .await

@@ -2,8 +2,7 @@
 //! pages are written from the same text (skiff-gen-docs), so both say the same.
 
 /// The first line of `skiff -h` and the man page's NAME line.
-pub(super) const ABOUT: &str =
-    "Copy container images into composefs storage: skopeo copy, with composefs as the destination";
+pub(super) const ABOUT: &str = "Copy container images into composefs storage and out: skopeo copy, with composefs as a transport";
 
 /// What `skiff --help` and skiff(1) open with (wrapped here: clap prints it as it is).
 pub(super) const LONG_ABOUT: &str = "\
@@ -17,6 +16,11 @@ repository already holds are not fetched again, zstd:chunked layers in a registr
 fetched only for the files the repository lacks, and an oci-delta artifact in the
 registry is used when it costs fewer bytes. cfsctl and bootc read the repository as
 their own.
+
+`skiff copy composefs:PATH:NAME DESTINATION` copies an image out again, to oci:,
+oci-archive:, dir:, docker:// or containers-storage:, with its original manifest digest
+where the repository keeps the layers' blobs (skiff init --keep-blobs, skiff copy
+--keep-blobs), else with its layers compressed again.
 
 The other commands make oci-delta artifacts (delta create) and look after a repository
 (init, images, inspect, rm, gc, fsck). composefs::NAME is an image of the default
@@ -58,6 +62,14 @@ pub(super) const COPY: &[Example] = &[
         "Apply an oci-delta artifact (the image it was made from must be in /srv/cfs)",
         "skiff copy oci-archive:app-v1-v2.delta composefs:/srv/cfs:app:v2",
     ),
+    (
+        "Copy in keeping the original layer blobs...",
+        "skiff copy --keep-blobs oci:./layout:v1 composefs:/srv/cfs:app",
+    ),
+    (
+        "...so that the image goes out again with its manifest digest",
+        "skiff copy --preserve-digests composefs:/srv/cfs:app oci:./out:app",
+    ),
 ];
 
 const DELTA_TO_ARCHIVE: Example = (
@@ -84,6 +96,10 @@ pub(super) const INIT: &[Example] = &[
     (
         "sha256 object names, and only on a filesystem with fs-verity",
         "skiff init --hash sha256 --require-verity /srv/cfs",
+    ),
+    (
+        "Keep the original layer blobs of every image copied in (also on an existing repository)",
+        "skiff init --keep-blobs /srv/cfs",
     ),
 ];
 

@@ -103,7 +103,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Copy an image into composefs storage: skiff copy [flags] SOURCE composefs:PATH:NAME.
+    /// Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or
+    /// out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION).
     #[command(after_help = help::examples(help::COPY))]
     Copy(Box<copy::CopyArgs>),
     /// oci-delta artifacts: skiff delta create OLD NEW DESTINATION.
@@ -120,6 +121,11 @@ enum Command {
         /// Refuse to create a repository without fs-verity.
         #[arg(long)]
         require_verity: bool,
+        /// Keep the original compressed blob of every layer pulled in full, so that images copied
+        /// out keep their manifest digests (a setting of the repository, in skiff.json; also for
+        /// an existing repository).
+        #[arg(long)]
+        keep_blobs: bool,
     },
     /// List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs).
     #[command(after_help = help::examples(help::IMAGES))]
@@ -215,7 +221,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 path,
                 hash,
                 require_verity,
-            } => blocking(move || store::init(&path, hash.into(), require_verity)).await,
+                keep_blobs,
+            } => {
+                blocking(move || store::init(&path, hash.into(), require_verity, keep_blobs)).await
+            }
             Command::Images { path, json } => blocking(move || store::images(path, json)).await,
             Command::Inspect { image, raw, config } => {
                 blocking(move || store::inspect(&image, raw, config)).await

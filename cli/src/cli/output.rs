@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_transport::pull::{CopyEvent, CopySummary, Observer};
+use skiff_transport::push::{CopyOutOptions, CopyOutSummary};
 use skiff_transport::reference::ImageRef;
 
 /// `--progress`.
@@ -86,11 +87,11 @@ impl Output {
             return;
         }
         if self.mode == ProgressMode::Json {
-            let mut v = serde_json::to_value(s).expect("summary serialises");
-            v["event"] = "summary".into();
-            v["source"] = source.to_string().into();
-            v["destination"] = dest.to_string().into();
-            println!("{v}");
+            json_summary(
+                serde_json::to_value(s).expect("summary serialises"),
+                source,
+                dest,
+            );
             return;
         }
         let mut out = std::io::stdout().lock();
@@ -115,6 +116,59 @@ impl Output {
         }
         let _ = writeln!(out, "  time      {:.2}s", s.seconds);
     }
+
+    /// The close of a copy out of the store: one line when the manifest digest changed and
+    /// why, then the summary.
+    pub(crate) fn copy_out_summary(
+        &self,
+        source: &ImageRef,
+        dest: &ImageRef,
+        s: &CopyOutSummary,
+        options: &CopyOutOptions,
+    ) {
+        if s.regenerated > 0 {
+            self.notice(&format!(
+                "the manifest digest changed ({} -> {}): the store keeps no original blob for {} \
+                 of the {} layers, which were compressed again ({:?})",
+                s.stored_digest, s.manifest_digest, s.regenerated, s.layers, options.compression
+            ));
+        }
+        if self.quiet {
+            return;
+        }
+        if self.mode == ProgressMode::Json {
+            json_summary(
+                serde_json::to_value(s).expect("summary serialises"),
+                source,
+                dest,
+            );
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Copied {source} to {dest}");
+        let _ = writeln!(out, "  manifest  {}", s.manifest_digest);
+        let _ = writeln!(
+            out,
+            "  written   {} ; {} blobs already there",
+            human(s.bytes_written),
+            s.blobs_skipped
+        );
+        let _ = writeln!(
+            out,
+            "  layers    {} as kept, {} compressed again",
+            s.layers - s.regenerated,
+            s.regenerated
+        );
+        let _ = writeln!(out, "  time      {:.2}s", s.seconds);
+    }
+}
+
+/// The summary as one JSON line: its fields, with `event`, `source` and `destination`.
+fn json_summary(mut v: serde_json::Value, source: &ImageRef, dest: &ImageRef) {
+    v["event"] = "summary".into();
+    v["source"] = source.to_string().into();
+    v["destination"] = dest.to_string().into();
+    println!("{v}");
 }
 
 struct Bars {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use skiff_storage::images::{self, StoredRef};
-use skiff_storage::{FsVerityHashValue, HashAlgorithm, InitOptions, Store, maintenance};
+use skiff_storage::kept_blobs::kept_blobs;
+use skiff_storage::settings::RepoSettings;
+use skiff_storage::{FsVerityHashValue, HashAlgorithm, InitOptions, OciDigest, Store, maintenance};
 use skiff_transport::reference::{ImageRef, default_repository};
 
 use super::output::human;
@@ -25,7 +27,12 @@ fn stored_image(reference: &str) -> Result<(PathBuf, StoredRef)> {
     }
 }
 
-pub(crate) fn init(path: &Path, hash: HashAlgorithm, require_verity: bool) -> Result<()> {
+pub(crate) fn init(
+    path: &Path,
+    hash: HashAlgorithm,
+    require_verity: bool,
+    keep_blobs: bool,
+) -> Result<()> {
     let outcome = skiff_storage::repository::init(
         path,
         InitOptions {
@@ -38,13 +45,23 @@ pub(crate) fn init(path: &Path, hash: HashAlgorithm, require_verity: bool) -> Re
         HashAlgorithm::Sha256 => "sha256",
         HashAlgorithm::Sha512 => "sha512",
     };
+    let mut settings = RepoSettings::load(path)?;
+    if keep_blobs && !settings.keep_blobs {
+        settings.keep_blobs = true;
+        settings.save(path)?;
+    }
     let what = if outcome.created {
         "Initialized"
     } else {
         "Already initialized:"
     };
+    let blobs = if settings.keep_blobs {
+        ", original blobs kept"
+    } else {
+        ""
+    };
     println!(
-        "{what} composefs repository {} (fs-verity {alg})",
+        "{what} composefs repository {} (fs-verity {alg}{blobs})",
         path.display()
     );
     if outcome.insecure {
@@ -65,20 +82,28 @@ pub(crate) fn images(path: Option<PathBuf>, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    if RepoSettings::load(&path)?.keep_blobs {
+        writeln!(out, "# {}: original blobs kept", path.display())?;
+    }
     let width = list.iter().map(|i| i.name.len()).max().unwrap_or(4).max(4);
     writeln!(
         out,
-        "{:width$}  {:19}  {:>10}  CREATED",
-        "NAME", "DIGEST", "SIZE"
+        "{:width$}  {:19}  {:>10}  {:5}  CREATED",
+        "NAME", "DIGEST", "SIZE", "BLOBS"
     )?;
     for i in &list {
         let digest = i
             .digest
             .split_once(':')
             .map_or(i.digest.as_str(), |(_, h)| &h[..12]);
+        let blobs = match (i.blobs_kept, i.layers) {
+            (0, _) => "-",
+            (k, n) if k == n => "kept",
+            _ => "some",
+        };
         writeln!(
             out,
-            "{:width$}  sha256:{:12}  {:>10}  {}",
+            "{:width$}  sha256:{:12}  {:>10}  {blobs:5}  {}",
             i.name,
             digest,
             human(i.size),
@@ -119,6 +144,14 @@ fn inspect_text<H: FsVerityHashValue>(
     let (digest, _) = images::resolve(store, image)?;
     let tags = images::tags_of(store, &digest)?;
     let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let kept: Vec<OciDigest> = layers
+        .iter()
+        .filter_map(|l| l["digest"].as_str()?.parse().ok())
+        .collect();
+    let kept: Vec<String> = kept_blobs(store, &kept)?
+        .into_iter()
+        .map(|(digest, _)| digest.to_string())
+        .collect();
     let value = serde_json::json!({
         "Name": match image { StoredRef::Tag(t) => t.clone(), StoredRef::Digest(_) => tags.first().cloned().unwrap_or_default() },
         "Digest": digest.to_string(),
@@ -133,6 +166,9 @@ fn inspect_text<H: FsVerityHashValue>(
             "MIMEType": l["mediaType"], "Digest": l["digest"], "Size": l["size"], "Annotations": l["annotations"],
         })).collect::<Vec<_>>(),
         "Env": config_value["config"]["Env"],
+        // skiff's own: the layer blobs the store keeps, and whether it keeps new ones.
+        "KeptBlobs": kept,
+        "KeepBlobs": RepoSettings::load(store.path())?.keep_blobs,
     });
     Ok(serde_json::to_vec_pretty(&value)?)
 }

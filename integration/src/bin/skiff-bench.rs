@@ -5,6 +5,10 @@
 //! - `registry cold`: `skiff copy docker://...` vs `cfsctl oci pull docker://...` vs
 //!   `skopeo copy docker://... oci:DIR`, from a local docker-registry on 127.0.0.1;
 //! - `registry warm`: the same into a store that already holds the image.
+//! - `copy out`: the stored image to a new OCI layout, from a store that keeps its blobs
+//!   (`skiff`, the original digest comes back) and from one that does not (`skiff regen`, the
+//!   layers compressed again with gzip), vs `skopeo copy oci:... oci:...`; plus the digests
+//!   and the disk cost of keeping blobs.
 //!
 //! - `update to v2`: v1 → v2 where v2's layers are zstd:chunked, into a store holding v1:
 //!   skiff pulls partially (ranges of the OCI layout's blobs), cfsctl pulls whole; plus the
@@ -248,6 +252,75 @@ fn main() -> Result<()> {
             ),
         ],
     )?;
+
+    // Copy out: the image stored with its blobs kept (its digest comes back) and without (its
+    // layers compressed again), against skopeo copying the layout itself.
+    let keep_repo = work.join("out-keep");
+    let plain_repo = work.join("out-plain");
+    for (repo, keep) in [(&keep_repo, true), (&plain_repo, false)] {
+        fresh(repo)?;
+        let mut init = Command::new(&skiff);
+        init.arg("init").arg(repo);
+        if keep {
+            init.arg("--keep-blobs");
+        }
+        run_quiet(&mut init)?;
+        run_quiet(Command::new(&skiff).args([
+            "copy",
+            "--quiet",
+            &src,
+            &format!("composefs:{}:large", repo.display()),
+        ]))?;
+    }
+    let copy_out = |repo: &Path| -> Result<Command> {
+        let out = fresh(&work.join("out"))?;
+        let mut c = Command::new(&skiff);
+        c.args([
+            "copy",
+            "--quiet",
+            &format!("composefs:{}:large", repo.display()),
+            &format!("oci:{}:large", out.display()),
+        ]);
+        Ok(c)
+    };
+    eprintln!("copy out ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "copy out",
+        vec![
+            ("skiff", Box::new(|_| copy_out(&keep_repo))),
+            ("skiff regen", Box::new(|_| copy_out(&plain_repo))),
+            (
+                "skopeo",
+                Box::new(|_| {
+                    let out = fresh(&work.join("out"))?;
+                    let mut c = Command::new(require("skopeo"));
+                    c.args([
+                        "--insecure-policy",
+                        "copy",
+                        "--quiet",
+                        &src,
+                        &format!("oci:{}:large", out.display()),
+                    ]);
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
+    let copy_out_digests = {
+        let source = fixtures::layout_manifest_digest(&layout, "large")?;
+        let mut digests = Vec::new();
+        for repo in [&keep_repo, &plain_repo] {
+            run_quiet(&mut copy_out(repo)?)?;
+            digests.push(fixtures::layout_manifest_digest(
+                &work.join("out"),
+                "large",
+            )?);
+        }
+        (source, digests)
+    };
+    let kept_cost = (disk_usage(&keep_repo)?, disk_usage(&plain_repo)?);
 
     let registry = Registry::start_plain()?;
     let remote = registry.push(&src, "bench/large:v1")?;
@@ -514,6 +587,20 @@ fn main() -> Result<()> {
         100.0 * delta_summary["delta_bytes"].as_f64().unwrap_or(0.0)
             / delta_summary["replaced_bytes"].as_f64().unwrap_or(1.0)
     );
+    let (source_digest, out_digests) = &copy_out_digests;
+    println!(
+        "copy out: with blobs kept the manifest digest is the source's: {} ({}); with the \
+         layers compressed again (gzip) it is {}.",
+        out_digests[0] == *source_digest,
+        out_digests[0],
+        out_digests[1]
+    );
+    println!(
+        "kept blobs: the store takes {} bytes with them, {} without (+{:.1}%).",
+        kept_cost.0,
+        kept_cost.1,
+        100.0 * (kept_cost.0 as f64 - kept_cost.1 as f64) / kept_cost.1 as f64
+    );
     for (what, bytes) in [
         ("update to v2 from the OCI layout", &update),
         ("update to v2 from the registry", &registry_update),
@@ -558,6 +645,18 @@ fn run_quiet(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// Bytes of disk a directory tree takes (`du`).
+fn disk_usage(dir: &Path) -> Result<u64> {
+    let out = Command::new("du").arg("-s").arg("-B1").arg(dir).output()?;
+    anyhow::ensure!(out.status.success(), "du {} failed", dir.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .context("du output")?
+        .parse()
+        .context("du output")
 }
 
 /// Replaces `to` by a copy of the directory `from` (reflinks where the filesystem has them).

@@ -3,12 +3,12 @@
 //! (NEW's own, or a gzip of its tar when NEW keeps none). Layers are diffed in parallel, each
 //! on a blocking thread, into a temporary file.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use containers_image_proxy::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use skiff_storage::FsVerityHashValue;
+use skiff_storage::digest::HashingWriter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -110,13 +110,13 @@ fn diff_layer<H: FsVerityHashValue>(
         layer.digest(),
         stats.copied,
         stats.diffed,
-        out.count,
+        out.count(),
         layer.size()
     );
-    if out.count < layer.size() {
+    if out.count() < layer.size() {
         let (file, digest, size) = out.finish()?;
         return Ok(LayerChoice::TarDiff(Blob {
-            digest,
+            digest: digest.to_string(),
             size,
             data: BlobData::File(file),
         }));
@@ -129,44 +129,8 @@ fn diff_layer<H: FsVerityHashValue>(
     std::io::copy(&mut new.tar(layer, diff_id)?, &mut gzip)?;
     let (file, digest, size) = gzip.finish()?.finish()?;
     Ok(LayerChoice::Recompressed(Blob {
-        digest,
+        digest: digest.to_string(),
         size,
         data: BlobData::File(file),
     }))
-}
-
-/// Counts and hashes what is written through it.
-struct HashingWriter<W> {
-    inner: W,
-    sha: openssl::sha::Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            sha: openssl::sha::Sha256::new(),
-            count: 0,
-        }
-    }
-
-    fn finish(mut self) -> Result<(W, String, u64)> {
-        self.inner.flush()?;
-        let digest = format!("sha256:{}", hex::encode(self.sha.finish()));
-        Ok((self.inner, digest, self.count))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.sha.update(&data[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }

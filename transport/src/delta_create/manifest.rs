@@ -21,9 +21,8 @@ const EMPTY_CONFIG: &[u8] = b"{}";
 const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// What a layer blob carried whole is labelled, whatever its compression (as Go oci-delta does).
 const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub(super) const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-pub(super) const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+pub(super) use crate::format::media::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 
 #[derive(Serialize)]
 pub(super) struct GoDescriptor {

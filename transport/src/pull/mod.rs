@@ -29,10 +29,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use containers_image_proxy::oci_spec::image::{ImageConfiguration, ImageManifest, MediaType};
+use containers_image_proxy::oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageManifest, MediaType,
+};
 use fn_error_context::context;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, TreeTooDeep};
+use skiff_storage::kept_blobs::kept_blobs;
 use skiff_storage::layer_import::stored_layer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
@@ -54,6 +57,9 @@ pub struct CopyOptions {
     pub use_deltas: bool,
     /// How often a failed layer fetch is tried again.
     pub retry_times: u32,
+    /// Keep the original blob of every layer fetched whole, and fetch whole the layers whose
+    /// blob the store lacks (see [`skiff_storage::kept_blobs`]).
+    pub keep_blobs: bool,
 }
 
 /// The image a copy stores: its exact manifest and config bytes and its DiffIDs.
@@ -202,10 +208,15 @@ async fn pull<H: FsVerityHashValue>(
     delta: Option<DeltaBase<H>>,
 ) -> Result<CopySummary> {
     let stored = stored_diff_ids(store, &target.diff_ids).await?;
+    let kept_blobs = match options.keep_blobs {
+        true => Some(held_blobs(store, target.manifest.layers()).await?),
+        false => None,
+    };
     let mut jobs = plan::plan_layers(
         target.manifest.layers(),
         &target.diff_ids,
         &stored,
+        kept_blobs.as_ref(),
         delta.as_ref().map(|d| &d.delta),
     )?;
     let reuse = if plan::has_partial(&jobs) {
@@ -230,6 +241,7 @@ async fn pull<H: FsVerityHashValue>(
             options.jobs
         },
         retry_times: options.retry_times,
+        keep_blobs: options.keep_blobs,
         reuse,
         delta,
         total: target.manifest.layers().len(),
@@ -261,6 +273,27 @@ async fn stored_diff_ids<H: FsVerityHashValue>(
             }
         }
         Ok(stored)
+    })
+    .await?
+}
+
+/// The blobs among `layers` that the store keeps.
+async fn held_blobs<H: FsVerityHashValue>(
+    store: &Store<H>,
+    layers: &[Descriptor],
+) -> Result<HashSet<OciDigest>> {
+    let (store, digests) = (
+        store.clone(),
+        layers
+            .iter()
+            .map(|l| l.digest().clone())
+            .collect::<Vec<_>>(),
+    );
+    tokio::task::spawn_blocking(move || {
+        Ok(kept_blobs(&store, &digests)?
+            .into_iter()
+            .map(|(digest, _)| digest)
+            .collect())
     })
     .await?
 }

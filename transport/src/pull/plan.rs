@@ -64,10 +64,15 @@ impl LayerJob {
 /// Plans every layer of an image: one job per distinct blob (digest and size) and DiffID, the
 /// stored ones skipped, the others largest first. With a `delta`, each layer not stored must
 /// come from it.
+///
+/// `kept_blobs` is given when blobs are kept (`--keep-blobs`): the blobs the store holds. Then,
+/// without a delta, a layer whose blob is not held is fetched whole so that its blob is kept,
+/// even when the layer itself is stored or could be pulled partially.
 pub(crate) fn plan_layers(
     layers: &[Descriptor],
     diff_ids: &[OciDigest],
     stored: &HashSet<OciDigest>,
+    kept_blobs: Option<&HashSet<OciDigest>>,
     delta: Option<&DeltaManifest>,
 ) -> Result<Vec<LayerJob>> {
     let mut jobs = Vec::new();
@@ -78,14 +83,21 @@ pub(crate) fn plan_layers(
         if !seen.insert((desc.digest(), desc.size(), diff_id)) {
             continue;
         }
-        let plan = if stored.contains(diff_id) {
+        let to_keep =
+            delta.is_none() && kept_blobs.is_some_and(|held| !held.contains(desc.digest()));
+        let plan = if stored.contains(diff_id) && !to_keep {
             LayerPlan::Skip
         } else if let Some(delta) = delta {
             from_delta(delta, desc, diff_id)?
         } else {
             Compression::of_layer(desc.media_type())
                 .with_context(|| format!("Layer {}", desc.digest()))?;
-            from_annotations(desc)
+            match from_annotations(desc) {
+                LayerPlan::Partial(_) if to_keep => LayerPlan::Full {
+                    reason: Some("its blob is kept whole (--keep-blobs)".into()),
+                },
+                plan => plan,
+            }
         };
         jobs.push(LayerJob {
             desc: desc.clone(),
@@ -203,7 +215,7 @@ mod tests {
         ];
         let diff_ids = [digest('1'), digest('2'), digest('3')];
         let stored = HashSet::from([digest('2')]);
-        let jobs = plan_layers(&layers, &diff_ids, &stored, None).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, None, None).unwrap();
         let plans: Vec<_> = jobs.iter().map(|j| (j.index, j.plan.clone())).collect();
         assert!(matches!(plans[0], (3, LayerPlan::Partial(_))), "{plans:?}");
         assert_eq!(plans[1], (1, LayerPlan::Full { reason: None }));
@@ -217,6 +229,27 @@ mod tests {
     }
 
     #[test]
+    fn kept_blobs_fetch_whole_every_layer_whose_blob_is_not_held() {
+        let layers = [
+            layer('a', 10, serde_json::json!({})),
+            layer('b', 20, chunked()),
+            layer('c', 30, serde_json::json!({})),
+        ];
+        let diff_ids = [digest('1'), digest('2'), digest('3')];
+        // Layer 1 is stored without its blob, layer 3 with it; layer 2 is not stored.
+        let stored = HashSet::from([digest('1'), digest('3')]);
+        let held = HashSet::from([digest('c')]);
+        let jobs = plan_layers(&layers, &diff_ids, &stored, Some(&held), None).unwrap();
+        let plans: Vec<_> = jobs.iter().map(|j| (j.index, j.plan.clone())).collect();
+        assert!(
+            matches!(&plans[0], (2, LayerPlan::Full { reason: Some(r) }) if r.contains("--keep-blobs")),
+            "{plans:?}"
+        );
+        assert_eq!(plans[1], (1, LayerPlan::Full { reason: None }));
+        assert_eq!(plans[2], (3, LayerPlan::Skip));
+    }
+
+    #[test]
     fn a_repeated_blob_is_planned_once_and_a_repeated_diff_id_twice() {
         let layers = [
             layer('a', 10, serde_json::json!({})),
@@ -224,7 +257,7 @@ mod tests {
             layer('b', 10, serde_json::json!({})),
         ];
         let diff_ids = [digest('1'), digest('1'), digest('1')];
-        let jobs = plan_layers(&layers, &diff_ids, &HashSet::new(), None).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &HashSet::new(), None, None).unwrap();
         assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [1, 3]);
     }
 
@@ -236,6 +269,7 @@ mod tests {
             &[layer('a', 10, bad)],
             &[digest('1')],
             &HashSet::new(),
+            None,
             None,
         )
         .unwrap();
@@ -251,7 +285,14 @@ mod tests {
         let mut config_as_layer = layer('a', 10, serde_json::json!({}));
         config_as_layer
             .set_media_type(containers_image_proxy::oci_spec::image::MediaType::ImageConfig);
-        let e = plan_layers(&[config_as_layer], &[digest('1')], &HashSet::new(), None).unwrap_err();
+        let e = plan_layers(
+            &[config_as_layer],
+            &[digest('1')],
+            &HashSet::new(),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains(&digest('a').to_string()), "{e:#}");
     }
 
@@ -274,7 +315,7 @@ mod tests {
         ];
         let diff_ids = [digest('1'), digest('2')];
         let stored = HashSet::from([digest('1')]);
-        let jobs = plan_layers(&layers, &diff_ids, &stored, Some(&delta)).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, None, Some(&delta)).unwrap();
         assert_eq!(
             jobs[0].plan,
             LayerPlan::Delta {
@@ -283,7 +324,7 @@ mod tests {
             }
         );
         assert_eq!(jobs[1].plan, LayerPlan::Skip);
-        let e = plan_layers(&layers, &diff_ids, &HashSet::new(), Some(&delta)).unwrap_err();
+        let e = plan_layers(&layers, &diff_ids, &HashSet::new(), None, Some(&delta)).unwrap_err();
         assert!(e.to_string().contains("neither in the delta"), "{e}");
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct Runner<H: FsVerityHashValue> {
     pub(crate) jobs: usize,
     /// How often a failed fetch is tried again.
     pub(crate) retry_times: u32,
+    /// Keep the blobs of layers fetched whole.
+    pub(crate) keep_blobs: bool,
     /// What partial pulls may reuse.
     pub(crate) reuse: Reuse<H>,
     /// The delta in use and its source image, for [`LayerPlan::Delta`] jobs.
@@ -144,7 +146,11 @@ impl<H: FsVerityHashValue> Runner<H> {
         let (desc, diff_id) = (&job.desc, &job.diff_id);
         self.with_retries(job, desc.size(), LayerKind::Full, |fetched| async move {
             let stream = self.source.open_blob(desc)?;
-            full::import_blob(&self.store, stream, desc, diff_id, fetched).await
+            if self.keep_blobs {
+                full::keep_and_import_blob(&self.store, stream, desc, diff_id, fetched).await
+            } else {
+                full::import_blob(&self.store, stream, desc, diff_id, fetched).await
+            }
         })
         .await
     }

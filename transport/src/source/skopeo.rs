@@ -112,6 +112,29 @@ pub async fn copy_to_layout(
     Ok((layout, scratch))
 }
 
+/// Copies the image `tag` of the OCI layout at `layout` to `destination` (a skopeo reference
+/// that needs no credentials: `containers-storage:`), manifest and blobs unchanged.
+#[context("Writing {destination} with skopeo")]
+pub(crate) async fn copy_layout_to(
+    layout: &std::path::Path,
+    tag: &str,
+    destination: &str,
+) -> Result<()> {
+    let mut skopeo = tokio::process::Command::new("skopeo");
+    skopeo
+        .args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(destination)
+        .kill_on_drop(true);
+    let out = skopeo.output().await.context("Running skopeo")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
