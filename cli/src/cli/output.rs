@@ -129,7 +129,7 @@ impl Output {
         if s.regenerated > 0 {
             self.notice(&format!(
                 "the manifest digest changed ({} -> {}): the store keeps no original blob for {} \
-                 of the {} layers, which were compressed again ({:?})",
+                 of the {} layers, which were compressed again ({})",
                 s.stored_digest, s.manifest_digest, s.regenerated, s.layers, options.compression
             ));
         }

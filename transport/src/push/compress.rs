@@ -35,6 +35,15 @@ impl std::str::FromStr for DestCompression {
     }
 }
 
+impl std::fmt::Display for DestCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        })
+    }
+}
+
 impl DestCompression {
     /// The OCI media type of a layer compressed so.
     pub(crate) fn oci_media_type(self) -> &'static str {

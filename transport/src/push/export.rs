@@ -175,7 +175,7 @@ pub(crate) fn prepare<H: FsVerityHashValue>(
                     false => options.compression.oci_media_type(),
                     true => options.compression.docker_media_type().with_context(|| {
                         format!(
-                            "layer {}: a Docker schema 2 manifest cannot name a {:?} layer \
+                            "layer {}: a Docker schema 2 manifest cannot name a {} layer \
                              (use --dest-compress-format gzip)",
                             layer.digest, options.compression
                         )
