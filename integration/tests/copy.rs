@@ -433,7 +433,7 @@ fn bad_references_and_flags() {
     assert_failed(
         &copy("oci:/tmp/x", &repo, &["--dest-compress-format", "zstd"]),
         1,
-        &["--dest-compress-format", "no meaning"],
+        &["--dest-compress-format applies when copying out of composefs storage"],
     );
     assert_failed(
         &copy("oci:/tmp/x", &repo, &["--preserve-digests"]),

@@ -284,6 +284,22 @@ fn copy_out_to_a_registry_and_back() {
         "push",
     );
     assert_eq!(skopeo_digest(&dest, &["--tls-verify=false"]), digest);
+    // Without a tag, as skopeo: `latest`.
+    ok(
+        &copy(
+            &["--dest-tls-verify=false"],
+            &stored(&repo, "app"),
+            &registry.docker_ref("mirror/untagged"),
+        ),
+        "push without a tag",
+    );
+    assert_eq!(
+        skopeo_digest(
+            &registry.docker_ref("mirror/untagged:latest"),
+            &["--tls-verify=false"]
+        ),
+        digest
+    );
     // A second push finds every blob there.
     let summary = output(
         skiff()
@@ -349,7 +365,7 @@ fn bad_copy_out_requests_are_refused_by_name() {
         (
             vec!["--dest-compress-format", "lz4"],
             format!("oci:{}", case.path("a").display()),
-            "unknown compression format",
+            "--dest-compress-format \"lz4\": unknown compression format",
         ),
         (
             vec!["--src-creds", "u:p"],
@@ -376,7 +392,7 @@ fn bad_copy_out_requests_are_refused_by_name() {
     let out = copy(&["--preserve-digests"], &source, &stored(&repo, "again"));
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
-        message.contains("--preserve-digests has no meaning when the destination is composefs"),
+        message.contains("--preserve-digests applies when copying out of composefs storage"),
         "{message}"
     );
     // An image the store does not have.

@@ -139,7 +139,12 @@ impl DestFlags {
         .find_map(|(given, name)| given.then_some(name))
     }
 
-    fn options(&self, global: &GlobalOptions) -> Result<CopyOutOptions> {
+    /// `authfile`: the global `--authfile`, used when `--dest-authfile` is not given.
+    fn options(
+        &self,
+        global: &GlobalOptions,
+        authfile: Option<&PathBuf>,
+    ) -> Result<CopyOutOptions> {
         let creds = super::parse_optional_creds(self.dest_creds.as_deref(), "--dest-creds")?;
         if self.dest_no_creds && creds.is_some() {
             bail!("--dest-no-creds and --dest-creds cannot be used together");
@@ -154,7 +159,7 @@ impl DestFlags {
             destination: SourceOptions {
                 creds,
                 no_creds: self.dest_no_creds,
-                authfile: self.dest_authfile.clone(),
+                authfile: self.dest_authfile.clone().or_else(|| authfile.cloned()),
                 tls_verify: self.dest_tls_verify,
                 cert_dir: self.dest_cert_dir.clone(),
                 arch: global.override_arch.clone(),
@@ -305,15 +310,18 @@ pub(crate) async fn run(args: CopyArgs, global: &GlobalOptions) -> Result<()> {
     if let ImageRef::Composefs { repo, image } = &source_ref {
         return copy_out(&args, global, &source_ref, repo, image).await;
     }
+    let dest_ref: ImageRef = args.destination.parse()?;
     if let Some(flag) = args.dest.first_given() {
-        bail!("{flag} has no meaning when the destination is composefs storage");
+        bail!(
+            "{flag} applies when copying out of composefs storage (source composefs:...), not to \
+             a copy from {source_ref} to {dest_ref}"
+        );
     }
     if let Some(mode) = args.multi_arch.as_deref().filter(|m| *m != "system") {
         bail!(
             "--multi-arch {mode} has no meaning when the destination is composefs storage (it stores one image: --multi-arch system)"
         );
     }
-    let dest_ref: ImageRef = args.destination.parse()?;
     let ImageRef::Composefs { repo, image } = &dest_ref else {
         bail!(
             "destination {dest_ref}: skiff copies into composefs storage; use composefs:PATH:NAME"
@@ -363,6 +371,7 @@ async fn copy_into<H: FsVerityHashValue>(
     let mut store =
         Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
     store.set_write_concurrency(jobs)?;
+    let keep_blobs = args.keep_blobs || RepoSettings::load(repo_path)?.keep_blobs;
     let source = Arc::new(Source::open(source_ref, options).await?);
     log::info!("reading {source_ref} via {}", source.kind());
     let observer = output.observer();
@@ -378,9 +387,10 @@ async fn copy_into<H: FsVerityHashValue>(
                 None if source.is_remote() => REGISTRY_DELTA_JOBS,
                 _ => jobs,
             },
-            use_deltas: !args.no_delta,
+            // A delta rebuilds layers without their blobs: keeping blobs means fetching them.
+            use_deltas: !args.no_delta && !keep_blobs,
             retry_times: args.retry_times,
-            keep_blobs: args.keep_blobs || RepoSettings::load(repo_path)?.keep_blobs,
+            keep_blobs,
         },
         observer.clone(),
     )
@@ -405,6 +415,7 @@ async fn copy_out(
     for (given, flag) in [
         (args.src_creds.is_some(), "--src-creds"),
         (args.src_username.is_some(), "--src-username"),
+        (args.src_password.is_some(), "--src-password"),
         (args.src_no_creds, "--src-no-creds"),
         (args.src_authfile.is_some(), "--src-authfile"),
         (args.src_tls_verify.is_some(), "--src-tls-verify"),
@@ -412,6 +423,8 @@ async fn copy_out(
         (args.keep_blobs, "--keep-blobs"),
         (args.no_delta, "--no-delta"),
         (args.require_verity, "--require-verity"),
+        (args.retry_times > 0, "--retry-times"),
+        (args.multi_arch.is_some(), "--multi-arch"),
     ] {
         if given {
             bail!("{flag} has no meaning when the source is composefs storage");
@@ -424,7 +437,7 @@ async fn copy_out(
              an oci: layout and in again, or use cfsctl oci copy)"
         );
     }
-    let mut options = args.dest.options(global)?;
+    let mut options = args.dest.options(global, args.authfile.as_ref())?;
     if let Some(jobs) = args.jobs {
         options.jobs = jobs;
     }

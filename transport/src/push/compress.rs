@@ -30,7 +30,9 @@ impl std::str::FromStr for DestCompression {
                 "--dest-compress-format zstd:chunked is not supported when copying out of \
                  composefs storage yet (use gzip or zstd)"
             ),
-            other => bail!("unknown compression format {other:?} (expected gzip or zstd)"),
+            other => bail!(
+                "--dest-compress-format {other:?}: unknown compression format (expected gzip or zstd)"
+            ),
         }
     }
 }

@@ -6,8 +6,9 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use composefs_oci::oci_image::OciImage;
@@ -125,17 +126,25 @@ pub(crate) struct ExportOptions {
 }
 
 /// Reads the stored image `image` and makes each of its blobs ready (blocking: it compresses
-/// regenerated layers into temporary files in `stage_dir`).
+/// regenerated layers into temporary files in the directory `stage_dir` returns, asked for only
+/// when a layer must be compressed again).
 #[context("Preparing image {image} to leave the store")]
 pub(crate) fn prepare<H: FsVerityHashValue>(
     store: &Store<H>,
     image: &StoredRef,
     options: &ExportOptions,
-    stage_dir: &Path,
+    stage_dir: &dyn Fn() -> Result<PathBuf>,
 ) -> Result<Outgoing> {
     let stored = open_image(store, image)?;
     let manifest_json = stored.read_manifest_json(store.repo())?;
     let config_json = stored.read_config_json(store.repo())?;
+    let config_digest = stored.manifest().config().digest();
+    // An insecure repository does not check objects on read: the config is small, hash it.
+    anyhow::ensure!(
+        skiff_storage::digest::digest_of(&config_json) == *config_digest,
+        "the stored config reads back with another digest than {config_digest}: the store is \
+         damaged (see skiff fsck)"
+    );
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&manifest_json).context("the stored manifest is not JSON")?;
     let media_type = manifest["mediaType"]
@@ -156,8 +165,17 @@ pub(crate) fn prepare<H: FsVerityHashValue>(
             layers[missing[0]].digest
         );
     }
-    let regenerated = regenerate_all(store, &layers, &missing, options, stage_dir)?;
     let docker = media_type.starts_with("application/vnd.docker.");
+    if docker && !missing.is_empty() && options.compression.docker_media_type().is_none() {
+        bail!(
+            "a Docker schema 2 manifest cannot name {} layers (use --dest-compress-format gzip)",
+            options.compression
+        );
+    }
+    let regenerated = match missing.is_empty() {
+        true => Vec::new(),
+        false => regenerate_all(store, &layers, &missing, options, &stage_dir()?)?,
+    };
     let mut out = Vec::with_capacity(layers.len());
     let mut regenerated = regenerated.into_iter();
     for (i, layer) in layers.into_iter().enumerate() {
@@ -173,13 +191,10 @@ pub(crate) fn prepare<H: FsVerityHashValue>(
                     .context("a regenerated layer is missing")?;
                 let media = match docker {
                     false => options.compression.oci_media_type(),
-                    true => options.compression.docker_media_type().with_context(|| {
-                        format!(
-                            "layer {}: a Docker schema 2 manifest cannot name a {} layer \
-                             (use --dest-compress-format gzip)",
-                            layer.digest, options.compression
-                        )
-                    })?,
+                    true => options
+                        .compression
+                        .docker_media_type()
+                        .context("no Docker media type")?,
                 };
                 replace_layer(&mut manifest["layers"][i], media, &blob)?;
                 out.push(OutBlob {
@@ -201,7 +216,7 @@ pub(crate) fn prepare<H: FsVerityHashValue>(
         manifest_json,
         media_type,
         config: OutBlob {
-            digest: stored.manifest().config().digest().clone(),
+            digest: config_digest.clone(),
             size: config_json.len() as u64,
             data: OutData::Memory(config_json),
         },
@@ -261,12 +276,14 @@ fn regenerate_all<H: FsVerityHashValue>(
     dir: &Path,
 ) -> Result<Vec<Regenerated>> {
     let next = Mutex::new(0usize);
+    // Set by the first failure: the other workers take no further layer.
+    let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Option<Result<Regenerated>>>> =
         Mutex::new((0..indexes.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..options.jobs.clamp(1, indexes.len().max(1)) {
             scope.spawn(|| {
-                loop {
+                while !failed.load(Ordering::Relaxed) {
                     let n = {
                         let mut next = next.lock().expect("poisoned");
                         let n = *next;
@@ -282,11 +299,10 @@ fn regenerate_all<H: FsVerityHashValue>(
                         options.compression,
                         dir,
                     );
-                    let failed = result.is_err();
-                    results.lock().expect("poisoned")[n] = Some(result);
-                    if failed {
-                        break;
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
                     }
+                    results.lock().expect("poisoned")[n] = Some(result);
                 }
             });
         }
@@ -319,6 +335,8 @@ fn replace_layer(
     entry.insert("mediaType".into(), media_type.into());
     entry.insert("digest".into(), blob.digest.to_string().into());
     entry.insert("size".into(), blob.size.into());
+    // Where the old blob could be fetched from: not this one.
+    entry.remove("urls");
     if let Some(annotations) = entry.get_mut("annotations").and_then(|a| a.as_object_mut()) {
         annotations.retain(|k, _| !BLOB_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)));
         if annotations.is_empty() {

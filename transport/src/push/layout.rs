@@ -37,6 +37,14 @@ fn readable(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Puts the temporary file `tmp` at `target`, readable by all.
+#[context("Writing {}", target.display())]
+pub(crate) fn put_readable(tmp: tempfile::NamedTempFile, target: &Path) -> Result<()> {
+    readable(tmp.path())?;
+    tmp.persist(target)?;
+    Ok(())
+}
+
 fn blob_name(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
@@ -85,9 +93,7 @@ impl LayoutDir {
     /// Makes the temporary file `staged` (on the layout's filesystem) the blob `digest`.
     #[context("Writing blob {digest}")]
     pub(crate) fn put_staged(&self, digest: &str, staged: tempfile::NamedTempFile) -> Result<()> {
-        readable(staged.path())?;
-        staged.persist(self.blob_dir.join(blob_name(digest)))?;
-        Ok(())
+        put_readable(staged, &self.blob_dir.join(blob_name(digest)))
     }
 
     /// Adds `entry` (a descriptor) to `index.json`, replacing an entry of the same tag.

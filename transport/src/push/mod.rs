@@ -33,7 +33,7 @@ use self::compress::DestCompression;
 use self::export::{ExportOptions, OutBlob, OutData, Outgoing};
 use self::layout::{ArchiveWriter, LayoutDir, REF_NAME};
 use crate::options::SourceOptions;
-use crate::reference::{DockerRef, ImageRef};
+use crate::reference::{DEFAULT_TAG, DockerRef, ImageRef};
 use crate::source::registry::Client;
 
 /// How to copy out.
@@ -95,10 +95,14 @@ pub async fn copy_out<H: FsVerityHashValue>(
         ImageRef::Oci { path, reference } => {
             let (path, tag) = (path.clone(), layout_tag(reference.as_deref())?);
             tokio::task::spawn_blocking(move || {
-                // Staged beside the layout, so that nothing is written into it before every
-                // blob is ready.
-                let stage = stage_dir_beside(&path)?;
-                let out = export::prepare(&store, &image, &export, stage.path())?;
+                // Regenerated blobs are staged in the layout's blob directory (under temporary
+                // names), created only once the copy is known to go ahead.
+                let blob_dir = path.join("blobs/sha256");
+                let stage = || -> Result<std::path::PathBuf> {
+                    std::fs::create_dir_all(&blob_dir)?;
+                    Ok(blob_dir.clone())
+                };
+                let out = export::prepare(&store, &image, &export, &stage)?;
                 write_layout(&LayoutDir::create(&path)?, out, tag.as_deref())
             })
             .await??
@@ -107,7 +111,7 @@ pub async fn copy_out<H: FsVerityHashValue>(
             let (path, tag) = (path.clone(), layout_tag(reference.as_deref())?);
             tokio::task::spawn_blocking(move || {
                 let stage = stage_dir_beside(&path)?;
-                let out = export::prepare(&store, &image, &export, stage.path())?;
+                let out = export::prepare(&store, &image, &export, &|| Ok(stage.path().into()))?;
                 write_archive(&path, out, tag.as_deref())
             })
             .await??
@@ -116,7 +120,7 @@ pub async fn copy_out<H: FsVerityHashValue>(
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
                 prepare_dir(&path)?;
-                let out = export::prepare(&store, &image, &export, &path)?;
+                let out = export::prepare(&store, &image, &export, &|| Ok(path.clone()))?;
                 write_dir(&path, out)
             })
             .await??
@@ -125,7 +129,7 @@ pub async fn copy_out<H: FsVerityHashValue>(
             let stage = tempfile::Builder::new().prefix("skiff-push-").tempdir()?;
             let stage_path = stage.path().to_owned();
             let out = tokio::task::spawn_blocking(move || {
-                export::prepare(&store, &image, &export, &stage_path)
+                export::prepare(&store, &image, &export, &|| Ok(stage_path.clone()))
             })
             .await??;
             push(name, &options.destination, out).await?
@@ -138,7 +142,8 @@ pub async fn copy_out<H: FsVerityHashValue>(
             let layout_ref = layout_path.clone();
             let summary = tokio::task::spawn_blocking(move || {
                 let layout = LayoutDir::create(&layout_ref)?;
-                let out = export::prepare(&store, &image, &export, layout.blob_dir())?;
+                let out =
+                    export::prepare(&store, &image, &export, &|| Ok(layout.blob_dir().into()))?;
                 write_layout(&layout, out, Some("out"))
             })
             .await??;
@@ -292,20 +297,19 @@ fn write_dir(path: &Path, out: Outgoing) -> Result<CopyOutSummary> {
     for blob in blobs {
         let target = path.join(blob.digest.digest());
         summary.bytes_written += blob.size;
-        match blob.data {
-            OutData::Regenerated(staged) => {
-                staged.persist(&target)?;
-            }
+        let staged = match blob.data {
+            OutData::Regenerated(staged) => staged,
             _ => {
                 let mut tmp = tempfile::NamedTempFile::new_in(path)?;
                 std::io::copy(&mut blob.reader()?, &mut tmp)?;
-                tmp.persist(&target)?;
+                tmp
             }
-        }
+        };
+        layout::put_readable(staged, &target)?;
     }
     let mut tmp = tempfile::NamedTempFile::new_in(path)?;
     std::io::Write::write_all(&mut tmp, &manifest)?;
-    tmp.persist(path.join("manifest.json"))?;
+    layout::put_readable(tmp, &path.join("manifest.json"))?;
     summary.bytes_written += manifest.len() as u64;
     Ok(summary)
 }
@@ -314,6 +318,13 @@ fn write_dir(path: &Path, out: Outgoing) -> Result<CopyOutSummary> {
 /// if `name` has one, by tag.
 #[context("Pushing to {name}")]
 async fn push(name: &DockerRef, options: &SourceOptions, out: Outgoing) -> Result<CopyOutSummary> {
+    if let Some(pinned) = name.digest() {
+        anyhow::ensure!(
+            pinned == out.manifest_digest.as_ref(),
+            "the destination names digest {pinned}, but the manifest written is {}",
+            out.manifest_digest
+        );
+    }
     let client = Client::new_for_push(name, options)?;
     let mut summary = summary_of(&out);
     let (blobs, manifest, media_type) = blobs(out);
@@ -330,7 +341,13 @@ async fn push(name: &DockerRef, options: &SourceOptions, out: Outgoing) -> Resul
     client
         .push_manifest(&digest, manifest.clone(), &media_type)
         .await?;
-    if let Some(tag) = name.tag() {
+    // As skopeo: a reference with neither tag nor digest means `latest`.
+    let tag = match (name.tag(), name.digest()) {
+        (Some(tag), _) => Some(tag),
+        (None, None) => Some(DEFAULT_TAG),
+        (None, Some(_)) => None,
+    };
+    if let Some(tag) = tag {
         client
             .push_manifest(tag, manifest.clone(), &media_type)
             .await

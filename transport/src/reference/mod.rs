@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use skiff_storage::images::StoredRef;
 
-pub use docker::{DOCKER_HUB, DockerRef, DockerRefError};
+pub use docker::{DEFAULT_TAG, DOCKER_HUB, DockerRef, DockerRefError};
 
 /// A reference that does not parse; the message names the bad part.
 #[derive(Debug, thiserror::Error)]
