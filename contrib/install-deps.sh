@@ -56,7 +56,8 @@ fi
 # Go peers, built from the module proxy by contrib/go-peers (a tools module of our own, pinned by
 # its go.mod and go.sum): skiff-peer-copy (containers/image's copy, i.e. skopeo copy, writing
 # current containers/storage zstd:chunked) and skiff-peer-registry (go-containerregistry's
-# registry with the OCI 1.1 referrers API). They are built once per version of the module into a
+# registry with the OCI 1.1 referrers API), and skiff-peer-conformance (the OCI distribution-spec
+# conformance suite, a tool of the module). They are built once per version of the module into a
 # cache outside the work tree; $SKIFF_PEERS_DIR/bin points at the current build (the Makefile puts
 # it on PATH).
 peers_dir="${SKIFF_PEERS_DIR:-/var/cache/skiff/go-peers}"
@@ -67,7 +68,8 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 peers_key="$(cd "$peers_src" && cat go.mod go.sum $(find cmd -name '*.go' | sort) | sha256sum | cut -c1-16)"
-if [ ! -x "$peers_dir/$peers_key/skiff-peer-copy" ] || [ ! -x "$peers_dir/$peers_key/skiff-peer-registry" ]; then
+if [ ! -x "$peers_dir/$peers_key/skiff-peer-copy" ] || [ ! -x "$peers_dir/$peers_key/skiff-peer-registry" ] ||
+    [ ! -x "$peers_dir/$peers_key/skiff-peer-conformance" ]; then
     mkdir -p "$peers_dir"
     staging="$(mktemp -d "$peers_dir/.build.XXXXXX")"
     chmod 755 "$staging"
@@ -75,6 +77,11 @@ if [ ! -x "$peers_dir/$peers_key/skiff-peer-copy" ] || [ ! -x "$peers_dir/$peers
     (cd "$peers_src" && go build -trimpath -mod=readonly \
         -tags 'containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper' \
         -o "$staging/" ./cmd/...)
+    # The suite is a main package these days (its `go test` entry point is deprecated and only
+    # adds a warning), so it is built like the others, under our name for it. Its version comes
+    # from go.mod, which the key covers.
+    (cd "$peers_src" && go build -trimpath -mod=readonly \
+        -o "$staging/skiff-peer-conformance" github.com/opencontainers/distribution-spec/conformance)
     rm -rf "$peers_dir/$peers_key"
     mv "$staging" "$peers_dir/$peers_key"
 fi

@@ -7,6 +7,7 @@ pub mod deltas;
 pub mod faults;
 pub mod fixtures;
 pub mod registry;
+pub mod serve;
 pub mod tools;
 pub mod tree;
 pub mod zstd_chunked_writer;

@@ -25,4 +25,5 @@ pub(crate) mod policy;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod serve;
 pub mod source;

@@ -135,6 +135,18 @@ pub(super) const GC: &[Example] = &[
     ("The same in the default repository", "skiff gc"),
 ];
 
+pub(super) const SERVE: &[Example] = &[
+    (
+        "Serve /srv/cfs on 127.0.0.1:5000 (push with skopeo copy --dest-tls-verify=false ... docker://127.0.0.1:5000/app:v1)",
+        "skiff serve /srv/cfs",
+    ),
+    ("Pull-only, on any free port", "skiff serve --read-only --listen 127.0.0.1:0 /srv/cfs"),
+    (
+        "On the network: TLS and htpasswd (bcrypt) required",
+        "skiff serve --listen 0.0.0.0:443 --tls-cert cert.pem --tls-key key.pem --htpasswd users /srv/cfs",
+    ),
+];
+
 pub(super) const FSCK: &[Example] = &[
     ("Check /srv/cfs", "skiff fsck /srv/cfs"),
     ("Check the default repository", "skiff fsck"),

@@ -5,6 +5,7 @@ mod delta;
 pub mod help;
 pub mod logger;
 mod output;
+mod serve;
 mod store;
 
 use std::path::PathBuf;
@@ -160,6 +161,10 @@ enum Command {
         /// The repository.
         path: Option<PathBuf>,
     },
+    /// Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras
+    /// pull from and push to it.
+    #[command(after_help = help::examples(help::SERVE))]
+    Serve(Box<serve::ServeArgs>),
     /// Check every object, stream, image and content index.
     #[command(after_help = help::examples(help::FSCK))]
     Fsck {
@@ -232,6 +237,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Command::Rm { image } => blocking(move || store::rm(&image)).await,
             Command::Gc { path } => blocking(move || store::gc(path)).await,
             Command::Fsck { path } => store::fsck(path).await,
+            Command::Serve(args) => serve::run(*args).await,
         }
     };
     match cli.global.command_timeout {

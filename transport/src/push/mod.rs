@@ -18,7 +18,7 @@
 //!   - `containers-storage:REF`: through skopeo, from a temporary layout.
 
 pub mod compress;
-mod export;
+pub(crate) mod export;
 pub(crate) mod layout;
 
 use std::path::Path;
