@@ -7,8 +7,10 @@ set -euo pipefail
 # libssl-dev + pkg-config (openssl crate), zstd, xfsprogs (reflink-capable loop filesystems),
 # erofs-utils (inspecting EROFS images), openssl (test CAs), apache2-utils (htpasswd),
 # time (peak memory in benchmarks), make, man-db (renders the man pages in the `make install`
-# test), zsh and fish (load the installed completions in that test; bash is always there).
-packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish)
+# test), zsh and fish (load the installed completions in that test; bash is always there),
+# podman and runc (podman pulls from, runs and pushes to `skiff serve`), busybox-static (the one
+# static program the test images carry, so that podman has something to run).
+packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish podman runc busybox-static)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -26,13 +26,13 @@ const START_ATTEMPTS: usize = 3;
 
 /// TLS material of a registry.
 #[derive(Debug)]
-struct Tls {
+pub struct Tls {
     /// The server certificate (signed by the test CA).
-    cert: PathBuf,
+    pub cert: PathBuf,
     /// The server key.
-    key: PathBuf,
+    pub key: PathBuf,
     /// A directory holding only `ca.crt`.
-    cert_dir: PathBuf,
+    pub cert_dir: PathBuf,
 }
 
 /// Which registry program serves.
@@ -409,7 +409,7 @@ fn config_yaml(dir: &Path, port: u16, tls: Option<&Tls>, auth: bool) -> Result<S
 }
 
 /// Creates with the `openssl` command a CA and a server certificate for IP 127.0.0.1 signed by it.
-fn make_certificates(dir: &Path) -> Result<Tls> {
+pub fn make_certificates(dir: &Path) -> Result<Tls> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki)?;
     let openssl = require("openssl");

@@ -334,6 +334,153 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
     run(skiff().arg("fsck").arg(&repo)).unwrap();
 }
 
+/// An authfile granting `user:password` on `host`.
+fn authfile(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let path = dir.join(format!("auth-{user}-{password}.json"));
+    let json = serde_json::json!({"auths": {host: {"auth": auth}}});
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn tls_and_htpasswd_guard_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, digest) = source(dir.path(), Compression::Gzip);
+    let repo = dir.path().join("repo");
+    init(&repo, false);
+    let tls = skiff_integration::registry::make_certificates(dir.path()).unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let entry = run(std::process::Command::new(skiff_integration::tools::require("htpasswd"))
+        .args(["-Bbn", "pusher", "s3cret"]))
+    .unwrap();
+    std::fs::write(&htpasswd, entry).unwrap();
+    let (cert, key, pw) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap(), htpasswd.to_str().unwrap());
+    let mut server =
+        SkiffServer::start(&repo, &["--tls-cert", cert, "--tls-key", key, "--htpasswd", pw]).unwrap();
+    let cert_dir = tls.cert_dir.to_str().unwrap();
+    let good = authfile(dir.path(), &server.host, "pusher", "s3cret");
+    let bad = authfile(dir.path(), &server.host, "pusher", "guess");
+
+    // No credentials, or wrong ones: refused, nothing stored.
+    let target = server.docker_ref("app:v1");
+    for auth in [None, Some(&bad)] {
+        let mut cmd = skopeo();
+        cmd.args(["copy", "--dest-cert-dir", cert_dir]);
+        if let Some(auth) = auth {
+            cmd.arg("--dest-authfile").arg(auth);
+        }
+        let out = cmd.args([src.as_str(), target.as_str()]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unauthorized") || stderr.contains("401"), "{stderr}");
+    }
+    assert!(image_names(&repo).is_empty());
+
+    // With them, over verified TLS: in, and out again with the same digest.
+    let good_arg = good.to_str().unwrap();
+    skopeo_copy(&["--dest-cert-dir", cert_dir, "--dest-authfile", good_arg], &src, &target);
+    let back = dir.path().join("back");
+    skopeo_copy(
+        &["--src-cert-dir", cert_dir, "--src-authfile", good_arg],
+        &target,
+        &format!("oci:{}:v1", back.display()),
+    );
+    assert_eq!(layout_digest(&back, "v1"), digest);
+    // skiff's own client, with the same authfile and CA.
+    let third = dir.path().join("third");
+    init(&third, false);
+    ok(
+        &copy(&["--src-cert-dir", cert_dir, "--src-authfile", good_arg], &target, &stored(&third, "app")),
+        "skiff copy from skiff serve over TLS",
+    );
+    assert_eq!(compute_id(&third, "app"), compute_id(&repo, "app:v1"));
+    // Plain HTTP to a TLS server gets no answer an HTTP client accepts.
+    assert!(server.request("GET", "/v2/", &[], b"").is_err());
+    let (status, _) = server.terminate().unwrap();
+    assert!(status.success(), "{}", server.log());
+}
+
+/// An image podman can run: a static busybox and files in a base layer, and a top layer that
+/// replaces a file, deletes one (whiteout) and hides a directory's lower content (opaque).
+/// (The rich fixture is not one: a hard link to a lower layer's file is beyond c/storage.)
+fn runnable_image() -> Vec<fixtures::Layer> {
+    use fixtures::{Layer, Node, dir, file};
+    let busybox = std::fs::read(skiff_integration::tools::require("busybox")).unwrap();
+    let mut base = Layer::default();
+    base.add("bin/", dir())
+        .add("bin/busybox", Node::File { data: busybox, mode: 0o755, uid: 0, gid: 0, xattrs: Vec::new() })
+        .add("bin/sh", Node::Symlink { target: "busybox".into() })
+        .add("usr/", dir())
+        .add("usr/lib/", dir())
+        .add("usr/lib/data.bin", file(fixtures::noise(1, 200_000)))
+        .add("etc/", dir())
+        .add("etc/skiff-test", file("from the base layer\n"))
+        .add("etc/gone.conf", file("deleted above\n"))
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/a.conf", file("hidden above\n"));
+    let mut top = Layer::default();
+    top.add("etc/", dir())
+        .add("etc/skiff-test", file("served from composefs storage\n"))
+        .add("etc/.wh.gone.conf", Node::Whiteout)
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/.wh..wh..opq", Node::Opaque)
+        .add("etc/conf.d/b.conf", file("the only one\n"));
+    vec![base, top]
+}
+
+fn podman_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "podman {what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn podman_pulls_runs_and_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let written = fixtures::write_oci_layout(&layout, "v1", &runnable_image(), Compression::Gzip).unwrap();
+    let repo = dir.path().join("repo");
+    init(&repo, false);
+    let server = SkiffServer::start(&repo, &[]).unwrap();
+    skopeo_copy(
+        &["--dest-tls-verify=false"],
+        &format!("oci:{}:v1", layout.display()),
+        &server.docker_ref("app:v1"),
+    );
+    let podman = skiff_integration::podman::Podman::new(&dir.path().join("podman")).unwrap();
+    let image = format!("{}/app:v1", server.host);
+
+    podman_ok(podman.command().args(["pull", "--quiet", "--tls-verify=false", &image]), "pull");
+    let digest = podman_ok(podman.command().args(["image", "inspect", "--format", "{{.Digest}}", &image]), "inspect");
+    assert_eq!(digest.trim(), written.manifest_digest, "podman sees the pushed manifest digest");
+    // Files of both layers, the whiteout and the opaque directory, as podman's overlay has them.
+    let run = |script: &str| {
+        let mut cmd = podman.command();
+        cmd.args(["run", "--rm", "--network", "none", &image, "/bin/sh", "-c", script]);
+        podman_ok(&mut cmd, "run")
+    };
+    assert_eq!(run("cat /etc/skiff-test"), "served from composefs storage\n");
+    let sum = run("sha256sum /usr/lib/data.bin");
+    let data = fixtures::digest(&fixtures::noise(1, 200_000));
+    assert_eq!(format!("sha256:{}", sum.split_whitespace().next().unwrap()), data);
+    assert_eq!(run("ls /etc/conf.d; test -e /etc/gone.conf || echo gone"), "b.conf\ngone\n");
+
+    // podman push lands the same image (the same file tree, as cfsctl computes it).
+    podman_ok(
+        podman.command().args(["push", "--quiet", "--tls-verify=false", &image, &format!("{}/app:pushed", server.host)]),
+        "push",
+    );
+    assert!(image_names(&repo).contains(&"app:pushed".to_owned()), "{:?}", image_names(&repo));
+    assert_eq!(compute_id(&repo, "app:pushed"), compute_id(&repo, "app:v1"));
+}
+
 #[test]
 fn plain_http_is_refused_off_loopback() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,9 @@ _skiff() {
             skiff,rm)
                 cmd="skiff__subcmd__rm"
                 ;;
+            skiff,serve)
+                cmd="skiff__subcmd__serve"
+                ;;
             skiff__subcmd__delta,create)
                 cmd="skiff__subcmd__delta__subcmd__create"
                 ;;
@@ -82,6 +85,9 @@ _skiff() {
             skiff__subcmd__help,rm)
                 cmd="skiff__subcmd__help__subcmd__rm"
                 ;;
+            skiff__subcmd__help,serve)
+                cmd="skiff__subcmd__help__subcmd__serve"
+                ;;
             skiff__subcmd__help__subcmd__delta,create)
                 cmd="skiff__subcmd__help__subcmd__delta__subcmd__create"
                 ;;
@@ -92,7 +98,7 @@ _skiff() {
 
     case "${cmd}" in
         skiff)
-            opts="-h -V --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help --version copy delta init images inspect rm gc fsck help"
+            opts="-h -V --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help --version copy delta init images inspect rm gc serve fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -454,7 +460,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__help)
-            opts="copy delta init images inspect rm gc fsck help"
+            opts="copy delta init images inspect rm gc serve fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -607,6 +613,20 @@ _skiff() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        skiff__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         skiff__subcmd__images)
             opts="-h --json --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -720,6 +740,64 @@ _skiff() {
                 return 0
             fi
             case "${prev}" in
+                --override-arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-os)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-variant)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        skiff__subcmd__serve)
+            opts="-j -h --listen --read-only --tls-cert --tls-key --htpasswd --jobs --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --htpasswd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --override-arch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -40,6 +40,7 @@ complete -c skiff -n "__fish_skiff_needs_command" -f -a "images" -d 'List the im
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "fsck" -d 'Check every object, stream, image and content index'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
@@ -160,6 +161,20 @@ complete -c skiff -n "__fish_skiff_using_subcommand gc" -l command-timeout -d 'G
 complete -c skiff -n "__fish_skiff_using_subcommand gc" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand gc" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l listen -d 'Address and port to listen on (port 0: any free port, printed at start). Addresses other than loopback need --tls-cert, --tls-key and --htpasswd' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l tls-cert -d 'Serve HTTPS with this certificate (PEM)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l tls-key -d 'The certificate\'s private key (PKCS#8 PEM)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l htpasswd -d 'Require HTTP Basic authentication against this htpasswd file (bcrypt: htpasswd -B)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -s j -l jobs -d 'Layers imported, or compressed again, at once (default: the number of CPUs)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l read-only -d 'Serve pulls only: every push, tag and delete is refused'
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
@@ -168,13 +183,14 @@ complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l command-timeout -d 
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from delta" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'

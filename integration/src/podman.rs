@@ -1,0 +1,84 @@
+//! Debian's podman 4.3.1, rootful, with storage, run directory and configuration of its own in
+//! a temporary directory: the way the tests run it on this kind of machine (runc as the runtime,
+//! cgroupfs as the cgroup manager, no default ulimits, no network, no registries searched for
+//! short names). Nothing of the machine's own podman setup is read or written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::tools::require;
+
+/// A private podman.
+#[derive(Debug)]
+pub struct Podman {
+    program: PathBuf,
+    root: PathBuf,
+    runroot: PathBuf,
+    containers_conf: PathBuf,
+    registries_conf: PathBuf,
+    storage_conf: PathBuf,
+}
+
+impl Podman {
+    /// Sets up a podman whose state lives under `dir`.
+    pub fn new(dir: &Path) -> Result<Self> {
+        let program = require("podman");
+        require("runc");
+        let root = dir.join("storage");
+        let runroot = dir.join("run");
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&runroot)?;
+        let containers_conf = dir.join("containers.conf");
+        // Podman 4.3's default ulimits ask for more open files than a container here may
+        // have; events go to a file (no journald in a test).
+        std::fs::write(
+            &containers_conf,
+            "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
+             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )?;
+        let registries_conf = dir.join("registries.conf");
+        std::fs::write(&registries_conf, "unqualified-search-registries = []\n")?;
+        let storage_conf = dir.join("storage.conf");
+        std::fs::write(
+            &storage_conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                root.display(),
+                runroot.display()
+            ),
+        )?;
+        Ok(Self {
+            program,
+            root,
+            runroot,
+            containers_conf,
+            registries_conf,
+            storage_conf,
+        })
+    }
+
+    /// `podman ARGS…` with this podman's storage and configuration.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.env("CONTAINERS_CONF", &self.containers_conf)
+            .env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "overlay", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        cmd
+    }
+}
+
+impl Drop for Podman {
+    /// Removes the containers and images, which unmounts what podman mounted under its
+    /// storage, so that the directory can go.
+    fn drop(&mut self) {
+        let _ = self.command().args(["rm", "--all", "--force"]).output();
+        let _ = self.command().args(["image", "rm", "--all", "--force"]).output();
+    }
+}
