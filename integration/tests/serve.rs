@@ -482,6 +482,49 @@ fn podman_pulls_runs_and_pushes() {
 }
 
 #[test]
+fn a_kept_blob_stands_in_only_for_its_own_layer() {
+    use fixtures::{Layer, file};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    init(&repo, false);
+    let server = SkiffServer::start(&repo, &[]).unwrap();
+    let mut images = Vec::new();
+    for name in ["a", "c"] {
+        let mut layer = Layer::default();
+        layer.add(format!("{name}.txt"), file(fixtures::text(name.len() as u64 + 40, 5000)));
+        let layout = dir.path().join(name);
+        let written = fixtures::write_oci_layout(&layout, "v1", &[layer], Compression::Gzip).unwrap();
+        skopeo_copy(&["--dest-tls-verify=false"], &format!("oci:{}:v1", layout.display()), &server.docker_ref(&format!("{name}:v1")));
+        images.push((fixtures::layout_manifest(&layout, "v1").unwrap(), written));
+    }
+    // A manifest pairing a's kept blob with c's DiffID (both layers stored, the blob kept).
+    let blob = &images[0].0["layers"][0];
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": fixtures::native_arch(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [images[1].1.diff_ids[0]]},
+    }))
+    .unwrap();
+    let config_digest = fixtures::digest(&config);
+    let a = server
+        .request("POST", &format!("/v2/evil/blobs/uploads/?digest={config_digest}"), &[], &config)
+        .unwrap();
+    assert_eq!(a.status, 201);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [blob],
+    }))
+    .unwrap();
+    let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
+    let a = server.request("PUT", "/v2/evil/manifests/v1", &json, &manifest).unwrap();
+    let body = String::from_utf8_lossy(&a.body);
+    assert_eq!((a.status, a.error_code().as_deref()), (400, Some("MANIFEST_INVALID")), "{body}");
+    assert!(body.contains("DiffID mismatch"), "{body}");
+    assert!(!image_names(&repo).contains(&"evil:v1".to_owned()));
+}
+
+#[test]
 fn plain_http_is_refused_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");

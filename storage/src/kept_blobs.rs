@@ -8,6 +8,12 @@
 //! garbage collection follow named references, so a kept blob lives exactly as long as an image
 //! that names it, and an image removed takes its blobs with it. A blob written by a copy that
 //! then failed has no such reference and is collected like any unfinished layer.
+//!
+//! A kept layer blob also says which layer it holds: once its bytes have been imported and
+//! checked against a DiffID, its stream is written again with a named reference `skiff-layer`
+//! to that layer's splitstream. Only a blob paired so with the stored layer of the DiffID an
+//! image's config names may stand in for that layer without being read again: a manifest that
+//! pairs a kept blob with another layer's DiffID is read, and refused.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,6 +33,10 @@ pub const KEPT_BLOB_REF_PREFIX: &str = "skiff-blob-";
 pub fn kept_blob_ref(digest: &OciDigest) -> String {
     format!("{KEPT_BLOB_REF_PREFIX}{digest}")
 }
+
+/// The named reference in a kept layer blob's stream to the layer splitstream its bytes
+/// decompress to.
+pub const KEPT_BLOB_LAYER_REF: &str = "skiff-layer";
 
 /// A new object being written in the store's objects directory: an anonymous file until
 /// [`keep_blob`] links it, gone if dropped before.
@@ -98,6 +108,44 @@ pub fn open_kept_blob<H: FsVerityHashValue>(
     Ok(Some(KeptBlob { stream, file, size }))
 }
 
+/// Records that the kept blob `digest` decompresses to the layer whose splitstream is `layer`
+/// (blocking; the caller has checked the layer's DiffID on the blob's bytes). The blob's stream
+/// is written again with the reference; images that name the earlier stream keep it alive.
+#[context("Recording the layer of kept blob {digest}")]
+pub fn pair_kept_blob<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest, layer: &H) -> Result<()> {
+    let repo = store.repo();
+    let name = blob_identifier(digest);
+    let stream = repo
+        .has_stream(&name)?
+        .with_context(|| format!("blob {digest} is not kept"))?;
+    let mut reader = repo.open_stream(&name, Some(&stream), Some(BLOB_CONTENT_TYPE))?;
+    if reader.lookup_named_ref(KEPT_BLOB_LAYER_REF) == Some(layer) {
+        return Ok(());
+    }
+    let mut objects = Vec::new();
+    reader.get_object_refs(|id| objects.push(id.clone()))?;
+    ensure!(objects.len() == 1, "the stream of kept blob {digest} names {} objects, not one", objects.len());
+    let size = store.open_object(&objects[0])?.metadata()?.len();
+    let mut writer = repo.create_stream(BLOB_CONTENT_TYPE)?;
+    writer.add_external_size(size);
+    writer.write_reference(objects.remove(0))?;
+    writer.add_named_stream_ref(KEPT_BLOB_LAYER_REF, layer);
+    repo.write_stream(writer, &name, None)?;
+    Ok(())
+}
+
+/// Whether the kept blob `digest` is known to decompress to the layer whose splitstream is
+/// `layer` (blocking).
+pub fn kept_blob_holds<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest, layer: &H) -> Result<bool> {
+    let repo = store.repo();
+    let name = blob_identifier(digest);
+    let Some(stream) = repo.has_stream(&name)? else {
+        return Ok(false);
+    };
+    let reader = repo.open_stream(&name, Some(&stream), Some(BLOB_CONTENT_TYPE))?;
+    Ok(reader.lookup_named_ref(KEPT_BLOB_LAYER_REF) == Some(layer))
+}
+
 /// The blobs among `digests` that the store keeps, with the verity of each one's stream
 /// (blocking).
 pub fn kept_blobs<'a, H: FsVerityHashValue>(
@@ -161,5 +209,32 @@ mod tests {
             vec![(digest.clone(), verity)]
         );
         assert_eq!(kept_blob_ref(&digest), format!("skiff-blob-{digest}"));
+    }
+
+    #[test]
+    fn a_kept_blob_holds_only_the_layer_it_was_paired_with() {
+        let (_dir, store) = store();
+        let bytes = b"layer bytes".repeat(100);
+        let digest = digest_of(&bytes);
+        let mut file = blob_tmpfile(&store).unwrap();
+        file.write_all(&bytes).unwrap();
+        keep_blob(&store, &digest, file, bytes.len() as u64).unwrap();
+        let layer = store.repo().ensure_object(b"a layer splitstream, say").unwrap();
+        let other = store.repo().ensure_object(b"another layer").unwrap();
+        // Kept but not yet paired: it stands in for no layer.
+        assert!(!kept_blob_holds(&store, &digest, &layer).unwrap());
+        pair_kept_blob(&store, &digest, &layer).unwrap();
+        assert!(kept_blob_holds(&store, &digest, &layer).unwrap());
+        assert!(!kept_blob_holds(&store, &digest, &other).unwrap());
+        // Pairing again changes nothing; the bytes are still there, whole.
+        let before = kept_blobs(&store, [&digest]).unwrap();
+        pair_kept_blob(&store, &digest, &layer).unwrap();
+        assert_eq!(kept_blobs(&store, [&digest]).unwrap(), before);
+        let mut read = Vec::new();
+        open_kept_blob(&store, &digest).unwrap().unwrap().file.read_to_end(&mut read).unwrap();
+        assert_eq!(read, bytes);
+        // A blob never kept holds nothing.
+        assert!(!kept_blob_holds(&store, &digest_of(b"x"), &layer).unwrap());
+        assert!(pair_kept_blob(&store, &digest_of(b"x"), &layer).is_err());
     }
 }

@@ -10,6 +10,9 @@
 //!   layers compressed again with gzip), vs `skopeo copy oci:... oci:...`; plus the digests
 //!   and the disk cost of keeping blobs.
 //!
+//! - `skopeo push` / `skopeo pull`: `skopeo copy oci:… docker://…` into `skiff serve` (a fresh
+//!   store each run) and back out to an OCI layout, against the same with docker-registry; plus
+//!   whether the digest skopeo pulls back is the source's.
 //! - `update to v2`: v1 → v2 where v2's layers are zstd:chunked, into a store holding v1:
 //!   skiff pulls partially (ranges of the OCI layout's blobs), cfsctl pulls whole; plus the
 //!   bytes skiff fetched against a full pull and against the floor;
@@ -34,7 +37,8 @@ use anyhow::{Context, Result, bail};
 use skiff_integration::chunked;
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{require, skiff_bin};
+use skiff_integration::serve::SkiffServer;
+use skiff_integration::tools::{require, skiff_bin, skopeo};
 
 struct Sample {
     seconds: f64,
@@ -391,6 +395,72 @@ fn main() -> Result<()> {
         ],
     )?;
 
+    // `skopeo copy` into and out of `skiff serve` (a fresh store each push) against the same
+    // copies into and out of docker-registry (fresh storage each push). The measured program
+    // is skopeo in both; the server's work (for skiff serve: verify, import, keep the blobs)
+    // is in its wall time.
+    let served: std::cell::RefCell<Option<SkiffServer>> = Default::default();
+    let registered: std::cell::RefCell<Option<Registry>> = Default::default();
+    let pushed = "bench/large:v1";
+    eprintln!("skopeo push ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "skopeo push",
+        vec![
+            (
+                "skiff",
+                Box::new(|_| {
+                    served.replace(None);
+                    let repo = fresh(&work.join("serve"))?;
+                    run_quiet(Command::new(&skiff).arg("init").arg(&repo))?;
+                    let server = SkiffServer::start(&repo, &[])?;
+                    let mut c = skopeo();
+                    c.args(["copy", "--quiet", "--dest-tls-verify=false", &src])
+                        .arg(server.docker_ref(pushed));
+                    served.replace(Some(server));
+                    Ok(c)
+                }),
+            ),
+            (
+                "docker-registry",
+                Box::new(|_| {
+                    registered.replace(None);
+                    let registry = Registry::start_plain()?;
+                    let mut c = skopeo();
+                    c.args(["copy", "--quiet", "--dest-tls-verify=false", &src])
+                        .arg(registry.docker_ref(pushed));
+                    registered.replace(Some(registry));
+                    Ok(c)
+                }),
+            ),
+        ],
+    )?;
+    let served_ref = served.borrow().as_ref().expect("served").docker_ref(pushed);
+    let registered_ref = registered.borrow().as_ref().expect("registered").docker_ref(pushed);
+    let pulled = work.join("pulled");
+    let skopeo_pull = |from: &str| -> Result<Command> {
+        let dir = fresh(&pulled)?;
+        let mut c = skopeo();
+        c.args(["copy", "--quiet", "--src-tls-verify=false", from])
+            .arg(format!("oci:{}:v1", dir.display()));
+        Ok(c)
+    };
+    eprintln!("skopeo pull ({runs} runs each)");
+    run_scenario(
+        &mut rows,
+        runs,
+        "skopeo pull",
+        vec![
+            ("skiff", Box::new(|_| skopeo_pull(&served_ref))),
+            ("docker-registry", Box::new(|_| skopeo_pull(&registered_ref))),
+        ],
+    )?;
+    run_quiet(&mut skopeo_pull(&served_ref)?)?;
+    let served_digest = fixtures::layout_manifest_digest(&pulled, "v1")?;
+    let pushed_digest = fixtures::layout_manifest_digest(&layout, "large")?;
+    drop((served.take(), registered.take()));
+
     // Update v1 → v2 where v2's layers are zstd:chunked: skiff pulls them partially (oci:
     // layout ranges), cfsctl pulls them whole; both into a store that holds v1.
     if !layout.join("v2.done").exists() {
@@ -600,6 +670,11 @@ fn main() -> Result<()> {
         kept_cost.0,
         kept_cost.1,
         100.0 * (kept_cost.0 as f64 - kept_cost.1 as f64) / kept_cost.1 as f64
+    );
+    println!(
+        "skopeo pull from skiff serve (after skopeo push into it): manifest digest {served_digest}, \
+         the source's: {}.",
+        served_digest == pushed_digest
     );
     for (what, bytes) in [
         ("update to v2 from the OCI layout", &update),

@@ -79,6 +79,11 @@ pub struct PendingLayer<H: FsVerityHashValue> {
 }
 
 impl<H: FsVerityHashValue> PendingLayer<H> {
+    /// The verity of the layer's splitstream (what [`Self::register`] will name).
+    pub fn verity(&self) -> &H {
+        &self.verity
+    }
+
     /// Syncs the repository and names the layer `oci-layer-<diff_id>`.
     pub async fn register(self) -> Result<(H, LayerStats)> {
         self.store

@@ -35,7 +35,7 @@ use containers_image_proxy::oci_spec::image::{
 use fn_error_context::context;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, TreeTooDeep};
-use skiff_storage::kept_blobs::kept_blobs;
+use skiff_storage::kept_blobs::kept_blob_holds;
 use skiff_storage::layer_import::stored_layer;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
@@ -209,7 +209,7 @@ async fn pull<H: FsVerityHashValue>(
 ) -> Result<CopySummary> {
     let stored = stored_diff_ids(store, &target.diff_ids).await?;
     let kept_blobs = match options.keep_blobs {
-        true => Some(held_blobs(store, target.manifest.layers()).await?),
+        true => Some(held_blobs(store, target.manifest.layers(), &target.diff_ids).await?),
         false => None,
     };
     let mut jobs = plan::plan_layers(
@@ -277,23 +277,32 @@ async fn stored_diff_ids<H: FsVerityHashValue>(
     .await?
 }
 
-/// The blobs among `layers` that the store keeps.
+/// The blobs among `layers` that the store keeps paired with the stored layer of the DiffID
+/// the config gives them ([`skiff_storage::kept_blobs`]): only those may stand in for their
+/// layer unread.
 async fn held_blobs<H: FsVerityHashValue>(
     store: &Store<H>,
     layers: &[Descriptor],
+    diff_ids: &[OciDigest],
 ) -> Result<HashSet<OciDigest>> {
-    let (store, digests) = (
+    let (store, pairs) = (
         store.clone(),
         layers
             .iter()
             .map(|l| l.digest().clone())
+            .zip(diff_ids.iter().cloned())
             .collect::<Vec<_>>(),
     );
     tokio::task::spawn_blocking(move || {
-        Ok(kept_blobs(&store, &digests)?
-            .into_iter()
-            .map(|(digest, _)| digest)
-            .collect())
+        let mut held = HashSet::new();
+        for (blob, diff_id) in pairs {
+            if let Some(layer) = stored_layer(&store, &diff_id)? {
+                if kept_blob_holds(&store, &blob, &layer)? {
+                    held.insert(blob);
+                }
+            }
+        }
+        Ok(held)
     })
     .await?
 }

@@ -110,8 +110,9 @@ pub async fn import_blob<H: FsVerityHashValue>(
 
 /// As [`import_blob`], keeping the blob (`--keep-blobs`): the blob is first written whole into
 /// the store, checked against the descriptor, and kept (see [`skiff_storage::kept_blobs`]);
-/// the layer is then imported from the kept copy. A layer that fails its DiffID check leaves
-/// an unreferenced blob behind, which garbage collection removes.
+/// the layer is then imported from the kept copy, and the blob paired with it
+/// ([`kept_blobs::pair_kept_blob`]). A layer that fails its DiffID check leaves an unreferenced,
+/// unpaired blob behind, which garbage collection removes.
 #[context("Keeping and importing layer {} (DiffID {diff_id})", desc.digest())]
 pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     store: &Store<H>,
@@ -138,7 +139,11 @@ pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     })
     .await??;
     let local = tokio::fs::File::from_std(kept.file);
-    import_blob(store, local, desc, diff_id, Arc::new(AtomicU64::new(0))).await
+    let pending = import_blob(store, local, desc, diff_id, Arc::new(AtomicU64::new(0))).await?;
+    // Its bytes checked against the DiffID: the blob may stand in for this layer from now on.
+    let (store, digest, layer) = (store.clone(), desc.digest().clone(), pending.verity().clone());
+    tokio::task::spawn_blocking(move || kept_blobs::pair_kept_blob(&store, &digest, &layer)).await??;
+    Ok(pending)
 }
 
 /// Buffer between the blob and the decompressor.
