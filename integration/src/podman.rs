@@ -69,7 +69,14 @@ impl Podman {
             .arg(&self.root)
             .arg("--runroot")
             .arg(&self.runroot)
-            .args(["--storage-driver", "overlay", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--runtime",
+                "runc",
+                "--cgroup-manager",
+                "cgroupfs",
+            ]);
         cmd
     }
 }
@@ -79,6 +86,9 @@ impl Drop for Podman {
     /// storage, so that the directory can go.
     fn drop(&mut self) {
         let _ = self.command().args(["rm", "--all", "--force"]).output();
-        let _ = self.command().args(["image", "rm", "--all", "--force"]).output();
+        let _ = self
+            .command()
+            .args(["image", "rm", "--all", "--force"])
+            .output();
     }
 }

@@ -42,7 +42,8 @@ fn compute_id(repo: &Path, tag: &str) -> String {
 }
 
 fn skopeo_copy(args: &[&str], from: &str, to: &str) {
-    run(skopeo().arg("copy").args(args).args([from, to])).unwrap_or_else(|e| panic!("skopeo copy {from} {to}: {e:#}"));
+    run(skopeo().arg("copy").args(args).args([from, to]))
+        .unwrap_or_else(|e| panic!("skopeo copy {from} {to}: {e:#}"));
 }
 
 /// The rich fixture as `oci:DIR/layout:v1`; returns the reference and its manifest digest.
@@ -50,10 +51,13 @@ fn source(dir: &Path, compression: Compression) -> (String, String) {
     let layout = dir.join("layout");
     let written =
         fixtures::write_oci_layout(&layout, "v1", &fixtures::rich_image(), compression).unwrap();
-    (format!("oci:{}:v1", layout.display()), written.manifest_digest)
+    (
+        format!("oci:{}:v1", layout.display()),
+        written.manifest_digest,
+    )
 }
 
-fn layout_digest(dir: &PathBuf, tag: &str) -> String {
+fn layout_digest(dir: &Path, tag: &str) -> String {
     fixtures::layout_manifest_digest(dir, tag).unwrap()
 }
 
@@ -67,7 +71,11 @@ fn skopeo_pushes_into_the_store_and_pulls_the_same_digest_back() {
     init(&direct, false);
     let mut server = SkiffServer::start(&served, &[]).unwrap();
 
-    skopeo_copy(&["--dest-tls-verify=false"], &src, &server.docker_ref("app:v1"));
+    skopeo_copy(
+        &["--dest-tls-verify=false"],
+        &src,
+        &server.docker_ref("app:v1"),
+    );
     ok(&copy(&[], &src, &stored(&direct, "app:v1")), "direct copy");
     // The image pushed is the image a direct copy stores, as cfsctl computes it.
     assert_eq!(compute_id(&served, "app:v1"), compute_id(&direct, "app:v1"));
@@ -90,14 +98,22 @@ fn skopeo_pushes_into_the_store_and_pulls_the_same_digest_back() {
     assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
 
     // A second push of the same image under another tag transfers no blob and tags it.
-    skopeo_copy(&["--dest-tls-verify=false"], &src, &server.docker_ref("app:v2"));
+    skopeo_copy(
+        &["--dest-tls-verify=false"],
+        &src,
+        &server.docker_ref("app:v2"),
+    );
     assert_eq!(compute_id(&served, "app:v2"), compute_id(&served, "app:v1"));
 
     // skiff's own registry client reads it too (copy back into a third store).
     let third = dir.path().join("third");
     init(&third, false);
     ok(
-        &copy(&["--src-tls-verify=false"], &server.docker_ref("app:v1"), &stored(&third, "app")),
+        &copy(
+            &["--src-tls-verify=false"],
+            &server.docker_ref("app:v1"),
+            &stored(&third, "app"),
+        ),
         "skiff copy from skiff serve",
     );
     assert_eq!(compute_id(&third, "app"), compute_id(&direct, "app:v1"));
@@ -135,12 +151,19 @@ fn images_without_kept_blobs_are_served_compressed_again() {
     assert_ne!(served, digest);
     let manifest = fixtures::layout_manifest(&out, "v1").unwrap();
     for layer in manifest["layers"].as_array().unwrap() {
-        assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
     }
     let back = dir.path().join("back");
     init(&back, false);
     ok(
-        &copy(&[], &format!("oci:{}:v1", out.display()), &stored(&back, "app:v1")),
+        &copy(
+            &[],
+            &format!("oci:{}:v1", out.display()),
+            &stored(&back, "app:v1"),
+        ),
         "copy back",
     );
     assert_eq!(compute_id(&back, "app:v1"), compute_id(&repo, "app:v1"));
@@ -149,13 +172,19 @@ fn images_without_kept_blobs_are_served_compressed_again() {
         .request("HEAD", &format!("/v2/app/manifests/{served}"), &[], b"")
         .unwrap();
     assert_eq!(by_digest.status, 200);
-    assert_eq!(by_digest.header("docker-content-digest"), Some(served.as_str()));
+    assert_eq!(
+        by_digest.header("docker-content-digest"),
+        Some(served.as_str())
+    );
 
     // --read-only: a push is refused, and nothing changes.
     let refused = server
         .request("POST", "/v2/app/blobs/uploads/", &[], b"")
         .unwrap();
-    assert_eq!((refused.status, refused.error_code().as_deref()), (403, Some("DENIED")));
+    assert_eq!(
+        (refused.status, refused.error_code().as_deref()),
+        (403, Some("DENIED"))
+    );
 }
 
 /// `skiff images --json` names.
@@ -201,24 +230,34 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
     init(&repo, false);
     let mut server = SkiffServer::start(&repo, &[]).unwrap();
     let before = repository_paths(&repo);
-    let code = |a: &skiff_integration::serve::Answer| (a.status, a.error_code().unwrap_or_default());
+    let code =
+        |a: &skiff_integration::serve::Answer| (a.status, a.error_code().unwrap_or_default());
     let data = b"ten bytes!";
     let data_digest = fixtures::digest(data);
     let lie = fixtures::digest(b"something else");
 
     // A blob whose digest lies.
     let a = server
-        .request("POST", &format!("/v2/app/blobs/uploads/?digest={lie}"), &[], data)
+        .request(
+            "POST",
+            &format!("/v2/app/blobs/uploads/?digest={lie}"),
+            &[],
+            data,
+        )
         .unwrap();
     assert_eq!(code(&a), (400, "DIGEST_INVALID".into()));
     for d in [&lie, &data_digest] {
-        let a = server.request("HEAD", &format!("/v2/app/blobs/{d}"), &[], b"").unwrap();
+        let a = server
+            .request("HEAD", &format!("/v2/app/blobs/{d}"), &[], b"")
+            .unwrap();
         assert_eq!(a.status, 404, "{d}");
     }
 
     // A chunk longer than its Content-Range, out of order, or cut off by a client that goes
     // away: the upload stays where it was.
-    let start = server.request("POST", "/v2/app/blobs/uploads/", &[], b"").unwrap();
+    let start = server
+        .request("POST", "/v2/app/blobs/uploads/", &[], b"")
+        .unwrap();
     assert_eq!(start.status, 202);
     let location = start.header("location").unwrap().to_owned();
     let a = server
@@ -229,11 +268,23 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
         .request("PATCH", &location, &[("Content-Range", "5-9")], &data[5..])
         .unwrap();
     assert_eq!(a.status, 416);
-    assert_eq!(a.header("location"), Some(location.as_str()), "a chunk out of order names the upload");
+    assert_eq!(
+        a.header("location"),
+        Some(location.as_str()),
+        "a chunk out of order names the upload"
+    );
     let a = server
-        .request("PUT", &format!("{location}?digest={data_digest}"), &[("Content-Range", "5-9")], &data[5..])
+        .request(
+            "PUT",
+            &format!("{location}?digest={data_digest}"),
+            &[("Content-Range", "5-9")],
+            &data[5..],
+        )
         .unwrap();
-    assert_eq!((a.status, a.header("location")), (416, Some(location.as_str())));
+    assert_eq!(
+        (a.status, a.header("location")),
+        (416, Some(location.as_str()))
+    );
     {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(&server.host).unwrap();
@@ -259,12 +310,22 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
 
     // A range past the end.
     let a = server
-        .request("GET", &format!("/v2/app/blobs/{data_digest}"), &[("Range", "bytes=10-")], b"")
+        .request(
+            "GET",
+            &format!("/v2/app/blobs/{data_digest}"),
+            &[("Range", "bytes=10-")],
+            b"",
+        )
         .unwrap();
     assert_eq!(a.status, 416);
     assert_eq!(a.header("content-range"), Some("bytes */10"));
     let a = server
-        .request("GET", &format!("/v2/app/blobs/{data_digest}"), &[("Range", "bytes=2-4")], b"")
+        .request(
+            "GET",
+            &format!("/v2/app/blobs/{data_digest}"),
+            &[("Range", "bytes=2-4")],
+            b"",
+        )
         .unwrap();
     assert_eq!((a.status, a.body.as_slice()), (206, &data[2..5]));
 
@@ -279,17 +340,23 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
     }))
     .unwrap();
     let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
-    let a = server.request("PUT", "/v2/app/manifests/v1", &json, &manifest).unwrap();
+    let a = server
+        .request("PUT", "/v2/app/manifests/v1", &json, &manifest)
+        .unwrap();
     assert_eq!(code(&a), (400, "MANIFEST_BLOB_UNKNOWN".into()));
     let a = server
         .request("PUT", &format!("/v2/app/manifests/{lie}"), &json, &manifest)
         .unwrap();
     assert_eq!(code(&a), (400, "DIGEST_INVALID".into()));
     let big = vec![b' '; 4 * 1024 * 1024 + 1];
-    let a = server.request("PUT", "/v2/app/manifests/v1", &json, &big).unwrap();
+    let a = server
+        .request("PUT", "/v2/app/manifests/v1", &json, &big)
+        .unwrap();
     assert_eq!(a.status, 413);
     let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-    let a = server.request("PUT", "/v2/app/manifests/v1", &json, index).unwrap();
+    let a = server
+        .request("PUT", "/v2/app/manifests/v1", &json, index)
+        .unwrap();
     assert_eq!(code(&a), (400, "MANIFEST_INVALID".into()));
     // Until here, no bad request wrote to the store at all.
     assert_eq!(repository_paths(&repo), before);
@@ -298,7 +365,12 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
     let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
     let cfg_digest = fixtures::digest(cfg);
     let a = server
-        .request("POST", &format!("/v2/app/blobs/uploads/?digest={cfg_digest}"), &[], cfg)
+        .request(
+            "POST",
+            &format!("/v2/app/blobs/uploads/?digest={cfg_digest}"),
+            &[],
+            cfg,
+        )
         .unwrap();
     assert_eq!(a.status, 201);
     let not_tar = serde_json::to_vec(&serde_json::json!({
@@ -308,8 +380,15 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": data_digest, "size": 10}],
     }))
     .unwrap();
-    let a = server.request("PUT", "/v2/app/manifests/v1", &json, &not_tar).unwrap();
-    assert_eq!(code(&a), (400, "MANIFEST_INVALID".into()), "{}", String::from_utf8_lossy(&a.body));
+    let a = server
+        .request("PUT", "/v2/app/manifests/v1", &json, &not_tar)
+        .unwrap();
+    assert_eq!(
+        code(&a),
+        (400, "MANIFEST_INVALID".into()),
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
 
     // Names and tags with path tricks never reach the store.
     for (path, expected) in [
@@ -322,7 +401,9 @@ fn bad_requests_get_the_specs_error_codes_and_change_nothing() {
         let a = server.request("PUT", path, &json, &manifest).unwrap();
         assert_eq!(a.error_code().as_deref(), Some(expected), "{path}");
     }
-    let a = server.request("GET", "/v2/app/manifests/v1", &[], b"").unwrap();
+    let a = server
+        .request("GET", "/v2/app/manifests/v1", &[], b"")
+        .unwrap();
     assert_eq!(code(&a), (404, "MANIFEST_UNKNOWN".into()));
 
     // Nothing was published. Garbage collection waits for the server (composefs-rs locks the
@@ -352,13 +433,22 @@ fn tls_and_htpasswd_guard_the_store() {
     init(&repo, false);
     let tls = skiff_integration::registry::make_certificates(dir.path()).unwrap();
     let htpasswd = dir.path().join("htpasswd");
-    let entry = run(std::process::Command::new(skiff_integration::tools::require("htpasswd"))
-        .args(["-Bbn", "pusher", "s3cret"]))
+    let entry = run(
+        std::process::Command::new(skiff_integration::tools::require("htpasswd"))
+            .args(["-Bbn", "pusher", "s3cret"]),
+    )
     .unwrap();
     std::fs::write(&htpasswd, entry).unwrap();
-    let (cert, key, pw) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap(), htpasswd.to_str().unwrap());
-    let mut server =
-        SkiffServer::start(&repo, &["--tls-cert", cert, "--tls-key", key, "--htpasswd", pw]).unwrap();
+    let (cert, key, pw) = (
+        tls.cert.to_str().unwrap(),
+        tls.key.to_str().unwrap(),
+        htpasswd.to_str().unwrap(),
+    );
+    let mut server = SkiffServer::start(
+        &repo,
+        &["--tls-cert", cert, "--tls-key", key, "--htpasswd", pw],
+    )
+    .unwrap();
     let cert_dir = tls.cert_dir.to_str().unwrap();
     let good = authfile(dir.path(), &server.host, "pusher", "s3cret");
     let bad = authfile(dir.path(), &server.host, "pusher", "guess");
@@ -374,13 +464,20 @@ fn tls_and_htpasswd_guard_the_store() {
         let out = cmd.args([src.as_str(), target.as_str()]).output().unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("unauthorized") || stderr.contains("401"), "{stderr}");
+        assert!(
+            stderr.contains("unauthorized") || stderr.contains("401"),
+            "{stderr}"
+        );
     }
     assert!(image_names(&repo).is_empty());
 
     // With them, over verified TLS: in, and out again with the same digest.
     let good_arg = good.to_str().unwrap();
-    skopeo_copy(&["--dest-cert-dir", cert_dir, "--dest-authfile", good_arg], &src, &target);
+    skopeo_copy(
+        &["--dest-cert-dir", cert_dir, "--dest-authfile", good_arg],
+        &src,
+        &target,
+    );
     let back = dir.path().join("back");
     skopeo_copy(
         &["--src-cert-dir", cert_dir, "--src-authfile", good_arg],
@@ -392,7 +489,11 @@ fn tls_and_htpasswd_guard_the_store() {
     let third = dir.path().join("third");
     init(&third, false);
     ok(
-        &copy(&["--src-cert-dir", cert_dir, "--src-authfile", good_arg], &target, &stored(&third, "app")),
+        &copy(
+            &["--src-cert-dir", cert_dir, "--src-authfile", good_arg],
+            &target,
+            &stored(&third, "app"),
+        ),
         "skiff copy from skiff serve over TLS",
     );
     assert_eq!(compute_id(&third, "app"), compute_id(&repo, "app:v1"));
@@ -410,8 +511,22 @@ fn runnable_image() -> Vec<fixtures::Layer> {
     let busybox = std::fs::read(skiff_integration::tools::require("busybox")).unwrap();
     let mut base = Layer::default();
     base.add("bin/", dir())
-        .add("bin/busybox", Node::File { data: busybox, mode: 0o755, uid: 0, gid: 0, xattrs: Vec::new() })
-        .add("bin/sh", Node::Symlink { target: "busybox".into() })
+        .add(
+            "bin/busybox",
+            Node::File {
+                data: busybox,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                xattrs: Vec::new(),
+            },
+        )
+        .add(
+            "bin/sh",
+            Node::Symlink {
+                target: "busybox".into(),
+            },
+        )
         .add("usr/", dir())
         .add("usr/lib/", dir())
         .add("usr/lib/data.bin", file(fixtures::noise(1, 200_000)))
@@ -445,7 +560,8 @@ fn podman_ok(cmd: &mut std::process::Command, what: &str) -> String {
 fn podman_pulls_runs_and_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let written = fixtures::write_oci_layout(&layout, "v1", &runnable_image(), Compression::Gzip).unwrap();
+    let written =
+        fixtures::write_oci_layout(&layout, "v1", &runnable_image(), Compression::Gzip).unwrap();
     let repo = dir.path().join("repo");
     init(&repo, false);
     let server = SkiffServer::start(&repo, &[]).unwrap();
@@ -457,27 +573,69 @@ fn podman_pulls_runs_and_pushes() {
     let podman = skiff_integration::podman::Podman::new(&dir.path().join("podman")).unwrap();
     let image = format!("{}/app:v1", server.host);
 
-    podman_ok(podman.command().args(["pull", "--quiet", "--tls-verify=false", &image]), "pull");
-    let digest = podman_ok(podman.command().args(["image", "inspect", "--format", "{{.Digest}}", &image]), "inspect");
-    assert_eq!(digest.trim(), written.manifest_digest, "podman sees the pushed manifest digest");
+    podman_ok(
+        podman
+            .command()
+            .args(["pull", "--quiet", "--tls-verify=false", &image]),
+        "pull",
+    );
+    let digest = podman_ok(
+        podman
+            .command()
+            .args(["image", "inspect", "--format", "{{.Digest}}", &image]),
+        "inspect",
+    );
+    assert_eq!(
+        digest.trim(),
+        written.manifest_digest,
+        "podman sees the pushed manifest digest"
+    );
     // Files of both layers, the whiteout and the opaque directory, as podman's overlay has them.
     let run = |script: &str| {
         let mut cmd = podman.command();
-        cmd.args(["run", "--rm", "--network", "none", &image, "/bin/sh", "-c", script]);
+        cmd.args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
         podman_ok(&mut cmd, "run")
     };
-    assert_eq!(run("cat /etc/skiff-test"), "served from composefs storage\n");
+    assert_eq!(
+        run("cat /etc/skiff-test"),
+        "served from composefs storage\n"
+    );
     let sum = run("sha256sum /usr/lib/data.bin");
     let data = fixtures::digest(&fixtures::noise(1, 200_000));
-    assert_eq!(format!("sha256:{}", sum.split_whitespace().next().unwrap()), data);
-    assert_eq!(run("ls /etc/conf.d; test -e /etc/gone.conf || echo gone"), "b.conf\ngone\n");
+    assert_eq!(
+        format!("sha256:{}", sum.split_whitespace().next().unwrap()),
+        data
+    );
+    assert_eq!(
+        run("ls /etc/conf.d; test -e /etc/gone.conf || echo gone"),
+        "b.conf\ngone\n"
+    );
 
     // podman push lands the same image (the same file tree, as cfsctl computes it).
     podman_ok(
-        podman.command().args(["push", "--quiet", "--tls-verify=false", &image, &format!("{}/app:pushed", server.host)]),
+        podman.command().args([
+            "push",
+            "--quiet",
+            "--tls-verify=false",
+            &image,
+            &format!("{}/app:pushed", server.host),
+        ]),
         "push",
     );
-    assert!(image_names(&repo).contains(&"app:pushed".to_owned()), "{:?}", image_names(&repo));
+    assert!(
+        image_names(&repo).contains(&"app:pushed".to_owned()),
+        "{:?}",
+        image_names(&repo)
+    );
     assert_eq!(compute_id(&repo, "app:pushed"), compute_id(&repo, "app:v1"));
 }
 
@@ -491,10 +649,18 @@ fn a_kept_blob_stands_in_only_for_its_own_layer() {
     let mut images = Vec::new();
     for name in ["a", "c"] {
         let mut layer = Layer::default();
-        layer.add(format!("{name}.txt"), file(fixtures::text(name.len() as u64 + 40, 5000)));
+        layer.add(
+            format!("{name}.txt"),
+            file(fixtures::text(name.len() as u64 + 40, 5000)),
+        );
         let layout = dir.path().join(name);
-        let written = fixtures::write_oci_layout(&layout, "v1", &[layer], Compression::Gzip).unwrap();
-        skopeo_copy(&["--dest-tls-verify=false"], &format!("oci:{}:v1", layout.display()), &server.docker_ref(&format!("{name}:v1")));
+        let written =
+            fixtures::write_oci_layout(&layout, "v1", &[layer], Compression::Gzip).unwrap();
+        skopeo_copy(
+            &["--dest-tls-verify=false"],
+            &format!("oci:{}:v1", layout.display()),
+            &server.docker_ref(&format!("{name}:v1")),
+        );
         images.push((fixtures::layout_manifest(&layout, "v1").unwrap(), written));
     }
     // A manifest pairing a's kept blob with c's DiffID (both layers stored, the blob kept).
@@ -506,7 +672,12 @@ fn a_kept_blob_stands_in_only_for_its_own_layer() {
     .unwrap();
     let config_digest = fixtures::digest(&config);
     let a = server
-        .request("POST", &format!("/v2/evil/blobs/uploads/?digest={config_digest}"), &[], &config)
+        .request(
+            "POST",
+            &format!("/v2/evil/blobs/uploads/?digest={config_digest}"),
+            &[],
+            &config,
+        )
         .unwrap();
     assert_eq!(a.status, 201);
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -517,9 +688,15 @@ fn a_kept_blob_stands_in_only_for_its_own_layer() {
     }))
     .unwrap();
     let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
-    let a = server.request("PUT", "/v2/evil/manifests/v1", &json, &manifest).unwrap();
+    let a = server
+        .request("PUT", "/v2/evil/manifests/v1", &json, &manifest)
+        .unwrap();
     let body = String::from_utf8_lossy(&a.body);
-    assert_eq!((a.status, a.error_code().as_deref()), (400, Some("MANIFEST_INVALID")), "{body}");
+    assert_eq!(
+        (a.status, a.error_code().as_deref()),
+        (400, Some("MANIFEST_INVALID")),
+        "{body}"
+    );
     assert!(body.contains("DiffID mismatch"), "{body}");
     assert!(!image_names(&repo).contains(&"evil:v1".to_owned()));
 }
@@ -543,14 +720,20 @@ fn plain_http_is_refused_off_loopback() {
 /// (each is an `OCI_*` switch of the suite).
 const CONFORMANCE_DISABLED: &[(&str, &str)] = &[
     // The store names objects by sha256 digests of OCI content; a sha512 blob has no place.
-    ("OCI_DATA_SHA512", "sha512 digests are refused (DIGEST_INVALID)"),
+    (
+        "OCI_DATA_SHA512",
+        "sha512 digests are refused (DIGEST_INVALID)",
+    ),
     // composefs storage holds single images: an index is refused by manifest PUT.
     ("OCI_DATA_INDEX", "indexes are refused (MANIFEST_INVALID)"),
     ("OCI_DATA_INDEX_LIST", "indexes are refused"),
     ("OCI_DATA_ARTIFACT_LIST", "indexes are refused"),
     ("OCI_DATA_SUBJECT_LIST", "indexes are refused"),
     // A layer must be a tar the store imports; a foreign (URL) layer is never pushed.
-    ("OCI_DATA_NONDISTRIBUTABLE", "layers that are not pushed are refused (MANIFEST_BLOB_UNKNOWN)"),
+    (
+        "OCI_DATA_NONDISTRIBUTABLE",
+        "layers that are not pushed are refused (MANIFEST_BLOB_UNKNOWN)",
+    ),
     // Blobs live and die with their images (skiff gc): DELETE of a blob answers 405.
     ("OCI_API_BLOBS_DELETE", "blob DELETE is unsupported (405)"),
 ];
@@ -619,12 +802,18 @@ fn the_distribution_spec_conformance_suite_passes_but_for_what_is_refused_by_des
         cmd.env(switch, "false");
     }
     let out = cmd.output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
 
     let mut passed = 0;
     let mut unexpected = Vec::new();
     for line in log.lines() {
-        let name = |l: &str| l.split("name=\"").nth(1).and_then(|n| n.split('"').next()).map(str::to_owned);
+        let name = |l: &str| {
+            l.split("name=\"")
+                .nth(1)
+                .and_then(|n| n.split('"').next())
+                .map(str::to_owned)
+        };
         if line.contains("msg=\"passing test\"") {
             passed += 1;
         } else if line.contains("msg=\"failed test\"") {
@@ -635,12 +824,20 @@ fn the_distribution_spec_conformance_suite_passes_but_for_what_is_refused_by_des
             }
         }
     }
-    assert!(unexpected.is_empty(), "unexpected failures:\n{}", unexpected.join("\n"));
+    assert!(
+        unexpected.is_empty(),
+        "unexpected failures:\n{}",
+        unexpected.join("\n")
+    );
     let summary = std::fs::read_to_string(results.join("results.yaml")).unwrap();
     for category in CONFORMANCE_PASSING {
         let line = summary
             .lines()
-            .find(|l| l.trim_start().strip_prefix(category).is_some_and(|r| r.starts_with(':')))
+            .find(|l| {
+                l.trim_start()
+                    .strip_prefix(category)
+                    .is_some_and(|r| r.starts_with(':'))
+            })
             .unwrap_or_else(|| panic!("no result for {category:?} in\n{summary}"));
         assert!(line.ends_with(": Pass"), "{line}");
     }
@@ -649,5 +846,9 @@ fn the_distribution_spec_conformance_suite_passes_but_for_what_is_refused_by_des
     // Each refused image push is in the server's log with its reason.
     server.terminate().unwrap();
     let refusals = server.log().matches("DiffID mismatch").count();
-    assert!(refusals >= 6, "{refusals} refusals logged:\n{}", server.log());
+    assert!(
+        refusals >= 6,
+        "{refusals} refusals logged:\n{}",
+        server.log()
+    );
 }

@@ -180,7 +180,7 @@ pub fn referrers<H: FsVerityHashValue>(
             out.push((digest, bytes));
         }
     }
-    out.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+    out.sort_by_key(|a| a.0.to_string());
     Ok(out)
 }
 
@@ -235,9 +235,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(digest, digest_of(&manifest));
-        assert_eq!(stored_manifest(&store, &digest, 1 << 20).unwrap().unwrap(), manifest);
         assert_eq!(
-            stored_config(&store, &digest_of(&config), 1 << 20).unwrap().unwrap(),
+            stored_manifest(&store, &digest, 1 << 20).unwrap().unwrap(),
+            manifest
+        );
+        assert_eq!(
+            stored_config(&store, &digest_of(&config), 1 << 20)
+                .unwrap()
+                .unwrap(),
             config
         );
         assert!(stored_manifest(&store, &digest, 10).is_err(), "bounded");
@@ -253,6 +258,10 @@ mod tests {
         );
         // Garbage collection keeps what the tag and the referrer entry reach.
         crate::maintenance::gc(&store).unwrap();
-        assert!(crate::kept_blobs::open_kept_blob(&store, &blob_digest).unwrap().is_some());
+        assert!(
+            crate::kept_blobs::open_kept_blob(&store, &blob_digest)
+                .unwrap()
+                .is_some()
+        );
     }
 }

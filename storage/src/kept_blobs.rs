@@ -112,7 +112,11 @@ pub fn open_kept_blob<H: FsVerityHashValue>(
 /// (blocking; the caller has checked the layer's DiffID on the blob's bytes). The blob's stream
 /// is written again with the reference; images that name the earlier stream keep it alive.
 #[context("Recording the layer of kept blob {digest}")]
-pub fn pair_kept_blob<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest, layer: &H) -> Result<()> {
+pub fn pair_kept_blob<H: FsVerityHashValue>(
+    store: &Store<H>,
+    digest: &OciDigest,
+    layer: &H,
+) -> Result<()> {
     let repo = store.repo();
     let name = blob_identifier(digest);
     let stream = repo
@@ -124,7 +128,11 @@ pub fn pair_kept_blob<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest
     }
     let mut objects = Vec::new();
     reader.get_object_refs(|id| objects.push(id.clone()))?;
-    ensure!(objects.len() == 1, "the stream of kept blob {digest} names {} objects, not one", objects.len());
+    ensure!(
+        objects.len() == 1,
+        "the stream of kept blob {digest} names {} objects, not one",
+        objects.len()
+    );
     let size = store.open_object(&objects[0])?.metadata()?.len();
     let mut writer = repo.create_stream(BLOB_CONTENT_TYPE)?;
     writer.add_external_size(size);
@@ -136,7 +144,11 @@ pub fn pair_kept_blob<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest
 
 /// Whether the kept blob `digest` is known to decompress to the layer whose splitstream is
 /// `layer` (blocking).
-pub fn kept_blob_holds<H: FsVerityHashValue>(store: &Store<H>, digest: &OciDigest, layer: &H) -> Result<bool> {
+pub fn kept_blob_holds<H: FsVerityHashValue>(
+    store: &Store<H>,
+    digest: &OciDigest,
+    layer: &H,
+) -> Result<bool> {
     let repo = store.repo();
     let name = blob_identifier(digest);
     let Some(stream) = repo.has_stream(&name)? else {
@@ -219,7 +231,10 @@ mod tests {
         let mut file = blob_tmpfile(&store).unwrap();
         file.write_all(&bytes).unwrap();
         keep_blob(&store, &digest, file, bytes.len() as u64).unwrap();
-        let layer = store.repo().ensure_object(b"a layer splitstream, say").unwrap();
+        let layer = store
+            .repo()
+            .ensure_object(b"a layer splitstream, say")
+            .unwrap();
         let other = store.repo().ensure_object(b"another layer").unwrap();
         // Kept but not yet paired: it stands in for no layer.
         assert!(!kept_blob_holds(&store, &digest, &layer).unwrap());
@@ -231,7 +246,12 @@ mod tests {
         pair_kept_blob(&store, &digest, &layer).unwrap();
         assert_eq!(kept_blobs(&store, [&digest]).unwrap(), before);
         let mut read = Vec::new();
-        open_kept_blob(&store, &digest).unwrap().unwrap().file.read_to_end(&mut read).unwrap();
+        open_kept_blob(&store, &digest)
+            .unwrap()
+            .unwrap()
+            .file
+            .read_to_end(&mut read)
+            .unwrap();
         assert_eq!(read, bytes);
         // A blob never kept holds nothing.
         assert!(!kept_blob_holds(&store, &digest_of(b"x"), &layer).unwrap());

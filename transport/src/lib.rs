@@ -4,6 +4,8 @@
 //! ```text
 //! reference → source → pull (plan, convert, run) → skiff_storage (import, publish)
 //! skiff_storage → push (export: kept or regenerated blobs) → layout, archive, dir, registry
+//! HTTP clients ⇄ serve (the distribution API: reads through push's export, stores pushes
+//!                through pull from a staging layout)
 //! ```
 //!
 //! with [`format`] (zstd:chunked, oci-delta, media types) as leaves every stage reads. The

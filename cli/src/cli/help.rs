@@ -140,7 +140,10 @@ pub(super) const SERVE: &[Example] = &[
         "Serve /srv/cfs on 127.0.0.1:5000 (push with skopeo copy --dest-tls-verify=false ... docker://127.0.0.1:5000/app:v1)",
         "skiff serve /srv/cfs",
     ),
-    ("Pull-only, on any free port", "skiff serve --read-only --listen 127.0.0.1:0 /srv/cfs"),
+    (
+        "Pull-only, on any free port",
+        "skiff serve --read-only --listen 127.0.0.1:0 /srv/cfs",
+    ),
     (
         "On the network: TLS and htpasswd (bcrypt) required",
         "skiff serve --listen 0.0.0.0:443 --tls-cert cert.pem --tls-key key.pem --htpasswd users /srv/cfs",

@@ -61,13 +61,24 @@ async fn serve<H: FsVerityHashValue>(args: ServeArgs, path: PathBuf) -> Result<(
     let options = ServeOptions {
         listen: args.listen,
         read_only: args.read_only,
-        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
         htpasswd: args.htpasswd,
         jobs,
     };
     let server = bind(store, &options).await?;
-    let scheme = if options.tls.is_some() { "https" } else { "http" };
-    let mode = if options.read_only { " (read-only)" } else { "" };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mode = if options.read_only {
+        " (read-only)"
+    } else {
+        ""
+    };
     println!(
         "Serving {} at {scheme}://{}{mode}",
         path.display(),
@@ -82,7 +93,10 @@ async fn serve<H: FsVerityHashValue>(args: ServeArgs, path: PathBuf) -> Result<(
 /// Completes at SIGTERM or SIGINT.
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -437,7 +437,11 @@ fn main() -> Result<()> {
         ],
     )?;
     let served_ref = served.borrow().as_ref().expect("served").docker_ref(pushed);
-    let registered_ref = registered.borrow().as_ref().expect("registered").docker_ref(pushed);
+    let registered_ref = registered
+        .borrow()
+        .as_ref()
+        .expect("registered")
+        .docker_ref(pushed);
     let pulled = work.join("pulled");
     let skopeo_pull = |from: &str| -> Result<Command> {
         let dir = fresh(&pulled)?;
@@ -453,7 +457,10 @@ fn main() -> Result<()> {
         "skopeo pull",
         vec![
             ("skiff", Box::new(|_| skopeo_pull(&served_ref))),
-            ("docker-registry", Box::new(|_| skopeo_pull(&registered_ref))),
+            (
+                "docker-registry",
+                Box::new(|_| skopeo_pull(&registered_ref)),
+            ),
         ],
     )?;
     run_quiet(&mut skopeo_pull(&served_ref)?)?;

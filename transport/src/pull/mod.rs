@@ -296,10 +296,10 @@ async fn held_blobs<H: FsVerityHashValue>(
     tokio::task::spawn_blocking(move || {
         let mut held = HashSet::new();
         for (blob, diff_id) in pairs {
-            if let Some(layer) = stored_layer(&store, &diff_id)? {
-                if kept_blob_holds(&store, &blob, &layer)? {
-                    held.insert(blob);
-                }
+            if let Some(layer) = stored_layer(&store, &diff_id)?
+                && kept_blob_holds(&store, &blob, &layer)?
+            {
+                held.insert(blob);
             }
         }
         Ok(held)

@@ -74,21 +74,28 @@ pub(crate) fn parse_route(path: &str) -> ApiResult<Route> {
         return Ok(Route::Catalog);
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Route::Tags { name: repository_name(name)? });
+        return Ok(Route::Tags {
+            name: repository_name(name)?,
+        });
     }
-    if let Some(name) = rest.strip_suffix("/blobs/uploads/").or(rest.strip_suffix("/blobs/uploads")) {
-        return Ok(Route::Uploads { name: repository_name(name)? });
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or(rest.strip_suffix("/blobs/uploads"))
+    {
+        return Ok(Route::Uploads {
+            name: repository_name(name)?,
+        });
     }
     // The last keyword wins: a repository may itself be called `x/blobs`.
     let (head, last) = rest.rsplit_once('/').ok_or_else(not_found)?;
     let (name, keyword) = head.rsplit_once('/').ok_or_else(not_found)?;
-    if keyword == "uploads" {
-        if let Some(name) = name.strip_suffix("/blobs") {
-            return Ok(Route::Upload {
-                name: repository_name(name)?,
-                id: upload_id(last)?,
-            });
-        }
+    if keyword == "uploads"
+        && let Some(name) = name.strip_suffix("/blobs")
+    {
+        return Ok(Route::Upload {
+            name: repository_name(name)?,
+            id: upload_id(last)?,
+        });
     }
     match keyword {
         "manifests" => Ok(Route::Manifest {
@@ -110,7 +117,12 @@ pub(crate) fn parse_route(path: &str) -> ApiResult<Route> {
 /// Checks a repository name against the spec's grammar: path components of lower-case letters
 /// and digits, separated within by `.`, `_`, `__` or runs of `-`.
 pub(crate) fn repository_name(name: &str) -> ApiResult<String> {
-    let invalid = || ApiError::new(Code::NameInvalid, format!("invalid repository name {name:?}"));
+    let invalid = || {
+        ApiError::new(
+            Code::NameInvalid,
+            format!("invalid repository name {name:?}"),
+        )
+    };
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(invalid());
     }
@@ -176,8 +188,10 @@ fn reference(text: &str) -> ApiResult<Reference> {
     if valid_tag(text) {
         Ok(Reference::Tag(text.to_owned()))
     } else {
-        Err(ApiError::new(Code::ManifestInvalid, format!("invalid tag {text:?}"))
-            .with_status(hyper::StatusCode::BAD_REQUEST))
+        Err(
+            ApiError::new(Code::ManifestInvalid, format!("invalid tag {text:?}"))
+                .with_status(hyper::StatusCode::BAD_REQUEST),
+        )
     }
 }
 
@@ -190,7 +204,11 @@ pub(crate) fn digest(text: &str) -> ApiResult<OciDigest> {
     if algorithm != "sha256" {
         return Err(invalid("only sha256 digests are supported"));
     }
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(invalid("not 64 lower-case hex digits"));
     }
     text.parse().map_err(|_| invalid("malformed"))
@@ -201,7 +219,10 @@ fn upload_id(text: &str) -> ApiResult<String> {
     if !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(text.to_owned())
     } else {
-        Err(ApiError::new(Code::BlobUploadUnknown, format!("no upload {text:?}")))
+        Err(ApiError::new(
+            Code::BlobUploadUnknown,
+            format!("no upload {text:?}"),
+        ))
     }
 }
 
@@ -221,9 +242,9 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let escaped = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                hex(bytes[i + 1]).zip(hex(bytes[i + 2])).map(|(h, l)| h << 4 | l)
-            }
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1])
+                .zip(hex(bytes[i + 2]))
+                .map(|(h, l)| h << 4 | l),
             _ => None,
         };
         match escaped {
@@ -297,14 +318,34 @@ mod tests {
             "/v2/a-/manifests/v1",
             "/v2/a___b/manifests/v1",
         ] {
-            assert_eq!(parse_route(bad).unwrap_err().code, Code::NameInvalid, "{bad}");
+            assert_eq!(
+                parse_route(bad).unwrap_err().code,
+                Code::NameInvalid,
+                "{bad}"
+            );
         }
-        for bad in ["/v2/a/manifests/.hidden", "/v2/a/manifests/-x", "/v2/a/manifests/a%2F"] {
-            assert_eq!(parse_route(bad).unwrap_err().code, Code::ManifestInvalid, "{bad}");
+        for bad in [
+            "/v2/a/manifests/.hidden",
+            "/v2/a/manifests/-x",
+            "/v2/a/manifests/a%2F",
+        ] {
+            assert_eq!(
+                parse_route(bad).unwrap_err().code,
+                Code::ManifestInvalid,
+                "{bad}"
+            );
         }
         let long_tag = format!("/v2/a/manifests/{}", "t".repeat(129));
-        assert_eq!(parse_route(&long_tag).unwrap_err().code, Code::ManifestInvalid);
-        for bad in ["sha256:00", "sha512:00", "sha256:../../etc", &D.to_uppercase()[..]] {
+        assert_eq!(
+            parse_route(&long_tag).unwrap_err().code,
+            Code::ManifestInvalid
+        );
+        for bad in [
+            "sha256:00",
+            "sha512:00",
+            "sha256:../../etc",
+            &D.to_uppercase()[..],
+        ] {
             let e = parse_route(&format!("/v2/a/blobs/{bad}")).unwrap_err();
             assert_eq!(e.code, Code::DigestInvalid, "{bad}");
         }

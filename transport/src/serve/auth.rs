@@ -85,7 +85,8 @@ impl Htpasswd {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(|_| denied("malformed Basic credentials"))?;
-        let decoded = String::from_utf8(decoded).map_err(|_| denied("malformed Basic credentials"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| denied("malformed Basic credentials"))?;
         let (user, password) = decoded
             .split_once(':')
             .ok_or_else(|| denied("malformed Basic credentials"))?;

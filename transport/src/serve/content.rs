@@ -88,7 +88,10 @@ pub(crate) fn media_type_of(json: &serde_json::Value) -> String {
 }
 
 fn manifest_unknown(what: impl std::fmt::Display) -> ApiError {
-    ApiError::new(Code::ManifestUnknown, format!("manifest {what} is not in the store"))
+    ApiError::new(
+        Code::ManifestUnknown,
+        format!("manifest {what} is not in the store"),
+    )
 }
 
 impl<H: FsVerityHashValue> Content<H> {
@@ -106,7 +109,11 @@ impl<H: FsVerityHashValue> Content<H> {
     /// The manifest `reference` names in repository `name` (an image's as it is served, an
     /// artifact's as stored). A digest is found only in a repository that holds it: one of
     /// its tags, or a push to that repository by digest.
-    pub(crate) async fn manifest(self: &Arc<Self>, name: &str, reference: &Reference) -> ApiResult<ServedManifest> {
+    pub(crate) async fn manifest(
+        self: &Arc<Self>,
+        name: &str,
+        reference: &Reference,
+    ) -> ApiResult<ServedManifest> {
         let this = self.clone();
         let (name, owned) = (name.to_owned(), reference.clone());
         let served_as = match reference {
@@ -124,10 +131,10 @@ impl<H: FsVerityHashValue> Content<H> {
                     Err(e) => return Err(e.into()),
                 },
             };
-            if let Reference::Digest(_) = owned {
-                if repository_tags(&this.store, &name, &digest)?.is_empty() {
-                    return Err(manifest_unknown(format!("{owned} in {name}")));
-                }
+            if let Reference::Digest(_) = owned
+                && repository_tags(&this.store, &name, &digest)?.is_empty()
+            {
+                return Err(manifest_unknown(format!("{owned} in {name}")));
             }
             let bytes = stored_manifest(&this.store, &digest, MAX_MANIFEST_SIZE)?
                 .ok_or_else(|| manifest_unknown(&owned))?;

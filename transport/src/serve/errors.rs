@@ -149,7 +149,8 @@ mod tests {
             body,
             serde_json::json!({"errors": [{"code": "BLOB_UNKNOWN", "message": "no such blob"}]})
         );
-        let big = ApiError::new(Code::SizeInvalid, "too big").with_status(StatusCode::PAYLOAD_TOO_LARGE);
+        let big =
+            ApiError::new(Code::SizeInvalid, "too big").with_status(StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

@@ -43,7 +43,9 @@ pub(crate) struct State<H: FsVerityHashValue> {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn empty() -> Body {
@@ -100,7 +102,10 @@ async fn route<H: FsVerityHashValue>(
     let method = request.method().clone();
     let writes = !matches!(method, Method::GET | Method::HEAD);
     if writes && state.read_only {
-        return Err(ApiError::new(Code::Denied, "the server is read-only (--read-only)"));
+        return Err(ApiError::new(
+            Code::Denied,
+            "the server is read-only (--read-only)",
+        ));
     }
     let content = &state.content;
     let query = request.uri().query().map(str::to_owned);
@@ -137,7 +142,10 @@ async fn route<H: FsVerityHashValue>(
                 content.forget(&stored.digest);
             }
             let mut builder = response(StatusCode::CREATED)
-                .header(header::LOCATION, format!("/v2/{name}/manifests/{}", stored.digest))
+                .header(
+                    header::LOCATION,
+                    format!("/v2/{name}/manifests/{}", stored.digest),
+                )
                 .header("Docker-Content-Digest", stored.digest.to_string());
             if let Some(subject) = &stored.subject {
                 builder = builder.header("OCI-Subject", subject.to_string());
@@ -160,7 +168,9 @@ async fn route<H: FsVerityHashValue>(
             "blobs live as long as the images that name them: remove the image (DELETE its \
              manifest, or skiff rm) and run skiff gc",
         )),
-        (Route::Uploads { name }, Method::POST) => start_upload(content, &name, query, request).await,
+        (Route::Uploads { name }, Method::POST) => {
+            start_upload(content, &name, query, request).await
+        }
         (Route::Upload { name, id }, Method::PATCH) => {
             let range = chunk_range(&request)?;
             let offset = content
@@ -171,8 +181,9 @@ async fn route<H: FsVerityHashValue>(
             Ok(upload_progress(&name, &id, offset, StatusCode::ACCEPTED))
         }
         (Route::Upload { name, id }, Method::PUT) => {
-            let digest = query_param(query, "digest")
-                .ok_or_else(|| ApiError::new(Code::DigestInvalid, "PUT of an upload without ?digest="))?;
+            let digest = query_param(query, "digest").ok_or_else(|| {
+                ApiError::new(Code::DigestInvalid, "PUT of an upload without ?digest=")
+            })?;
             let digest = super::api::digest(&digest)?;
             let range = chunk_range(&request)?;
             content
@@ -188,7 +199,9 @@ async fn route<H: FsVerityHashValue>(
         }
         (Route::Upload { name, id }, Method::DELETE) => {
             content.uploads.cancel(&name, &id).await?;
-            Ok(response(StatusCode::NO_CONTENT).body(empty()).expect("valid response"))
+            Ok(response(StatusCode::NO_CONTENT)
+                .body(empty())
+                .expect("valid response"))
         }
         (Route::Referrers { digest, .. }, Method::GET) => referrers(content, &digest, query).await,
         (_, method) => Err(ApiError::new(
@@ -213,13 +226,21 @@ fn manifest_response(served: &ServedManifest, head: bool) -> Response<Body> {
 
 /// Reads a manifest body, bounded by [`MAX_MANIFEST_SIZE`].
 async fn read_manifest_body(body: Incoming) -> ApiResult<Vec<u8>> {
-    match Limited::new(body, MAX_MANIFEST_SIZE as usize).collect().await {
+    match Limited::new(body, MAX_MANIFEST_SIZE as usize)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            Code::ManifestInvalid,
-            format!("a manifest may not exceed {MAX_MANIFEST_SIZE} bytes"),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                Code::ManifestInvalid,
+                format!("a manifest may not exceed {MAX_MANIFEST_SIZE} bytes"),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE))
+        }
         Err(e) => Err(ApiError::new(
             Code::ManifestInvalid,
             format!("reading the manifest: {e}"),
@@ -230,10 +251,16 @@ async fn read_manifest_body(body: Incoming) -> ApiResult<Vec<u8>> {
 /// A byte range of `Range: bytes=START-[END]`, inclusive, within `size`.
 fn parse_range(text: &str, size: u64) -> ApiResult<(u64, u64)> {
     let unsatisfiable = || {
-        ApiError::new(Code::BlobUnknown, format!("range {text:?} is not within the blob's {size} bytes"))
-            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        ApiError::new(
+            Code::BlobUnknown,
+            format!("range {text:?} is not within the blob's {size} bytes"),
+        )
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
     };
-    let spec = text.trim().strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
+    let spec = text
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(unsatisfiable)?;
     if spec.contains(',') {
         // One range per request: what clients of blobs ask for.
         return Err(unsatisfiable());
@@ -247,10 +274,15 @@ fn parse_range(text: &str, size: u64) -> ApiResult<(u64, u64)> {
             }
             (size.saturating_sub(n), size - 1)
         }
-        (start, "") => (start.parse().map_err(|_| unsatisfiable())?, size.saturating_sub(1)),
+        (start, "") => (
+            start.parse().map_err(|_| unsatisfiable())?,
+            size.saturating_sub(1),
+        ),
         (start, end) => (
             start.parse().map_err(|_| unsatisfiable())?,
-            end.parse::<u64>().map_err(|_| unsatisfiable())?.min(size.saturating_sub(1)),
+            end.parse::<u64>()
+                .map_err(|_| unsatisfiable())?
+                .min(size.saturating_sub(1)),
         ),
     };
     if start >= size || end < start {
@@ -291,15 +323,16 @@ fn blob_response(
         .header("Docker-Content-Digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""));
     if range.is_some() {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        );
     }
     if head {
         return Ok(builder.body(empty()).expect("valid response"));
     }
     let body = match data {
-        BlobData::Bytes(bytes) => {
-            full(bytes[start as usize..(start + len) as usize].to_vec())
-        }
+        BlobData::Bytes(bytes) => full(bytes[start as usize..(start + len) as usize].to_vec()),
         BlobData::File { file, verify, .. } => {
             // A whole read of a kept blob is checked as it streams; a range cannot be.
             let verify = verify.filter(|_| range.is_none());
@@ -335,7 +368,9 @@ fn stream_file(mut file: std::fs::File, start: u64, len: u64, verify: Option<Oci
                 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("kept blob {expected} does not match its digest: the store is damaged (see skiff fsck)"),
+                        format!(
+                            "kept blob {expected} does not match its digest: the store is damaged (see skiff fsck)"
+                        ),
                     ));
                 }
                 buf.truncate(n);
@@ -376,7 +411,9 @@ fn chunk_range(request: &Request<Incoming>) -> ApiResult<Option<ChunkRange>> {
 /// as the spec asks, so that the client can ask where it stands and go on.
 fn still_open(e: ApiError, name: &str, id: &str) -> ApiError {
     match e.status() {
-        StatusCode::RANGE_NOT_SATISFIABLE => e.with_location(format!("/v2/{name}/blobs/uploads/{id}")),
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            e.with_location(format!("/v2/{name}/blobs/uploads/{id}"))
+        }
         _ => e,
     }
 }
@@ -406,7 +443,10 @@ async fn start_upload<H: FsVerityHashValue>(
     }
     if let Some(digest) = query_param(query, "digest") {
         let digest = super::api::digest(&digest)?;
-        content.uploads.monolithic(name, &digest, request.into_body()).await?;
+        content
+            .uploads
+            .monolithic(name, &digest, request.into_body())
+            .await?;
         return Ok(blob_created(name, &digest));
     }
     let id = content.uploads.start(name).await?;
@@ -431,7 +471,10 @@ async fn delete_manifest<H: FsVerityHashValue>(
             }
         };
         if tags.is_empty() {
-            return Err(ApiError::new(Code::ManifestUnknown, format!("{reference} has no tag in {name}")));
+            return Err(ApiError::new(
+                Code::ManifestUnknown,
+                format!("{reference} has no tag in {name}"),
+            ));
         }
         for tag in tags {
             composefs_oci::oci_image::untag_image(repo, &tag)?;
@@ -442,12 +485,16 @@ async fn delete_manifest<H: FsVerityHashValue>(
     .await
     .map_err(anyhow::Error::from)??;
     content.forget(&served.digest);
-    Ok(response(StatusCode::ACCEPTED).body(empty()).expect("valid response"))
+    Ok(response(StatusCode::ACCEPTED)
+        .body(empty())
+        .expect("valid response"))
 }
 
 /// The stored digest behind a served one (itself when it is stored).
 fn served_stored<H: FsVerityHashValue>(content: &Content<H>, digest: &OciDigest) -> OciDigest {
-    content.stored_digest_of(digest).unwrap_or_else(|| digest.clone())
+    content
+        .stored_digest_of(digest)
+        .unwrap_or_else(|| digest.clone())
 }
 
 /// The repositories: the names of the stored tags.
@@ -496,16 +543,18 @@ async fn tags<H: FsVerityHashValue>(
         tags.retain(|t| *t > last);
     }
     let n = match query_param(query, "n") {
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| ApiError::new(Code::Unsupported, format!("n={n} is not a number"))
-                .with_status(StatusCode::BAD_REQUEST))?,
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            ApiError::new(Code::Unsupported, format!("n={n} is not a number"))
+                .with_status(StatusCode::BAD_REQUEST)
+        })?,
         None => MAX_TAGS_PAGE,
     };
     let more = tags.len() > n;
     tags.truncate(n);
     let link = match (more, tags.last()) {
-        (true, Some(last)) => Some(format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\"")),
+        (true, Some(last)) => Some(format!(
+            "</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""
+        )),
         _ => None,
     };
     json_response(&serde_json::json!({ "name": name, "tags": tags }), link)
@@ -517,7 +566,9 @@ fn json_response(value: &serde_json::Value, link: Option<String>) -> ApiResult<R
         builder = builder.header(header::LINK, link);
     }
     Ok(builder
-        .body(full(serde_json::to_vec(value).map_err(anyhow::Error::from)?))
+        .body(full(
+            serde_json::to_vec(value).map_err(anyhow::Error::from)?,
+        ))
         .expect("valid response"))
 }
 
@@ -565,9 +616,15 @@ async fn referrers<H: FsVerityHashValue>(
         "manifests": manifests,
     });
     let mut r = json_response(&index, None)?;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(INDEX_MEDIA_TYPE));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(INDEX_MEDIA_TYPE),
+    );
     if wanted.is_some() {
-        r.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
+        r.headers_mut().insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(r)
 }
@@ -582,7 +639,14 @@ mod tests {
         assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
         assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
         assert_eq!(parse_range("bytes=95-200", 100).unwrap(), (95, 99));
-        for bad in ["bytes=100-", "bytes=100-200", "bytes=5-1", "bytes=0-1,3-4", "items=0-1", "bytes=-0"] {
+        for bad in [
+            "bytes=100-",
+            "bytes=100-200",
+            "bytes=5-1",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-0",
+        ] {
             let e = parse_range(bad, 100).unwrap_err();
             assert_eq!(e.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
         }

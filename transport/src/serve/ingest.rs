@@ -50,10 +50,13 @@ pub(crate) async fn put_manifest<H: FsVerityHashValue>(
 ) -> ApiResult<Stored> {
     let digest = digest_of(&bytes);
     let invalid = |why: String| ApiError::new(Code::ManifestInvalid, why);
-    let json: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("the manifest is not JSON: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("the manifest is not JSON: {e}")))?;
     let media_type = super::content::media_type_of(&json);
-    if json.get("manifests").is_some() || media_type.contains("index") || media_type.contains("list") {
+    if json.get("manifests").is_some()
+        || media_type.contains("index")
+        || media_type.contains("list")
+    {
         return Err(invalid(format!(
             "{media_type}: composefs storage holds single images, not indexes (copy one platform, \
              without --all)"
@@ -66,7 +69,9 @@ pub(crate) async fn put_manifest<H: FsVerityHashValue>(
         )));
     }
     if json["schemaVersion"] != 2 || !json["config"].is_object() {
-        return Err(invalid("not an OCI image manifest (schemaVersion 2 with a config)".into()));
+        return Err(invalid(
+            "not an OCI image manifest (schemaVersion 2 with a config)".into(),
+        ));
     }
     let descriptor = |value: &serde_json::Value| -> ApiResult<(OciDigest, u64)> {
         let digest = value["digest"]
@@ -109,7 +114,9 @@ pub(crate) async fn put_manifest<H: FsVerityHashValue>(
         }
         blobs.push((blob.clone(), data));
     }
-    let target = tag.map(|t| format!("{name}:{t}")).unwrap_or_else(|| untagged_ref(name, &digest));
+    let target = tag
+        .map(|t| format!("{name}:{t}"))
+        .unwrap_or_else(|| untagged_ref(name, &digest));
     if is_image_manifest(&json) {
         put_image(content, &target, &bytes, blobs, jobs).await?;
         if let Some(subject) = &subject {
@@ -169,7 +176,10 @@ async fn put_image<H: FsVerityHashValue>(
     .await
     .map_err(|e| {
         // The client sent bytes the store cannot take as an image: its fault, said why.
-        ApiError::new(Code::ManifestInvalid, format!("the image was not stored: {e:#}"))
+        ApiError::new(
+            Code::ManifestInvalid,
+            format!("the image was not stored: {e:#}"),
+        )
     })?;
     Ok(())
 }
@@ -212,7 +222,10 @@ fn stage_layout<H: FsVerityHashValue>(
             "size": manifest_json.len(),
         }],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("JSON"))?;
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("JSON"),
+    )?;
     Ok(())
 }
 

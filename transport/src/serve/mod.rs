@@ -87,7 +87,10 @@ pub struct Server<H: FsVerityHashValue> {
 
 /// Checks the options and binds the address.
 #[context("Starting the server on {}", options.listen)]
-pub async fn bind<H: FsVerityHashValue>(store: Store<H>, options: &ServeOptions) -> Result<Server<H>> {
+pub async fn bind<H: FsVerityHashValue>(
+    store: Store<H>,
+    options: &ServeOptions,
+) -> Result<Server<H>> {
     if !options.listen.ip().is_loopback() && (options.tls.is_none() || options.htpasswd.is_none()) {
         bail!(
             "{} is not a loopback address: serving it needs TLS (--tls-cert, --tls-key) and \
@@ -99,7 +102,11 @@ pub async fn bind<H: FsVerityHashValue>(store: Store<H>, options: &ServeOptions)
         store.repo().ensure_writable()?;
     }
     let tls = options.tls.as_ref().map(acceptor).transpose()?;
-    let auth = options.htpasswd.as_deref().map(Htpasswd::load).transpose()?;
+    let auth = options
+        .htpasswd
+        .as_deref()
+        .map(Htpasswd::load)
+        .transpose()?;
     // In the repository, so staged blobs hard-link into staging layouts and the store's
     // files hard-link out; removed at exit, and any left by a killed server at the next start.
     remove_stale_state(store.path());
@@ -130,7 +137,9 @@ const STATE_PREFIX: &str = ".skiff-serve-";
 
 /// Removes the state directories of servers that are no longer running.
 fn remove_stale_state(repo: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(repo) else { return };
+    let Ok(entries) = std::fs::read_dir(repo) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STATE_PREFIX)) else {
@@ -142,7 +151,10 @@ fn remove_stale_state(repo: &std::path::Path) {
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            log::info!("removing {}, left by a server that stopped", entry.path().display());
+            log::info!(
+                "removing {}, left by a server that stopped",
+                entry.path().display()
+            );
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -187,7 +199,8 @@ impl<H: FsVerityHashValue> Server<H> {
             let service = service_fn(move |request| handlers::handle(state.clone(), request));
             match &self.tls {
                 None => {
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let conn =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

@@ -72,8 +72,11 @@ impl ChunkRange {
     /// as some clients send).
     pub(crate) fn parse(text: &str) -> ApiResult<Self> {
         let invalid = || {
-            ApiError::new(Code::BlobUploadInvalid, format!("invalid Content-Range {text:?}"))
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            ApiError::new(
+                Code::BlobUploadInvalid,
+                format!("invalid Content-Range {text:?}"),
+            )
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
         };
         let text = text.trim();
         let text = text.strip_prefix("bytes ").unwrap_or(text);
@@ -141,7 +144,8 @@ impl Uploads {
     }
 
     fn session(&self, name: &str, id: &str) -> ApiResult<Arc<tokio::sync::Mutex<Session>>> {
-        let unknown = || ApiError::new(Code::BlobUploadUnknown, format!("no upload {id} in {name}"));
+        let unknown =
+            || ApiError::new(Code::BlobUploadUnknown, format!("no upload {id} in {name}"));
         self.sessions
             .lock()
             .expect("poisoned")
@@ -274,7 +278,11 @@ fn check_chunk_start(session: &Session, range: Option<ChunkRange>) -> ApiResult<
 /// Writes `body` at the end of the session's file, hashing it. When the body is longer than
 /// `declared` or the blob would pass [`MAX_BLOB_SIZE`], or the client goes away, the file and
 /// the hash are put back as they were.
-async fn write_body(session: &mut Session, mut body: Incoming, declared: Option<u64>) -> ApiResult<()> {
+async fn write_body(
+    session: &mut Session,
+    mut body: Incoming,
+    declared: Option<u64>,
+) -> ApiResult<()> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(&session.path)
@@ -292,16 +300,23 @@ async fn write_body(session: &mut Session, mut body: Incoming, declared: Option<
         file.seek(std::io::SeekFrom::Start(file_end)).await?;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                ApiError::new(Code::BlobUploadInvalid, format!("reading the request body: {e}"))
+                ApiError::new(
+                    Code::BlobUploadInvalid,
+                    format!("reading the request body: {e}"),
+                )
             })?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             written += data.len() as u64;
             if let Some(declared) = declared
                 && written > declared
             {
                 return Err(ApiError::new(
                     Code::BlobUploadInvalid,
-                    format!("the chunk is longer than the {declared} bytes its Content-Range declares"),
+                    format!(
+                        "the chunk is longer than the {declared} bytes its Content-Range declares"
+                    ),
                 )
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
             }
@@ -355,10 +370,16 @@ mod tests {
 
     #[test]
     fn content_ranges_are_read_as_clients_send_them() {
-        assert_eq!(ChunkRange::parse("0-99").unwrap(), ChunkRange { start: 0, end: 99 });
+        assert_eq!(
+            ChunkRange::parse("0-99").unwrap(),
+            ChunkRange { start: 0, end: 99 }
+        );
         assert_eq!(
             ChunkRange::parse("bytes 100-199/*").unwrap(),
-            ChunkRange { start: 100, end: 199 }
+            ChunkRange {
+                start: 100,
+                end: 199
+            }
         );
         for bad in ["", "5", "9-3", "a-b", "-1-2"] {
             let e = ChunkRange::parse(bad).unwrap_err();

@@ -141,8 +141,13 @@ pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     let local = tokio::fs::File::from_std(kept.file);
     let pending = import_blob(store, local, desc, diff_id, Arc::new(AtomicU64::new(0))).await?;
     // Its bytes checked against the DiffID: the blob may stand in for this layer from now on.
-    let (store, digest, layer) = (store.clone(), desc.digest().clone(), pending.verity().clone());
-    tokio::task::spawn_blocking(move || kept_blobs::pair_kept_blob(&store, &digest, &layer)).await??;
+    let (store, digest, layer) = (
+        store.clone(),
+        desc.digest().clone(),
+        pending.verity().clone(),
+    );
+    tokio::task::spawn_blocking(move || kept_blobs::pair_kept_blob(&store, &digest, &layer))
+        .await??;
     Ok(pending)
 }
 
