@@ -208,7 +208,7 @@ mod tests {
         let blob_digest = digest_of(&blob);
         let mut file = blob_tmpfile(&store).unwrap();
         file.write_all(&blob).unwrap();
-        let verity = keep_blob(&store, &blob_digest, file, blob.len() as u64).unwrap();
+        let verity = keep_blob(&store, &blob_digest, file, blob.len() as u64, None).unwrap();
         let config = b"{}".to_vec();
         let subject = digest_of(b"some image manifest");
         let manifest = serde_json::to_vec(&serde_json::json!({

@@ -9,11 +9,13 @@
 //! that names it, and an image removed takes its blobs with it. A blob written by a copy that
 //! then failed has no such reference and is collected like any unfinished layer.
 //!
-//! A kept layer blob also says which layer it holds: once its bytes have been imported and
-//! checked against a DiffID, its stream is written again with a named reference `skiff-layer`
-//! to that layer's splitstream. Only a blob paired so with the stored layer of the DiffID an
-//! image's config names may stand in for that layer without being read again: a manifest that
-//! pairs a kept blob with another layer's DiffID is read, and refused.
+//! A kept layer blob also says which layer it holds: it is kept only once its bytes have been
+//! imported and checked against a DiffID, and its stream then carries a named reference
+//! `skiff-layer` to that layer's splitstream. Only a blob paired so with the stored layer of
+//! the DiffID an image's config names may stand in for that layer without being read again: a
+//! manifest that pairs a kept blob with another layer's DiffID is read, and refused. The stream
+//! is written once and never again: images name it by its verity, and garbage collection
+//! follows such a reference into a stream only while the stream's name still points at it.
 
 use std::fs::File;
 use std::io::Write;
@@ -47,13 +49,16 @@ pub fn blob_tmpfile<H: FsVerityHashValue>(store: &Store<H>) -> Result<File> {
 
 /// Stores the `size` bytes written to `file` (from [`blob_tmpfile`]) as the kept blob `digest`
 /// and returns the verity of its stream (blocking: it syncs the repository). The caller has
-/// checked that the bytes are `size` long and hash to `digest`. Idempotent.
+/// checked that the bytes are `size` long and hash to `digest`, and, when it gives `layer`,
+/// that they decompress to the layer whose splitstream that is. Idempotent: a blob kept before
+/// stays as it was kept.
 #[context("Keeping blob {digest}")]
 pub fn keep_blob<H: FsVerityHashValue>(
     store: &Store<H>,
     digest: &OciDigest,
     mut file: File,
     size: u64,
+    layer: Option<&H>,
 ) -> Result<H> {
     crate::digest::require_sha256(digest)?;
     let repo = store.repo();
@@ -66,6 +71,9 @@ pub fn keep_blob<H: FsVerityHashValue>(
     let mut writer = repo.create_stream(BLOB_CONTENT_TYPE)?;
     writer.add_external_size(size);
     writer.write_reference(object)?;
+    if let Some(layer) = layer {
+        writer.add_named_stream_ref(KEPT_BLOB_LAYER_REF, layer);
+    }
     repo.write_stream(writer, &name, None)
 }
 
@@ -106,40 +114,6 @@ pub fn open_kept_blob<H: FsVerityHashValue>(
         .context("Reading the kept blob's size")?
         .len();
     Ok(Some(KeptBlob { stream, file, size }))
-}
-
-/// Records that the kept blob `digest` decompresses to the layer whose splitstream is `layer`
-/// (blocking; the caller has checked the layer's DiffID on the blob's bytes). The blob's stream
-/// is written again with the reference; images that name the earlier stream keep it alive.
-#[context("Recording the layer of kept blob {digest}")]
-pub fn pair_kept_blob<H: FsVerityHashValue>(
-    store: &Store<H>,
-    digest: &OciDigest,
-    layer: &H,
-) -> Result<()> {
-    let repo = store.repo();
-    let name = blob_identifier(digest);
-    let stream = repo
-        .has_stream(&name)?
-        .with_context(|| format!("blob {digest} is not kept"))?;
-    let mut reader = repo.open_stream(&name, Some(&stream), Some(BLOB_CONTENT_TYPE))?;
-    if reader.lookup_named_ref(KEPT_BLOB_LAYER_REF) == Some(layer) {
-        return Ok(());
-    }
-    let mut objects = Vec::new();
-    reader.get_object_refs(|id| objects.push(id.clone()))?;
-    ensure!(
-        objects.len() == 1,
-        "the stream of kept blob {digest} names {} objects, not one",
-        objects.len()
-    );
-    let size = store.open_object(&objects[0])?.metadata()?.len();
-    let mut writer = repo.create_stream(BLOB_CONTENT_TYPE)?;
-    writer.add_external_size(size);
-    writer.write_reference(objects.remove(0))?;
-    writer.add_named_stream_ref(KEPT_BLOB_LAYER_REF, layer);
-    repo.write_stream(writer, &name, None)?;
-    Ok(())
 }
 
 /// Whether the kept blob `digest` is known to decompress to the layer whose splitstream is
@@ -206,9 +180,9 @@ mod tests {
 
         let mut file = blob_tmpfile(&store).unwrap();
         file.write_all(&bytes).unwrap();
-        let verity = keep_blob(&store, &digest, file, bytes.len() as u64).unwrap();
+        let verity = keep_blob(&store, &digest, file, bytes.len() as u64, None).unwrap();
         // Keeping it again changes nothing.
-        let again = keep_blob(&store, &digest, blob_tmpfile(&store).unwrap(), 0).unwrap();
+        let again = keep_blob(&store, &digest, blob_tmpfile(&store).unwrap(), 0, None).unwrap();
         assert_eq!(verity, again);
 
         let mut kept = open_kept_blob(&store, &digest).unwrap().unwrap();
@@ -224,37 +198,30 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_blob_holds_only_the_layer_it_was_paired_with() {
+    fn a_kept_blob_holds_only_the_layer_it_was_kept_for() {
         let (_dir, store) = store();
-        let bytes = b"layer bytes".repeat(100);
-        let digest = digest_of(&bytes);
-        let mut file = blob_tmpfile(&store).unwrap();
-        file.write_all(&bytes).unwrap();
-        keep_blob(&store, &digest, file, bytes.len() as u64).unwrap();
         let layer = store
             .repo()
             .ensure_object(b"a layer splitstream, say")
             .unwrap();
         let other = store.repo().ensure_object(b"another layer").unwrap();
-        // Kept but not yet paired: it stands in for no layer.
-        assert!(!kept_blob_holds(&store, &digest, &layer).unwrap());
-        pair_kept_blob(&store, &digest, &layer).unwrap();
-        assert!(kept_blob_holds(&store, &digest, &layer).unwrap());
-        assert!(!kept_blob_holds(&store, &digest, &other).unwrap());
-        // Pairing again changes nothing; the bytes are still there, whole.
-        let before = kept_blobs(&store, [&digest]).unwrap();
-        pair_kept_blob(&store, &digest, &layer).unwrap();
-        assert_eq!(kept_blobs(&store, [&digest]).unwrap(), before);
-        let mut read = Vec::new();
-        open_kept_blob(&store, &digest)
-            .unwrap()
-            .unwrap()
-            .file
-            .read_to_end(&mut read)
-            .unwrap();
-        assert_eq!(read, bytes);
+        let keep = |bytes: &[u8], layer: Option<&Sha256HashValue>| {
+            let mut file = blob_tmpfile(&store).unwrap();
+            file.write_all(bytes).unwrap();
+            keep_blob(&store, &digest_of(bytes), file, bytes.len() as u64, layer).unwrap()
+        };
+        let paired = b"layer bytes".repeat(100);
+        let verity = keep(&paired, Some(&layer));
+        assert!(kept_blob_holds(&store, &digest_of(&paired), &layer).unwrap());
+        assert!(!kept_blob_holds(&store, &digest_of(&paired), &other).unwrap());
+        // Kept again for another layer: the stream stays as it was (images name it).
+        assert_eq!(keep(&paired, Some(&other)), verity);
+        assert!(!kept_blob_holds(&store, &digest_of(&paired), &other).unwrap());
+        // Kept without a layer (an artifact's blob): it stands in for none.
+        let unpaired = b"artifact bytes".repeat(100);
+        keep(&unpaired, None);
+        assert!(!kept_blob_holds(&store, &digest_of(&unpaired), &layer).unwrap());
         // A blob never kept holds nothing.
         assert!(!kept_blob_holds(&store, &digest_of(b"x"), &layer).unwrap());
-        assert!(pair_kept_blob(&store, &digest_of(b"x"), &layer).is_err());
     }
 }

@@ -188,7 +188,7 @@ mod tests {
         commands(&Cli::command(), "skiff".into(), &mut all);
         assert_eq!(
             all.len(),
-            10,
+            11,
             "{:?}",
             all.iter().map(|c| &c.0).collect::<Vec<_>>()
         );

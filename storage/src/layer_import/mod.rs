@@ -79,6 +79,11 @@ pub struct PendingLayer<H: FsVerityHashValue> {
 }
 
 impl<H: FsVerityHashValue> PendingLayer<H> {
+    /// The layer's DiffID (given and checked, or computed by [`split_new_layer`]).
+    pub fn diff_id(&self) -> &OciDigest {
+        &self.diff_id
+    }
+
     /// The verity of the layer's splitstream (what [`Self::register`] will name).
     pub fn verity(&self) -> &H {
         &self.verity
@@ -163,6 +168,16 @@ pub async fn split_layer<H: FsVerityHashValue>(
     split_layer_with_hints(store, diff_id, tar, None).await
 }
 
+/// Splits the uncompressed layer tar `tar` into the store when no config names its DiffID yet
+/// (a blob pushed before its manifest): the DiffID is the one its bytes hash to. The tar is
+/// read and checked as [`split_layer`] reads it.
+pub async fn split_new_layer<H: FsVerityHashValue>(
+    store: &Store<H>,
+    tar: impl AsyncRead + Unpin,
+) -> Result<PendingLayer<H>> {
+    split_layer_known(store, None, tar, None).await
+}
+
 /// What the caller knows of the next file of the tar stored as an object (files of more than
 /// 64 bytes, in tar order): where its content starts in the tar stream and its size (both must
 /// match the tar's own header, or the import fails), and the stored object holding exactly that
@@ -187,7 +202,7 @@ pub async fn split_layer_with_hints<H: FsVerityHashValue>(
     tar: impl AsyncRead + Unpin,
     hints: Option<mpsc::UnboundedReceiver<ObjectHint<H>>>,
 ) -> Result<PendingLayer<H>> {
-    split_layer_known(store, diff_id, tar, hints.map(Known::Hints)).await
+    split_layer_known(store, Some(diff_id), tar, hints.map(Known::Hints)).await
 }
 
 /// Files up to this size are hashed in memory before they are written, so that a content the
@@ -203,7 +218,7 @@ pub async fn split_layer_with_index<H: FsVerityHashValue>(
     tar: impl AsyncRead + Unpin,
     stored: Arc<StoredFiles<H>>,
 ) -> Result<PendingLayer<H>> {
-    split_layer_known(store, diff_id, tar, Some(Known::Index(stored))).await
+    split_layer_known(store, Some(diff_id), tar, Some(Known::Index(stored))).await
 }
 
 /// What the importer knows of the contents the store holds.
@@ -214,13 +229,17 @@ enum Known<H: FsVerityHashValue> {
     Index(Arc<StoredFiles<H>>),
 }
 
+/// The split behind every `split_layer*`: `expected`, when given, is the DiffID the tar must
+/// hash to.
 async fn split_layer_known<H: FsVerityHashValue>(
     store: &Store<H>,
-    diff_id: &OciDigest,
+    expected: Option<&OciDigest>,
     tar: impl AsyncRead + Unpin,
     known: Option<Known<H>>,
 ) -> Result<PendingLayer<H>> {
-    crate::digest::require_sha256(diff_id)?;
+    if let Some(diff_id) = expected {
+        crate::digest::require_sha256(diff_id)?;
+    }
     let repo = store.repo().clone();
     let mut tar = HashingReader::new(tar);
     let mut builder = SplitStreamBuilder::new(repo.clone(), LAYER_CONTENT_TYPE)?;
@@ -236,7 +255,9 @@ async fn split_layer_known<H: FsVerityHashValue>(
     drop(index_tx);
 
     let actual = tar.finish();
-    if &actual != diff_id {
+    if let Some(diff_id) = expected
+        && actual != *diff_id
+    {
         return Err(LayerError::DiffIdMismatch {
             expected: diff_id.clone(),
             actual,
@@ -273,7 +294,7 @@ async fn split_layer_known<H: FsVerityHashValue>(
     }
     Ok(PendingLayer {
         store: store.clone(),
-        diff_id: diff_id.clone(),
+        diff_id: actual,
         verity,
         stats,
     })

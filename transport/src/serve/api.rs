@@ -340,12 +340,14 @@ mod tests {
             parse_route(&long_tag).unwrap_err().code,
             Code::ManifestInvalid
         );
-        for bad in [
-            "sha256:00",
-            "sha512:00",
-            "sha256:../../etc",
-            &D.to_uppercase()[..],
-        ] {
+        // Slashes cut the path before any digest is read: no route at all.
+        assert_eq!(
+            parse_route("/v2/a/blobs/sha256:../../etc")
+                .unwrap_err()
+                .code,
+            Code::NameUnknown
+        );
+        for bad in ["sha256:00", "sha512:00", "sha256:..", &D.to_uppercase()[..]] {
             let e = parse_route(&format!("/v2/a/blobs/{bad}")).unwrap_err();
             assert_eq!(e.code, Code::DigestInvalid, "{bad}");
         }

@@ -18,6 +18,7 @@ use skiff_storage::kept_blobs::open_kept_blob;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::api::Reference;
+use super::arrivals::Arrivals;
 use super::errors::{ApiError, ApiResult, Code};
 use super::ingest::untagged_ref;
 use super::uploads::Uploads;
@@ -65,6 +66,8 @@ type Exports = HashMap<OciDigest, Arc<tokio::sync::OnceCell<Arc<Outgoing>>>>;
 pub(crate) struct Content<H: FsVerityHashValue> {
     pub(crate) store: Store<H>,
     pub(crate) uploads: Arc<Uploads>,
+    /// Layers being imported from blobs pushed before their manifest.
+    pub(crate) arrivals: Arrivals,
     /// Where regenerated layers are written.
     stage: PathBuf,
     jobs: usize,
@@ -99,6 +102,7 @@ impl<H: FsVerityHashValue> Content<H> {
         Self {
             store,
             uploads,
+            arrivals: Arrivals::new(jobs),
             stage,
             jobs,
             exports: Mutex::new(HashMap::new()),
@@ -214,6 +218,13 @@ impl<H: FsVerityHashValue> Content<H> {
         Ok(outgoing)
     }
 
+    /// The upload of blob `digest` (`size` bytes) is staged, its digest checked: a layer's
+    /// import starts now ([`Arrivals`]).
+    pub(crate) fn blob_arrived(&self, digest: &OciDigest, size: u64) {
+        self.arrivals
+            .arrived(&self.store, digest, self.uploads.staged_path(digest), size);
+    }
+
     /// The blob `digest`: a staged upload, a kept blob, a layer regenerated for a served
     /// manifest, a stored config, or a stored manifest read as a blob.
     pub(crate) async fn blob(self: &Arc<Self>, digest: &OciDigest) -> ApiResult<BlobData> {
@@ -297,12 +308,14 @@ impl<H: FsVerityHashValue> Content<H> {
         self.served.lock().expect("poisoned").get(served).cloned()
     }
 
-    /// Forgets what was made ready for the stored image `stored` (its tag moved or went).
-    pub(crate) fn forget(&self, served: &OciDigest) {
-        let stored = self.served.lock().expect("poisoned").remove(served);
-        if let Some(stored) = stored {
-            self.exports.lock().expect("poisoned").remove(&stored);
-        }
+    /// Forgets what was made ready to serve the stored image `stored` (it was pushed again,
+    /// and may now have all its blobs kept, so that it is served as it came).
+    pub(crate) fn forget(&self, stored: &OciDigest) {
+        self.exports.lock().expect("poisoned").remove(stored);
+        self.served
+            .lock()
+            .expect("poisoned")
+            .retain(|_, s| s != stored);
     }
 }
 

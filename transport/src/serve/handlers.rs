@@ -137,10 +137,8 @@ async fn route<H: FsVerityHashValue>(
                 }
             };
             let stored = put_manifest(content, &name, tag, bytes, state.jobs).await?;
-            if let Reference::Tag(_) = reference {
-                // A tag moved: what was made ready for its old image may be stale.
-                content.forget(&stored.digest);
-            }
+            // Pushed again, the image may now be served as it came.
+            content.forget(&stored.digest);
             let mut builder = response(StatusCode::CREATED)
                 .header(
                     header::LOCATION,
@@ -186,11 +184,12 @@ async fn route<H: FsVerityHashValue>(
             })?;
             let digest = super::api::digest(&digest)?;
             let range = chunk_range(&request)?;
-            content
+            let size = content
                 .uploads
                 .finish(&name, &id, range, &digest, request.into_body())
                 .await
                 .map_err(|e| still_open(e, &name, &id))?;
+            content.blob_arrived(&digest, size);
             Ok(blob_created(&name, &digest))
         }
         (Route::Upload { name, id }, Method::GET) => {
@@ -443,10 +442,11 @@ async fn start_upload<H: FsVerityHashValue>(
     }
     if let Some(digest) = query_param(query, "digest") {
         let digest = super::api::digest(&digest)?;
-        content
+        let size = content
             .uploads
             .monolithic(name, &digest, request.into_body())
             .await?;
+        content.blob_arrived(&digest, size);
         return Ok(blob_created(name, &digest));
     }
     let id = content.uploads.start(name).await?;
@@ -458,13 +458,20 @@ async fn delete_manifest<H: FsVerityHashValue>(
     name: &str,
     reference: &Reference,
 ) -> ApiResult<Response<Body>> {
-    let served = content.manifest(name, reference).await?;
+    // What was made ready to serve the image stays: another tag may name it, and a client may
+    // be reading it (nothing is removed from the store while the server runs).
     let c = content.clone();
     let (name, reference) = (name.to_owned(), reference.clone());
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         let repo = c.store.repo();
         let tags: Vec<String> = match &reference {
-            Reference::Tag(tag) => vec![format!("{name}:{tag}")],
+            Reference::Tag(tag) => {
+                let tag = format!("{name}:{tag}");
+                let known = composefs_oci::oci_image::list_refs(repo)?
+                    .into_iter()
+                    .any(|(t, _)| t == tag);
+                if known { vec![tag] } else { Vec::new() }
+            }
             Reference::Digest(digest) => {
                 let stored = served_stored(&c, digest);
                 repository_tags(&c.store, &name, &stored)?
@@ -484,7 +491,6 @@ async fn delete_manifest<H: FsVerityHashValue>(
     })
     .await
     .map_err(anyhow::Error::from)??;
-    content.forget(&served.digest);
     Ok(response(StatusCode::ACCEPTED)
         .body(empty())
         .expect("valid response"))

@@ -93,6 +93,11 @@ pub(crate) async fn put_manifest<H: FsVerityHashValue>(
         Some(s) => Some(descriptor(s)?.0),
         None => None,
     };
+    // Layers pushed before this manifest may still be being imported.
+    content
+        .arrivals
+        .settled(layers.iter().map(|(d, _)| d))
+        .await;
     // Every blob named must be there, of the size named.
     let mut blobs = Vec::with_capacity(layers.len() + 1);
     for (blob, size) in std::iter::once(&config).chain(&layers) {
@@ -246,13 +251,13 @@ fn put_artifact<H: FsVerityHashValue>(
             BlobData::Bytes(bytes) => {
                 let mut file = blob_tmpfile(store)?;
                 std::io::Write::write_all(&mut file, &bytes)?;
-                keep_blob(store, &digest, file, bytes.len() as u64)?
+                keep_blob(store, &digest, file, bytes.len() as u64, None)?
             }
             BlobData::File { mut file, size, .. } => {
                 // Staged uploads were hashed as they arrived; kept blobs are the store's.
                 let mut object = blob_tmpfile(store)?;
                 std::io::copy(&mut file, &mut object)?;
-                keep_blob(store, &digest, object, size)?
+                keep_blob(store, &digest, object, size, None)?
             }
         };
         kept.push((digest, verity));

@@ -22,6 +22,7 @@
 //!   stored or not, never half.
 
 mod api;
+mod arrivals;
 mod auth;
 mod content;
 mod errors;
@@ -109,11 +110,24 @@ pub async fn bind<H: FsVerityHashValue>(
         .transpose()?;
     // In the repository, so staged blobs hard-link into staging layouts and the store's
     // files hard-link out; removed at exit, and any left by a killed server at the next start.
-    remove_stale_state(store.path());
+    // A read-only server writes nothing there: its state (layers compressed again) goes to
+    // the temporary directory.
+    let state_parent = match options.read_only {
+        true => std::env::temp_dir(),
+        false => {
+            remove_stale_state(store.path());
+            store.path().to_owned()
+        }
+    };
     let state_dir = tempfile::Builder::new()
         .prefix(&format!("{STATE_PREFIX}{}-", std::process::id()))
-        .tempdir_in(store.path())
-        .context("Creating the server's state directory in the repository")?;
+        .tempdir_in(&state_parent)
+        .with_context(|| {
+            format!(
+                "Creating the server's state directory in {}",
+                state_parent.display()
+            )
+        })?;
     let uploads = Arc::new(Uploads::new(state_dir.path())?);
     let stage = state_dir.path().join("regenerated");
     std::fs::create_dir_all(&stage)?;
@@ -130,6 +144,25 @@ pub async fn bind<H: FsVerityHashValue>(
         tls,
         state_dir,
     })
+}
+
+/// A client must send a request's headers within this long (an idle connection holds one of
+/// [`MAX_CONNECTIONS`]).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A TLS handshake must end within this long.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pause after a failed accept (out of file descriptors: spinning would not help).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// HTTP/1.1 as the server speaks it: headers read within [`HEADER_READ_TIMEOUT`].
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
 }
 
 /// Prefix of state directories in the repository: `.skiff-serve-<pid>-XXXX`.
@@ -190,7 +223,9 @@ impl<H: FsVerityHashValue> Server<H> {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
+                        // Out of file descriptors, most likely: give requests time to end.
                         log::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 },
@@ -199,8 +234,7 @@ impl<H: FsVerityHashValue> Server<H> {
             let service = service_fn(move |request| handlers::handle(state.clone(), request));
             match &self.tls {
                 None => {
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let conn = http1_builder().serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -213,15 +247,16 @@ impl<H: FsVerityHashValue> Server<H> {
                     // The handshake runs in the connection's task; only then can it be watched.
                     let (tls, watcher) = (tls.clone(), graceful.watcher());
                     tokio::spawn(async move {
-                        match tls.accept(stream).await {
-                            Ok(stream) => {
-                                let conn = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service);
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Err(_) => log::debug!("TLS handshake with {peer}: timed out"),
+                            Ok(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
+                            Ok(Ok(stream)) => {
+                                let conn =
+                                    http1_builder().serve_connection(TokioIo::new(stream), service);
                                 if let Err(e) = watcher.watch(conn).await {
                                     log::debug!("connection from {peer}: {e}");
                                 }
                             }
-                            Err(e) => log::debug!("TLS handshake with {peer}: {e}"),
                         }
                         drop(permit);
                     });
@@ -231,6 +266,7 @@ impl<H: FsVerityHashValue> Server<H> {
         log::info!("stopping: finishing the requests in flight");
         drop(self.listener);
         graceful.shutdown().await;
+        self.state.content.arrivals.settle_all().await;
         drop(self.state_dir);
         Ok(())
     }

@@ -86,7 +86,8 @@ impl ChunkRange {
             start.trim().parse().map_err(|_| invalid())?,
             end.trim().parse().map_err(|_| invalid())?,
         );
-        if end < start {
+        // A chunk no blob could hold is refused before its length is computed.
+        if end < start || end >= MAX_BLOB_SIZE {
             return Err(invalid());
         }
         Ok(Self { start, end })

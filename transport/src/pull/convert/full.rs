@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
 use skiff_storage::digest::HashingReader;
 use skiff_storage::kept_blobs;
-use skiff_storage::layer_import::{PendingLayer, split_layer};
+use skiff_storage::layer_import::{PendingLayer, split_layer, split_new_layer};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, ReadBuf};
 
 use crate::blob::check_read;
 use crate::format::media::Compression;
@@ -74,6 +74,17 @@ pub async fn import_blob<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
+    import_blob_as(store, blob, desc, Some(diff_id), fetched).await
+}
+
+/// [`import_blob`], the DiffID checked when `expected` gives it, else computed.
+async fn import_blob_as<H: FsVerityHashValue>(
+    store: &Store<H>,
+    blob: impl AsyncRead + Unpin + Send,
+    desc: &Descriptor,
+    expected: Option<&OciDigest>,
+    fetched: Arc<AtomicU64>,
+) -> Result<PendingLayer<H>> {
     let mut hashed = checked_blob(blob, desc, fetched)?;
     let pending = {
         let mut head = [0u8; 4];
@@ -89,16 +100,16 @@ pub async fn import_blob<H: FsVerityHashValue>(
         let whole = std::io::Cursor::new(head[..filled].to_vec()).chain(&mut hashed);
         let buffered = BufReader::with_capacity(BLOB_BUFFER, whole);
         match compression {
-            Compression::None => split_layer(store, diff_id, buffered).await?,
+            Compression::None => split(store, expected, buffered).await?,
             Compression::Gzip => {
                 let mut d = GzipDecoder::new(buffered);
                 d.multiple_members(true);
-                split_layer(store, diff_id, d).await?
+                split(store, expected, d).await?
             }
             Compression::Zstd => {
                 let mut d = ZstdDecoder::new(buffered);
                 d.multiple_members(true);
-                split_layer(store, diff_id, d).await?
+                split(store, expected, d).await?
             }
         }
     };
@@ -108,11 +119,21 @@ pub async fn import_blob<H: FsVerityHashValue>(
     Ok(pending)
 }
 
+async fn split<H: FsVerityHashValue>(
+    store: &Store<H>,
+    expected: Option<&OciDigest>,
+    tar: impl AsyncRead + Unpin,
+) -> Result<PendingLayer<H>> {
+    match expected {
+        Some(diff_id) => split_layer(store, diff_id, tar).await,
+        None => split_new_layer(store, tar).await,
+    }
+}
+
 /// As [`import_blob`], keeping the blob (`--keep-blobs`): the blob is first written whole into
-/// the store, checked against the descriptor, and kept (see [`skiff_storage::kept_blobs`]);
-/// the layer is then imported from the kept copy, and the blob paired with it
-/// ([`kept_blobs::pair_kept_blob`]). A layer that fails its DiffID check leaves an unreferenced,
-/// unpaired blob behind, which garbage collection removes.
+/// a new file of the store and checked against the descriptor; the layer is imported from that
+/// file; only then is the file kept as the blob, paired with the layer (see
+/// [`skiff_storage::kept_blobs`]). A layer that fails its DiffID check keeps no blob.
 #[context("Keeping and importing layer {} (DiffID {diff_id})", desc.digest())]
 pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     store: &Store<H>,
@@ -121,8 +142,30 @@ pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     fetched: Arc<AtomicU64>,
 ) -> Result<PendingLayer<H>> {
+    keep_and_import_as(store, blob, desc, Some(diff_id), fetched).await
+}
+
+/// [`keep_and_import_blob`] for a blob no config names yet (pushed to `skiff serve` before its
+/// manifest): its DiffID is what its tar hashes to. Whichever config later names the blob is
+/// checked against that, as the store pairs the blob with this layer.
+#[context("Keeping and importing the pushed blob {}", desc.digest())]
+pub async fn keep_and_import_new_blob<H: FsVerityHashValue>(
+    store: &Store<H>,
+    blob: impl AsyncRead + Unpin + Send,
+    desc: &Descriptor,
+) -> Result<PendingLayer<H>> {
+    keep_and_import_as(store, blob, desc, None, Arc::new(AtomicU64::new(0))).await
+}
+
+async fn keep_and_import_as<H: FsVerityHashValue>(
+    store: &Store<H>,
+    blob: impl AsyncRead + Unpin + Send,
+    desc: &Descriptor,
+    expected: Option<&OciDigest>,
+    fetched: Arc<AtomicU64>,
+) -> Result<PendingLayer<H>> {
     let mut hashed = checked_blob(blob, desc, fetched)?;
-    let (store_for_file, digest) = (store.clone(), desc.digest().clone());
+    let store_for_file = store.clone();
     let file =
         tokio::task::spawn_blocking(move || kept_blobs::blob_tmpfile(&store_for_file)).await??;
     let mut writer =
@@ -130,24 +173,27 @@ pub async fn keep_and_import_blob<H: FsVerityHashValue>(
     tokio::io::copy(&mut hashed, &mut writer).await?;
     writer.flush().await?;
     check_read(&mut hashed, desc)?;
-    let file = writer.into_inner().into_std().await;
-    let (store_for_blob, size) = (store.clone(), desc.size());
-    let kept = tokio::task::spawn_blocking(move || {
-        kept_blobs::keep_blob(&store_for_blob, &digest, file, size)?;
-        kept_blobs::open_kept_blob(&store_for_blob, &digest)?
-            .context("the blob just kept is not in the store")
-    })
-    .await??;
-    let local = tokio::fs::File::from_std(kept.file);
-    let pending = import_blob(store, local, desc, diff_id, Arc::new(AtomicU64::new(0))).await?;
+    let mut file = writer.into_inner();
+    // The layer is imported from the blob's own file, through a second handle on it that is
+    // closed before the file becomes an object (fs-verity refuses files open for writing).
+    let pending = {
+        let mut copy = file.try_clone().await?;
+        copy.seek(std::io::SeekFrom::Start(0)).await?;
+        import_blob_as(store, copy, desc, expected, Arc::new(AtomicU64::new(0))).await?
+    };
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let file = file.into_std().await;
     // Its bytes checked against the DiffID: the blob may stand in for this layer from now on.
-    let (store, digest, layer) = (
+    let (store, digest, size, layer) = (
         store.clone(),
         desc.digest().clone(),
+        desc.size(),
         pending.verity().clone(),
     );
-    tokio::task::spawn_blocking(move || kept_blobs::pair_kept_blob(&store, &digest, &layer))
-        .await??;
+    tokio::task::spawn_blocking(move || {
+        kept_blobs::keep_blob(&store, &digest, file, size, Some(&layer))
+    })
+    .await??;
     Ok(pending)
 }
 
