@@ -36,6 +36,23 @@ pub fn require(program: &str) -> PathBuf {
     })
 }
 
+/// Asserts that a command run as `what` succeeded (its output in the message otherwise);
+/// gives its standard error.
+pub fn expect_success(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `composefs:REPO:NAME`.
+pub fn composefs_ref(repo: &std::path::Path, name: &str) -> String {
+    format!("composefs:{}:{name}", repo.display())
+}
+
 /// A `Command` for skiff.
 pub fn skiff() -> Command {
     let mut c = Command::new(skiff_bin());

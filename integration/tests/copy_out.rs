@@ -4,11 +4,12 @@
 //! round-trips to the same composefs image. Bad requests leave the destination untouched.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
-use skiff_integration::tools::{cfsctl, copy, output, run, skiff, skopeo};
+use skiff_integration::tools::{
+    cfsctl, composefs_ref, copy, expect_success, output, run, skiff, skopeo,
+};
 
 struct Case {
     dir: tempfile::TempDir,
@@ -51,20 +52,6 @@ impl Case {
     }
 }
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stored(repo: &Path, name: &str) -> String {
-    format!("composefs:{}:{name}", repo.display())
-}
-
 /// The manifest digest skopeo reads at `reference`.
 fn skopeo_digest(reference: &str, extra: &[&str]) -> String {
     let raw = run(skopeo()
@@ -98,7 +85,7 @@ fn kept_blobs_give_back_the_original_manifest_digest_to_every_destination() {
     let case = Case::new();
     let (source, digest) = case.source(Compression::Gzip);
     let repo = case.repo("repo", true);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
     // Every layer's blob is kept and shown as such.
     let images = run(skiff().arg("images").arg(&repo)).unwrap();
     assert!(images.contains("original blobs kept"), "{images}");
@@ -118,8 +105,8 @@ fn kept_blobs_give_back_the_original_manifest_digest_to_every_destination() {
         format!("oci:{}:v1", layout.display()),
         format!("oci-archive:{}:v1", archive.display()),
     ] {
-        let notes = ok(
-            &copy(&["--preserve-digests"], &stored(&repo, "app"), &dest),
+        let notes = expect_success(
+            &copy(&["--preserve-digests"], &composefs_ref(&repo, "app"), &dest),
             &dest,
         );
         assert!(!notes.contains("digest changed"), "{notes}");
@@ -135,10 +122,10 @@ fn kept_blobs_give_back_the_original_manifest_digest_to_every_destination() {
         );
     }
     // skopeo's dir: format, read back by skopeo and copied on with the same digest.
-    ok(
+    expect_success(
         &copy(
             &[],
-            &stored(&repo, "app"),
+            &composefs_ref(&repo, "app"),
             &format!("dir:{}", dir.display()),
         ),
         "copy to dir:",
@@ -164,8 +151,8 @@ fn kept_blobs_live_and_die_with_their_image_under_either_gc() {
     let (source, _) = case.source(Compression::Gzip);
     let repo = case.repo("repo", false);
     // The setting off, the flag on: blobs are kept all the same.
-    ok(
-        &copy(&["--keep-blobs"], &source, &stored(&repo, "app")),
+    expect_success(
+        &copy(&["--keep-blobs"], &source, &composefs_ref(&repo, "app")),
         "copy in",
     );
     let kept = kept_blob_streams(&repo);
@@ -178,16 +165,16 @@ fn kept_blobs_live_and_die_with_their_image_under_either_gc() {
         assert_eq!(kept_blob_streams(&repo), kept, "a gc removed a kept blob");
     }
     let out = case.path("out");
-    ok(
+    expect_success(
         &copy(
             &["--preserve-digests"],
-            &stored(&repo, "app"),
+            &composefs_ref(&repo, "app"),
             &format!("oci:{}:v1", out.display()),
         ),
         "copy out after gc",
     );
     let blob_object = kept_blob_object(&repo, &kept[0]);
-    run(skiff().arg("rm").arg(stored(&repo, "app"))).unwrap();
+    run(skiff().arg("rm").arg(composefs_ref(&repo, "app"))).unwrap();
     run(cfsctl(&repo).args(["gc"])).unwrap();
     run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
     assert!(kept_blob_streams(&repo).is_empty());
@@ -202,17 +189,20 @@ fn a_layer_stored_without_its_blob_is_fetched_again_to_keep_it() {
     let case = Case::new();
     let (source, digest) = case.source(Compression::Zstd);
     let repo = case.repo("repo", false);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
     assert!(kept_blob_streams(&repo).is_empty());
-    let summary =
-        skiff_integration::tools::copy_summary(&["--keep-blobs"], &source, &stored(&repo, "app"));
+    let summary = skiff_integration::tools::copy_summary(
+        &["--keep-blobs"],
+        &source,
+        &composefs_ref(&repo, "app"),
+    );
     assert_eq!(summary["layers_skipped"], 0, "{summary}");
     // The stored manifest gained its references to the blobs: they outlive a gc.
     run(cfsctl(&repo).args(["gc"])).unwrap();
     assert_eq!(kept_blob_streams(&repo).len(), fixtures::rich_image().len());
     let out = format!("oci:{}:v1", case.path("out").display());
-    ok(
-        &copy(&["--preserve-digests"], &stored(&repo, "app"), &out),
+    expect_success(
+        &copy(&["--preserve-digests"], &composefs_ref(&repo, "app"), &out),
         "copy out",
     );
     assert_eq!(skopeo_digest(&out, &[]), digest);
@@ -223,12 +213,12 @@ fn without_kept_blobs_layers_are_compressed_again_and_round_trip() {
     let case = Case::new();
     let (source, digest) = case.source(Compression::ZstdChunked);
     let repo = case.repo("repo", false);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
 
     // --preserve-digests refuses, and writes nothing.
     let layout = case.path("out");
     let dest = format!("oci:{}:v1", layout.display());
-    let refused = copy(&["--preserve-digests"], &stored(&repo, "app"), &dest);
+    let refused = copy(&["--preserve-digests"], &composefs_ref(&repo, "app"), &dest);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("--preserve-digests"), "{message}");
@@ -240,10 +230,10 @@ fn without_kept_blobs_layers_are_compressed_again_and_round_trip() {
         ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
     ] {
         let dest = format!("oci:{}:{format}", layout.display());
-        let notes = ok(
+        let notes = expect_success(
             &copy(
                 &["--dest-compress-format", format],
-                &stored(&repo, "app"),
+                &composefs_ref(&repo, "app"),
                 &dest,
             ),
             format,
@@ -262,7 +252,10 @@ fn without_kept_blobs_layers_are_compressed_again_and_round_trip() {
         let copied = case.path(&format!("copied-{format}"));
         run(skopeo().args(["copy", &dest, &format!("oci:{}:x", copied.display())])).unwrap();
         let back = case.repo(&format!("back-{format}"), false);
-        ok(&copy(&[], &dest, &stored(&back, "app")), "copy back in");
+        expect_success(
+            &copy(&[], &dest, &composefs_ref(&back, "app")),
+            "copy back in",
+        );
         assert_eq!(compute_id(&back, "app"), compute_id(&repo, "app"));
     }
 }
@@ -273,22 +266,22 @@ fn copy_out_to_a_registry_and_back() {
     let registry = Registry::start_plain().unwrap();
     let (source, digest) = case.source(Compression::Gzip);
     let repo = case.repo("repo", true);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
     let dest = registry.docker_ref("mirror/app:v1");
-    ok(
+    expect_success(
         &copy(
             &["--dest-tls-verify=false", "--preserve-digests"],
-            &stored(&repo, "app"),
+            &composefs_ref(&repo, "app"),
             &dest,
         ),
         "push",
     );
     assert_eq!(skopeo_digest(&dest, &["--tls-verify=false"]), digest);
     // Without a tag, as skopeo: `latest`.
-    ok(
+    expect_success(
         &copy(
             &["--dest-tls-verify=false"],
-            &stored(&repo, "app"),
+            &composefs_ref(&repo, "app"),
             &registry.docker_ref("mirror/untagged"),
         ),
         "push without a tag",
@@ -304,7 +297,7 @@ fn copy_out_to_a_registry_and_back() {
     let summary = output(
         skiff()
             .args(["copy", "--progress=json", "--dest-tls-verify=false"])
-            .arg(stored(&repo, "app"))
+            .arg(composefs_ref(&repo, "app"))
             .arg(&dest),
     )
     .unwrap();
@@ -316,8 +309,12 @@ fn copy_out_to_a_registry_and_back() {
     assert_eq!(summary["blobs_skipped"], fixtures::rich_image().len() + 1);
     // And back into another repository, the same image.
     let back = case.repo("back", false);
-    ok(
-        &copy(&["--src-tls-verify=false"], &dest, &stored(&back, "app")),
+    expect_success(
+        &copy(
+            &["--src-tls-verify=false"],
+            &dest,
+            &composefs_ref(&back, "app"),
+        ),
         "pull",
     );
     assert_eq!(compute_id(&back, "app"), compute_id(&repo, "app"));
@@ -328,14 +325,14 @@ fn copy_out_into_podman_storage() {
     let case = Case::new();
     let (source, digest) = case.source(Compression::Gzip);
     let repo = case.repo("repo", true);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
     let storage = format!(
         "containers-storage:[vfs@{}+{}]localhost/app:v1",
         case.path("root").display(),
         case.path("runroot").display()
     );
-    ok(
-        &copy(&[], &stored(&repo, "app"), &storage),
+    expect_success(
+        &copy(&[], &composefs_ref(&repo, "app"), &storage),
         "copy to containers-storage",
     );
     let inspect = run(skopeo().args(["inspect"]).arg(&storage)).unwrap();
@@ -348,8 +345,8 @@ fn bad_copy_out_requests_are_refused_by_name() {
     let case = Case::new();
     let (source, _) = case.source(Compression::Gzip);
     let repo = case.repo("repo", false);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
-    let from = stored(&repo, "app");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
+    let from = composefs_ref(&repo, "app");
     let archive = case.path("out.docker.tar");
     for (args, dest, expected) in [
         (
@@ -359,7 +356,7 @@ fn bad_copy_out_requests_are_refused_by_name() {
         ),
         (
             vec![],
-            stored(&case.path("other"), "app"),
+            composefs_ref(&case.path("other"), "app"),
             "from one composefs repository to another",
         ),
         (
@@ -389,7 +386,11 @@ fn bad_copy_out_requests_are_refused_by_name() {
     }
     assert!(!archive.exists() && !case.path("a").exists() && !case.path("other").exists());
     // The destination flags mean nothing when copying in.
-    let out = copy(&["--preserve-digests"], &source, &stored(&repo, "again"));
+    let out = copy(
+        &["--preserve-digests"],
+        &source,
+        &composefs_ref(&repo, "again"),
+    );
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
         message.contains("--preserve-digests applies when copying out of composefs storage"),
@@ -398,7 +399,7 @@ fn bad_copy_out_requests_are_refused_by_name() {
     // An image the store does not have.
     let out = copy(
         &[],
-        &stored(&repo, "missing"),
+        &composefs_ref(&repo, "missing"),
         &format!("oci:{}", case.path("m").display()),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
@@ -410,7 +411,7 @@ fn a_damaged_kept_blob_fails_the_copy_and_writes_no_manifest() {
     let case = Case::new();
     let (source, _) = case.source(Compression::Gzip);
     let repo = case.repo("repo", true);
-    ok(&copy(&[], &source, &stored(&repo, "app")), "copy in");
+    expect_success(&copy(&[], &source, &composefs_ref(&repo, "app")), "copy in");
     // Damage one kept blob's object in place (an insecure repository does not notice on
     // open), keeping its size.
     let layer_object = kept_blob_object(&repo, &kept_blob_streams(&repo)[0]);
@@ -423,7 +424,7 @@ fn a_damaged_kept_blob_fails_the_copy_and_writes_no_manifest() {
         format!("oci:{}:v1", case.path("out").display()),
         format!("oci-archive:{}:v1", case.path("out.tar").display()),
     ] {
-        let out = copy(&[], &stored(&repo, "app"), &dest);
+        let out = copy(&[], &composefs_ref(&repo, "app"), &dest);
         assert!(
             !out.status.success(),
             "{dest}: a damaged blob was copied out"

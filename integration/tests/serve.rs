@@ -5,25 +5,10 @@
 //! SIGTERM stops the server cleanly.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::serve::SkiffServer;
-use skiff_integration::tools::{cfsctl, copy, run, skiff, skopeo};
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stored(repo: &Path, name: &str) -> String {
-    format!("composefs:{}:{name}", repo.display())
-}
+use skiff_integration::tools::{cfsctl, composefs_ref, copy, expect_success, run, skiff, skopeo};
 
 fn init(repo: &Path, keep_blobs: bool) {
     let mut cmd = skiff();
@@ -76,7 +61,10 @@ fn skopeo_pushes_into_the_store_and_pulls_the_same_digest_back() {
         &src,
         &server.docker_ref("app:v1"),
     );
-    ok(&copy(&[], &src, &stored(&direct, "app:v1")), "direct copy");
+    expect_success(
+        &copy(&[], &src, &composefs_ref(&direct, "app:v1")),
+        "direct copy",
+    );
     // The image pushed is the image a direct copy stores, as cfsctl computes it.
     assert_eq!(compute_id(&served, "app:v1"), compute_id(&direct, "app:v1"));
     let images = run(skiff().arg("images").arg(&served)).unwrap();
@@ -108,11 +96,11 @@ fn skopeo_pushes_into_the_store_and_pulls_the_same_digest_back() {
     // skiff's own registry client reads it too (copy back into a third store).
     let third = dir.path().join("third");
     init(&third, false);
-    ok(
+    expect_success(
         &copy(
             &["--src-tls-verify=false"],
             &server.docker_ref("app:v1"),
-            &stored(&third, "app"),
+            &composefs_ref(&third, "app"),
         ),
         "skiff copy from skiff serve",
     );
@@ -137,7 +125,7 @@ fn images_without_kept_blobs_are_served_compressed_again() {
     let (src, digest) = source(dir.path(), Compression::Zstd);
     let repo = dir.path().join("repo");
     init(&repo, false);
-    ok(&copy(&[], &src, &stored(&repo, "app:v1")), "copy in");
+    expect_success(&copy(&[], &src, &composefs_ref(&repo, "app:v1")), "copy in");
     let server = SkiffServer::start(&repo, &["--read-only"]).unwrap();
 
     let out = dir.path().join("out");
@@ -158,11 +146,11 @@ fn images_without_kept_blobs_are_served_compressed_again() {
     }
     let back = dir.path().join("back");
     init(&back, false);
-    ok(
+    expect_success(
         &copy(
             &[],
             &format!("oci:{}:v1", out.display()),
-            &stored(&back, "app:v1"),
+            &composefs_ref(&back, "app:v1"),
         ),
         "copy back",
     );
@@ -488,11 +476,11 @@ fn tls_and_htpasswd_guard_the_store() {
     // skiff's own client, with the same authfile and CA.
     let third = dir.path().join("third");
     init(&third, false);
-    ok(
+    expect_success(
         &copy(
             &["--src-cert-dir", cert_dir, "--src-authfile", good_arg],
             &target,
-            &stored(&third, "app"),
+            &composefs_ref(&third, "app"),
         ),
         "skiff copy from skiff serve over TLS",
     );
@@ -639,6 +627,43 @@ fn podman_pulls_runs_and_pushes() {
     assert_eq!(compute_id(&repo, "app:pushed"), compute_id(&repo, "app:v1"));
 }
 
+/// Pushes to `NAME:v1`, over raw requests, an image of one layer (`layer`, a descriptor of a
+/// blob already pushed) whose config gives it `diff_id`; returns the manifest and the answer.
+fn push_image(
+    server: &SkiffServer,
+    name: &str,
+    diff_id: &str,
+    layer: serde_json::Value,
+) -> (Vec<u8>, skiff_integration::serve::Answer) {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": fixtures::native_arch(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let config_digest = fixtures::digest(&config);
+    let a = server
+        .request(
+            "POST",
+            &format!("/v2/{name}/blobs/uploads/?digest={config_digest}"),
+            &[],
+            &config,
+        )
+        .unwrap();
+    assert_eq!(a.status, 201);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [layer],
+    }))
+    .unwrap();
+    let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
+    let a = server
+        .request("PUT", &format!("/v2/{name}/manifests/v1"), &json, &manifest)
+        .unwrap();
+    (manifest, a)
+}
+
 #[test]
 fn a_kept_blob_stands_in_only_for_its_own_layer() {
     use fixtures::{Layer, file};
@@ -665,32 +690,8 @@ fn a_kept_blob_stands_in_only_for_its_own_layer() {
     }
     // A manifest pairing a's kept blob with c's DiffID (both layers stored, the blob kept).
     let blob = &images[0].0["layers"][0];
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": fixtures::native_arch(), "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [images[1].1.diff_ids[0]]},
-    }))
-    .unwrap();
-    let config_digest = fixtures::digest(&config);
-    let a = server
-        .request(
-            "POST",
-            &format!("/v2/evil/blobs/uploads/?digest={config_digest}"),
-            &[],
-            &config,
-        )
-        .unwrap();
-    assert_eq!(a.status, 201);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [blob],
-    }))
-    .unwrap();
-    let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
-    let a = server
-        .request("PUT", "/v2/evil/manifests/v1", &json, &manifest)
-        .unwrap();
+    let diff_id = images[1].1.diff_ids[0].clone();
+    let (_, a) = push_image(&server, "evil", &diff_id, blob.clone());
     let body = String::from_utf8_lossy(&a.body);
     assert_eq!(
         (a.status, a.error_code().as_deref()),
@@ -734,32 +735,12 @@ fn layers_are_imported_as_their_blobs_arrive() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": fixtures::native_arch(), "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }))
-    .unwrap();
-    let config_digest = fixtures::digest(&config);
-    let a = server
-        .request(
-            "POST",
-            &format!("/v2/early/blobs/uploads/?digest={config_digest}"),
-            &[],
-            &config,
-        )
-        .unwrap();
-    assert_eq!(a.status, 201);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob_digest, "size": blob.len()}],
-    }))
-    .unwrap();
-    let json = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
-    let a = server
-        .request("PUT", "/v2/early/manifests/v1", &json, &manifest)
-        .unwrap();
+    let layer = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": blob_digest,
+        "size": blob.len(),
+    });
+    let (manifest, a) = push_image(&server, "early", &diff_id, layer);
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     // Served back byte for byte, the blob included.
     let got = server

@@ -2,10 +2,12 @@
 //! (skopeo, podman, crane, oras) pull from and push to the store.
 //!
 //! ```text
-//! request → api (route, names checked) → handlers → content (read: export of 2., kept blobs)
-//!                                                  → uploads (blobs staged, hashed as they come)
-//!                                                  → ingest  (manifest PUT: pull engine from a
-//!                                                             staging layout, or an artifact)
+//! request → api (route, names checked) → handlers → content  (read: export of 2., kept blobs)
+//!                                                  → listings (catalog, tags, referrers)
+//!                                                  → uploads  (blobs staged, hashed as they come)
+//!                                                    → arrivals (layer blobs imported at once)
+//!                                                  → ingest   (manifest PUT: pull engine from a
+//!                                                              staging layout, or an artifact)
 //! ```
 //!
 //! - Pull: manifests by tag and digest, exact bytes; an image whose original blobs are all
@@ -28,6 +30,7 @@ mod content;
 mod errors;
 mod handlers;
 mod ingest;
+mod listings;
 mod uploads;
 
 use std::future::Future;

@@ -176,9 +176,7 @@ impl Uploads {
         let session = self.session(name, id)?;
         let mut session = session.lock().await;
         check_name(&session, name, id)?;
-        check_chunk_start(&session, range)?;
-        let declared = range.map(|r| r.end - r.start + 1);
-        write_body(&mut session, body, declared).await?;
+        write_chunk(&mut session, range, body).await?;
         Ok(session.offset)
     }
 
@@ -197,9 +195,7 @@ impl Uploads {
         let session = self.session(name, id)?;
         let mut session = session.lock().await;
         check_name(&session, name, id)?;
-        check_chunk_start(&session, range)?;
-        let declared = range.map(|r| r.end - r.start + 1);
-        write_body(&mut session, body, declared).await?;
+        write_chunk(&mut session, range, body).await?;
         // The session ends here, whatever the digest says: the client starts again.
         self.sessions.lock().expect("poisoned").remove(id);
         let actual = skiff_storage::digest::sha256_digest(&session.hasher.clone().finish());
@@ -261,7 +257,17 @@ fn check_name(session: &Session, name: &str, id: &str) -> ApiResult<()> {
     }
 }
 
-/// A chunk must start where the upload stands (416 otherwise, the session unchanged).
+/// Appends a chunk: at `range.start`, which must be where the upload stands (416 otherwise,
+/// the session unchanged), and exactly `range`'s length when a range is given.
+async fn write_chunk(
+    session: &mut Session,
+    range: Option<ChunkRange>,
+    body: Incoming,
+) -> ApiResult<()> {
+    check_chunk_start(session, range)?;
+    write_body(session, body, range.map(|r| r.end - r.start + 1)).await
+}
+
 fn check_chunk_start(session: &Session, range: Option<ChunkRange>) -> ApiResult<()> {
     match range {
         Some(range) if range.start != session.offset => Err(ApiError::new(
