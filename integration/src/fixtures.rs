@@ -753,3 +753,44 @@ pub fn by_name(kind: &str) -> Result<Vec<Layer>> {
         ),
     })
 }
+
+/// An image podman can run: a static busybox and files in a base layer, and a top layer that
+/// replaces a file, deletes one (whiteout) and hides a directory's lower content (opaque).
+/// (The rich fixture is not one: a hard link to a lower layer's file is beyond c/storage.)
+pub fn runnable_image() -> Vec<Layer> {
+    let busybox = std::fs::read(crate::tools::require("busybox")).unwrap();
+    let mut base = Layer::default();
+    base.add("bin/", dir())
+        .add(
+            "bin/busybox",
+            Node::File {
+                data: busybox,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                xattrs: Vec::new(),
+            },
+        )
+        .add(
+            "bin/sh",
+            Node::Symlink {
+                target: "busybox".into(),
+            },
+        )
+        .add("usr/", dir())
+        .add("usr/lib/", dir())
+        .add("usr/lib/data.bin", file(noise(1, 200_000)))
+        .add("etc/", dir())
+        .add("etc/skiff-test", file("from the base layer\n"))
+        .add("etc/gone.conf", file("deleted above\n"))
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/a.conf", file("hidden above\n"));
+    let mut top = Layer::default();
+    top.add("etc/", dir())
+        .add("etc/skiff-test", file("served from composefs storage\n"))
+        .add("etc/.wh.gone.conf", Node::Whiteout)
+        .add("etc/conf.d/", dir())
+        .add("etc/conf.d/.wh..wh..opq", Node::Opaque)
+        .add("etc/conf.d/b.conf", file("the only one\n"));
+    vec![base, top]
+}

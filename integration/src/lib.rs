@@ -6,6 +6,7 @@ pub mod crash;
 pub mod deltas;
 pub mod faults;
 pub mod fixtures;
+pub mod loop_fs;
 pub mod podman;
 pub mod registry;
 pub mod serve;

@@ -15,7 +15,6 @@ use crate::tools::require;
 pub struct Podman {
     program: PathBuf,
     root: PathBuf,
-    runroot: PathBuf,
     containers_conf: PathBuf,
     registries_conf: PathBuf,
     storage_conf: PathBuf,
@@ -52,11 +51,46 @@ impl Podman {
         Ok(Self {
             program,
             root,
-            runroot,
             containers_conf,
             registries_conf,
             storage_conf,
         })
+    }
+
+    /// Its graphroot.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The storage.conf it reads (`CONTAINERS_STORAGE_CONF`).
+    pub fn storage_conf(&self) -> &Path {
+        &self.storage_conf
+    }
+
+    /// Runs `podman ARGS…`, panicking with its output when it fails; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().expect("running podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `podman run --rm --network none IMAGE /bin/sh -c SCRIPT`; returns its stdout.
+    pub fn run_script(&self, image: &str, script: &str) -> String {
+        self.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "/bin/sh",
+            "-c",
+            script,
+        ])
     }
 
     /// `podman ARGS…` with this podman's storage and configuration.
@@ -65,18 +99,9 @@ impl Podman {
         cmd.env("CONTAINERS_CONF", &self.containers_conf)
             .env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--runroot")
-            .arg(&self.runroot)
-            .args([
-                "--storage-driver",
-                "overlay",
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-            ]);
+            // The storage.conf names the root, run root and driver: given on the command line,
+            // they make podman drop the file's options, the Additional Layer Store among them.
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
         cmd
     }
 }

@@ -192,6 +192,25 @@ impl Registry {
         ready
     }
 
+    /// The digests of the blobs fetched (`GET .../blobs/DIGEST`) since the registry started,
+    /// from its access log (docker-registry only), in order.
+    pub fn blob_gets(&self) -> Result<Vec<String>> {
+        anyhow::ensure!(
+            matches!(self.server, Server::Distribution),
+            "only docker-registry keeps an access log here"
+        );
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log"))?;
+        Ok(log
+            .lines()
+            .filter_map(|line| {
+                let request = line.split('"').nth(1)?;
+                let path = request.strip_prefix("GET ")?.split(' ').next()?;
+                let (_, digest) = path.rsplit_once("/blobs/")?;
+                Some(digest.to_owned())
+            })
+            .collect())
+    }
+
     /// Polls until the registry answers `GET /v2/`; fails with its log if it exits first.
     fn wait_ready(&mut self, log_path: &Path) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
@@ -387,7 +406,7 @@ fn quoted(path: &Path) -> Result<String> {
 fn config_yaml(dir: &Path, port: u16, tls: Option<&Tls>, auth: bool) -> Result<String> {
     let mut y = format!(
         "version: 0.1\n\
-         log:\n  level: error\n  accesslog:\n    disabled: true\n\
+         log:\n  level: error\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: skiff-integration-test\n  debug:\n    addr: \"\"\n",
         quoted(&dir.join("data"))?

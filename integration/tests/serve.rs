@@ -491,65 +491,17 @@ fn tls_and_htpasswd_guard_the_store() {
     assert!(status.success(), "{}", server.log());
 }
 
-/// An image podman can run: a static busybox and files in a base layer, and a top layer that
-/// replaces a file, deletes one (whiteout) and hides a directory's lower content (opaque).
-/// (The rich fixture is not one: a hard link to a lower layer's file is beyond c/storage.)
-fn runnable_image() -> Vec<fixtures::Layer> {
-    use fixtures::{Layer, Node, dir, file};
-    let busybox = std::fs::read(skiff_integration::tools::require("busybox")).unwrap();
-    let mut base = Layer::default();
-    base.add("bin/", dir())
-        .add(
-            "bin/busybox",
-            Node::File {
-                data: busybox,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                xattrs: Vec::new(),
-            },
-        )
-        .add(
-            "bin/sh",
-            Node::Symlink {
-                target: "busybox".into(),
-            },
-        )
-        .add("usr/", dir())
-        .add("usr/lib/", dir())
-        .add("usr/lib/data.bin", file(fixtures::noise(1, 200_000)))
-        .add("etc/", dir())
-        .add("etc/skiff-test", file("from the base layer\n"))
-        .add("etc/gone.conf", file("deleted above\n"))
-        .add("etc/conf.d/", dir())
-        .add("etc/conf.d/a.conf", file("hidden above\n"));
-    let mut top = Layer::default();
-    top.add("etc/", dir())
-        .add("etc/skiff-test", file("served from composefs storage\n"))
-        .add("etc/.wh.gone.conf", Node::Whiteout)
-        .add("etc/conf.d/", dir())
-        .add("etc/conf.d/.wh..wh..opq", Node::Opaque)
-        .add("etc/conf.d/b.conf", file("the only one\n"));
-    vec![base, top]
-}
-
-fn podman_ok(cmd: &mut std::process::Command, what: &str) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "podman {what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn podman_pulls_runs_and_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let written =
-        fixtures::write_oci_layout(&layout, "v1", &runnable_image(), Compression::Gzip).unwrap();
+    let written = fixtures::write_oci_layout(
+        &layout,
+        "v1",
+        &fixtures::runnable_image(),
+        Compression::Gzip,
+    )
+    .unwrap();
     let repo = dir.path().join("repo");
     init(&repo, false);
     let server = SkiffServer::start(&repo, &[]).unwrap();
@@ -561,38 +513,15 @@ fn podman_pulls_runs_and_pushes() {
     let podman = skiff_integration::podman::Podman::new(&dir.path().join("podman")).unwrap();
     let image = format!("{}/app:v1", server.host);
 
-    podman_ok(
-        podman
-            .command()
-            .args(["pull", "--quiet", "--tls-verify=false", &image]),
-        "pull",
-    );
-    let digest = podman_ok(
-        podman
-            .command()
-            .args(["image", "inspect", "--format", "{{.Digest}}", &image]),
-        "inspect",
-    );
+    podman.ok(&["pull", "--quiet", "--tls-verify=false", &image]);
+    let digest = podman.ok(&["image", "inspect", "--format", "{{.Digest}}", &image]);
     assert_eq!(
         digest.trim(),
         written.manifest_digest,
         "podman sees the pushed manifest digest"
     );
     // Files of both layers, the whiteout and the opaque directory, as podman's overlay has them.
-    let run = |script: &str| {
-        let mut cmd = podman.command();
-        cmd.args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &image,
-            "/bin/sh",
-            "-c",
-            script,
-        ]);
-        podman_ok(&mut cmd, "run")
-    };
+    let run = |script: &str| podman.run_script(&image, script);
     assert_eq!(
         run("cat /etc/skiff-test"),
         "served from composefs storage\n"
@@ -609,16 +538,13 @@ fn podman_pulls_runs_and_pushes() {
     );
 
     // podman push lands the same image (the same file tree, as cfsctl computes it).
-    podman_ok(
-        podman.command().args([
-            "push",
-            "--quiet",
-            "--tls-verify=false",
-            &image,
-            &format!("{}/app:pushed", server.host),
-        ]),
+    podman.ok(&[
         "push",
-    );
+        "--quiet",
+        "--tls-verify=false",
+        &image,
+        &format!("{}/app:pushed", server.host),
+    ]);
     assert!(
         image_names(&repo).contains(&"app:pushed".to_owned()),
         "{:?}",

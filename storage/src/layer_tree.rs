@@ -48,8 +48,8 @@ pub fn implicit_dir_stat() -> Stat {
     }
 }
 
-/// The entries of one layer splitstream.
-struct LayerEntries<'r, H: FsVerityHashValue> {
+/// The entries of one layer splitstream, in tar order (see [`layer_entries`]).
+pub(crate) struct LayerEntries<'r, H: FsVerityHashValue> {
     repo: &'r Repository<H>,
     stream: SplitStreamReader<H>,
     headers: HeaderReader,
@@ -58,7 +58,7 @@ struct LayerEntries<'r, H: FsVerityHashValue> {
 
 impl<H: FsVerityHashValue> LayerEntries<'_, H> {
     /// The next entry, and the object written for it if it is a sparse file stored as one.
-    fn next_entry(&mut self) -> Result<Option<(TarEntry<H>, Option<H>)>> {
+    pub(crate) fn next_entry(&mut self) -> Result<Option<(TarEntry<H>, Option<H>)>> {
         self.buf.clear();
         let mut block = [0u8; HEADER_SIZE];
         let (consumed, header) = loop {
@@ -241,6 +241,20 @@ fn ensure_parents<H: FsVerityHashValue>(fs: &mut FileSystem<H>, path: &Path) -> 
     Ok(())
 }
 
+/// Reads the entries of the layer whose splitstream is `verity`.
+pub(crate) fn layer_entries<'r, H: FsVerityHashValue>(
+    repo: &'r Repository<H>,
+    verity: &H,
+) -> Result<LayerEntries<'r, H>> {
+    let stream = repo.open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))?;
+    Ok(LayerEntries {
+        repo,
+        stream,
+        headers: HeaderReader::new(),
+        buf: Vec::new(),
+    })
+}
+
 /// Applies one layer to `fs` (whiteouts included, as composefs-oci applies them). Returns the
 /// objects written for its sparse files.
 #[context("Applying layer {diff_id}")]
@@ -250,13 +264,7 @@ pub fn apply_layer<H: FsVerityHashValue>(
     diff_id: &OciDigest,
     verity: &H,
 ) -> Result<Vec<H>> {
-    let stream = repo.open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))?;
-    let mut entries = LayerEntries {
-        repo,
-        stream,
-        headers: HeaderReader::new(),
-        buf: Vec::new(),
-    };
+    let mut entries = layer_entries(repo, verity)?;
     let mut written = Vec::new();
     while let Some((entry, object)) = entries.next_entry()? {
         written.extend(object);

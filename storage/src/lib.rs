@@ -17,6 +17,7 @@ pub mod content_index;
 pub mod digest;
 pub mod images;
 pub mod kept_blobs;
+pub mod layer_extract;
 pub mod layer_import;
 pub mod layer_tree;
 pub mod maintenance;

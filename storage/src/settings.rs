@@ -7,6 +7,8 @@
 //!
 //! - `keep-blobs`: every full pull keeps the original compressed layer blobs (see
 //!   [`crate::kept_blobs`]), as if each `skiff copy` were given `--keep-blobs`.
+//! - `podman-layer-store`: the Additional Layer Store directory that serves the repository's
+//!   layers to podman (`skiff podman enable`); `skiff gc` withdraws from it what no image names.
 //!
 //! Unknown keys are refused rather than ignored, so that a setting a newer skiff wrote is not
 //! silently dropped by an older one.
@@ -25,12 +27,15 @@ pub const SETTINGS_FILE: &str = "skiff.json";
 const MAX_SETTINGS_SIZE: u64 = 64 * 1024;
 
 /// A repository's skiff settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RepoSettings {
     /// Keep the original compressed blob of every layer pulled in full.
     #[serde(default)]
     pub keep_blobs: bool,
+    /// The podman Additional Layer Store serving this repository's layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman_layer_store: Option<std::path::PathBuf>,
 }
 
 impl RepoSettings {
@@ -80,7 +85,10 @@ mod tests {
             RepoSettings::load(dir.path()).unwrap(),
             RepoSettings::default()
         );
-        let set = RepoSettings { keep_blobs: true };
+        let set = RepoSettings {
+            keep_blobs: true,
+            ..RepoSettings::default()
+        };
         set.save(dir.path()).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join(SETTINGS_FILE)).unwrap(),

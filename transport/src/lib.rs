@@ -23,6 +23,7 @@ pub mod fuzzing;
 mod io;
 pub mod options;
 pub(crate) mod platform;
+pub mod podman;
 pub(crate) mod policy;
 pub mod pull;
 pub mod push;

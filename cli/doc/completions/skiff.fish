@@ -41,6 +41,7 @@ complete -c skiff -n "__fish_skiff_needs_command" -f -a "inspect" -d 'Show an im
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "podman" -d 'Serve the repository\'s layers to podman\'s pulls (an Additional Layer Store)'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "fsck" -d 'Check every object, stream, image and content index'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
@@ -76,6 +77,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand copy" -l no-delta -d 'Do not
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l require-verity -d 'Refuse to create or write a repository without fs-verity'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l remove-signatures -d 'Accepted for skopeo compatibility: composefs storage keeps no signatures'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l keep-blobs -d 'Keep the original compressed blob of every layer (fetching whole the layers whose blob the store lacks), so that copying the image out keeps its manifest digest. Repositories made with `skiff init --keep-blobs` always do'
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l expose -d 'Then make the image\'s layers available to podman\'s pulls, in the repository\'s layer store (set up by skiff podman enable)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-no-creds -d 'Access the destination registry anonymously'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l preserve-digests -d 'Refuse to copy out an image whose manifest digest would change (a layer without its kept original blob)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l insecure-policy -d 'Run without any policy check'
@@ -175,6 +177,62 @@ complete -c skiff -n "__fish_skiff_using_subcommand serve" -l read-only -d 'Serv
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l dir -d 'The layer store directory' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l storage-conf -d 'The storage.conf to edit (default: $CONTAINERS_STORAGE_CONF, else /etc/containers/storage.conf, started from the distribution\'s when missing)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l graphroot -d 'Podman graphroots whose layers may use the store (default: the storage.conf\'s graphroot, else /var/lib/containers/storage)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l print -d 'Print the storage.conf line instead of editing the file'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l json -d 'Print JSON'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from expose" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l json -d 'Print JSON'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
@@ -183,14 +241,19 @@ complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l command-timeout -d 
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "podman" -d 'Serve the repository\'s layers to podman\'s pulls (an Additional Layer Store)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from delta" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'

@@ -83,6 +83,10 @@ pub(crate) struct CopyArgs {
     /// made with `skiff init --keep-blobs` always do.
     #[arg(long)]
     keep_blobs: bool,
+    /// Then make the image's layers available to podman's pulls, in the repository's layer
+    /// store (set up by skiff podman enable).
+    #[arg(long)]
+    expose: bool,
 
     #[command(flatten)]
     dest: DestFlags,
@@ -372,6 +376,10 @@ async fn copy_into<H: FsVerityHashValue>(
         Store::<H>::open_writable(repo_path).with_context(|| format!("Destination {dest_ref}"))?;
     store.set_write_concurrency(jobs)?;
     let keep_blobs = args.keep_blobs || RepoSettings::load(repo_path)?.keep_blobs;
+    if args.expose {
+        // Before any work: a copy that cannot be exposed is refused, not half done.
+        super::podman::layer_store_of(repo_path)?;
+    }
     let source = Arc::new(Source::open(source_ref, options).await?);
     log::info!("reading {source_ref} via {}", source.kind());
     let observer = output.observer();
@@ -401,6 +409,15 @@ async fn copy_into<H: FsVerityHashValue>(
             .with_context(|| format!("Writing the digest file {}", path.display()))?;
     }
     output.summary(source_ref, dest_ref, &summary);
+    if args.expose {
+        let path = repo_path.to_owned();
+        let image = StoredRef::Tag(tag.to_owned());
+        let layers = tokio::task::spawn_blocking(move || super::podman::expose::<H>(&path, &image))
+            .await??;
+        if !args.quiet {
+            super::podman::print_exposed(&layers);
+        }
+    }
     Ok(())
 }
 
@@ -425,6 +442,7 @@ async fn copy_out(
         (args.require_verity, "--require-verity"),
         (args.retry_times > 0, "--retry-times"),
         (args.multi_arch.is_some(), "--multi-arch"),
+        (args.expose, "--expose"),
     ] {
         if given {
             bail!("{flag} has no meaning when the source is composefs storage");

@@ -22,6 +22,9 @@ oci-archive:, dir:, docker:// or containers-storage:, with its original manifest
 where the repository keeps the layers' blobs (skiff init --keep-blobs, skiff copy
 --keep-blobs), else with its layers compressed again.
 
+`skiff podman` serves the repository's layers to podman's pulls (an Additional Layer
+Store): podman then downloads no layer skiff holds.
+
 The other commands make oci-delta artifacts (delta create) and look after a repository
 (init, images, inspect, rm, gc, fsck). composefs::NAME is an image of the default
 repository: $SKIFF_REPO, else ~/.var/lib/composefs.";
@@ -150,6 +153,50 @@ pub(super) const SERVE: &[Example] = &[
     ),
 ];
 
+pub(super) const PODMAN: &[Example] = &[
+    (
+        "Serve the layers of /srv/cfs to podman, then pull app with skiff and with podman",
+        "skiff podman enable /srv/cfs",
+    ),
+    (
+        "Copy an image in and expose its layers at once",
+        "skiff copy --expose docker://quay.io/fedora/fedora:41 composefs:/srv/cfs:fedora",
+    ),
+    (
+        "What podman can take from the store",
+        "skiff podman status /srv/cfs",
+    ),
+];
+
+pub(super) const PODMAN_ENABLE: &[Example] = &[
+    (
+        "Layer store /var/lib/skiff/als for /srv/cfs, listed in /etc/containers/storage.conf",
+        "skiff podman enable /srv/cfs",
+    ),
+    (
+        "Another directory; print the storage.conf line instead of editing the file",
+        "skiff podman enable --dir /srv/als --print /srv/cfs",
+    ),
+];
+
+pub(super) const PODMAN_EXPOSE: &[Example] = &[(
+    "Make the layers of app available to podman pull",
+    "skiff podman expose composefs:/srv/cfs:app",
+)];
+
+pub(super) const PODMAN_STATUS: &[Example] = &[
+    (
+        "The exposed layers of /srv/cfs",
+        "skiff podman status /srv/cfs",
+    ),
+    ("As JSON", "skiff podman status --json /srv/cfs"),
+];
+
+pub(super) const PODMAN_PRUNE: &[Example] = &[(
+    "Withdraw the layers no stored image names and podman does not use",
+    "skiff podman prune /srv/cfs",
+)];
+
 pub(super) const FSCK: &[Example] = &[
     ("Check /srv/cfs", "skiff fsck /srv/cfs"),
     ("Check the default repository", "skiff fsck"),
@@ -188,7 +235,7 @@ mod tests {
         commands(&Cli::command(), "skiff".into(), &mut all);
         assert_eq!(
             all.len(),
-            11,
+            16,
             "{:?}",
             all.iter().map(|c| &c.0).collect::<Vec<_>>()
         );

@@ -5,6 +5,7 @@ mod delta;
 pub mod help;
 pub mod logger;
 mod output;
+mod podman;
 mod serve;
 mod store;
 
@@ -165,6 +166,9 @@ enum Command {
     /// pull from and push to it.
     #[command(after_help = help::examples(help::SERVE))]
     Serve(Box<serve::ServeArgs>),
+    /// Serve the repository's layers to podman's pulls (an Additional Layer Store).
+    #[command(subcommand, after_help = help::examples(help::PODMAN))]
+    Podman(podman::PodmanCommand),
     /// Check every object, stream, image and content index.
     #[command(after_help = help::examples(help::FSCK))]
     Fsck {
@@ -238,6 +242,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Command::Gc { path } => blocking(move || store::gc(path)).await,
             Command::Fsck { path } => store::fsck(path).await,
             Command::Serve(args) => serve::run(*args).await,
+            Command::Podman(command) => blocking(move || podman::run(command)).await,
         }
     };
     match cli.global.command_timeout {

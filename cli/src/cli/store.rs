@@ -18,7 +18,7 @@ fn repo_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// Splits a `composefs:` reference into repository and image.
-fn stored_image(reference: &str) -> Result<(PathBuf, StoredRef)> {
+pub(crate) fn stored_image(reference: &str) -> Result<(PathBuf, StoredRef)> {
     match reference.parse::<ImageRef>()? {
         ImageRef::Composefs { repo, image } => {
             Ok((skiff_transport::reference::repository_path(&repo)?, image))
@@ -193,6 +193,9 @@ pub(crate) fn gc(path: Option<PathBuf>) -> Result<()> {
         report.bytes_freed,
         report.names_pruned
     );
+    if RepoSettings::load(&path)?.podman_layer_store.is_some() {
+        super::podman::prune(&path)?;
+    }
     Ok(())
 }
 
