@@ -22,6 +22,10 @@
 //!   current containers/storage (`skiff-peer-copy`) instead of skiff's writer;
 //! - `delta create` / `delta apply`: `skiff delta create` of the same pair (from the store
 //!   holding v1), then the delta applied by skiff and by `cfsctl oci pull oci-archive:…`.
+//! - podman: `podman pull` of v1 then v2 from the registry, alone and with skiff's layer store
+//!   (`skiff podman expose` after skiff's copy), each on an XFS loop filesystem of its own: layer
+//!   bytes the registry sent, disk added, wall time (once each). `SKIFF_BENCH_ONLY=podman` runs
+//!   only this part.
 //!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
 //! `SKIFF_BENCH_BASELINE=PATH` adds a column `skiff-before`: the skiff binary at PATH (a build
@@ -217,6 +221,12 @@ fn main() -> Result<()> {
         );
     }
     let skiff = skiff_bin();
+    if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("podman") {
+        let src = format!("oci:{}:large", layout.display());
+        let rows = podman_figures(&root, &skiff, &src, &ensure_v2(&layout)?)?;
+        print_podman(&rows);
+        return Ok(());
+    }
     let cfsctl = require("cfsctl");
     let work = root.join("work");
     let mut rows = Vec::new();
@@ -470,17 +480,7 @@ fn main() -> Result<()> {
 
     // Update v1 → v2 where v2's layers are zstd:chunked: skiff pulls them partially (oci:
     // layout ranges), cfsctl pulls them whole; both into a store that holds v1.
-    if !layout.join("v2.done").exists() {
-        eprintln!("building the v2 image (zstd:chunked, once)");
-        fixtures::write_oci_layout(
-            &layout,
-            "large-v2",
-            &fixtures::by_name("large-v2")?,
-            Compression::ZstdChunked,
-        )?;
-        std::fs::write(layout.join("v2.done"), b"")?;
-    }
-    let src_v2 = format!("oci:{}:large-v2", layout.display());
+    let src_v2 = ensure_v2(&layout)?;
     let skiff_v1 = work.join("skiff-v1");
     let cfsctl_v1 = work.join("cfsctl-v1");
     fresh(&skiff_v1)?;
@@ -630,6 +630,9 @@ fn main() -> Result<()> {
         ],
     )?;
 
+    eprintln!("podman pull with and without skiff's layer store (once each)");
+    let podman = podman_figures(&root, &skiff, &src, &src_v2)?;
+
     println!();
     println!(
         "| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |"
@@ -704,7 +707,138 @@ fn main() -> Result<()> {
             bytes.fetched as f64 / bytes.floor as f64
         );
     }
+    print_podman(&podman);
     Ok(())
+}
+
+/// The v2 image (zstd:chunked), built once; its reference.
+fn ensure_v2(layout: &Path) -> Result<String> {
+    if !layout.join("v2.done").exists() {
+        eprintln!("building the v2 image (zstd:chunked, once)");
+        fixtures::write_oci_layout(
+            layout,
+            "large-v2",
+            &fixtures::by_name("large-v2")?,
+            Compression::ZstdChunked,
+        )?;
+        std::fs::write(layout.join("v2.done"), b"")?;
+    }
+    Ok(format!("oci:{}:large-v2", layout.display()))
+}
+
+fn print_podman(rows: &[PodmanRow]) {
+    println!(
+        "\n| podman 4.3.1 pull from the registry | layer bytes downloaded | disk added (podman root + layer store) | wall (s) |"
+    );
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {:.2} |",
+            row.what, row.downloaded, row.disk, row.seconds
+        );
+    }
+    println!(
+        "(on XFS with reflinks; with the layer store, skiff copy into a --keep-blobs repository \
+         took each image first and skiff podman expose made its layers available; the disk \
+         column is what the layer store and podman's pull add on top of skiff's store.)"
+    );
+}
+
+/// One row of the podman table.
+struct PodmanRow {
+    what: String,
+    downloaded: u64,
+    disk: i64,
+    seconds: f64,
+}
+
+/// Podman's pulls of v1 and then v2 from the registry, into a podman of its own, and into one
+/// whose layer store skiff filled: layer bytes the registry sent, disk added, wall time.
+fn podman_figures(root: &Path, skiff: &Path, src: &str, src_v2: &str) -> Result<Vec<PodmanRow>> {
+    use skiff_integration::loop_fs::LoopXfs;
+    use skiff_integration::podman::Podman;
+    let registry = Registry::start_plain()?;
+    registry.push(src, "bench/app:v1")?;
+    registry.push(src_v2, "bench/app:v2")?;
+    let layer_bytes = |since: usize| -> Result<u64> {
+        // Configs are a few KiB; every other blob of these images is a layer.
+        Ok(registry.blob_gets_sized()?[since..]
+            .iter()
+            .map(|(_, n)| *n)
+            .filter(|n| *n > 64 * 1024)
+            .sum())
+    };
+    let pull = |podman: &Podman, tag: &str| -> Result<f64> {
+        let start = std::time::Instant::now();
+        podman.ok(&[
+            "pull",
+            "--quiet",
+            "--tls-verify=false",
+            &format!("{}/bench/app:{tag}", registry.host()),
+        ]);
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let dir = root.join("work/podman");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("plain"))?;
+    std::fs::create_dir_all(dir.join("als"))?;
+    let mut rows = Vec::new();
+    {
+        let xfs = LoopXfs::new(&dir.join("plain"), 4096)?;
+        let podman = Podman::new(&xfs.path().join("podman"))?;
+        for tag in ["v1", "v2"] {
+            let since = registry.blob_gets()?.len();
+            let used = xfs.used_bytes()?;
+            let seconds = pull(&podman, tag)?;
+            rows.push(PodmanRow {
+                what: format!("{tag}, podman alone"),
+                downloaded: layer_bytes(since)?,
+                disk: xfs.used_bytes()? as i64 - used as i64,
+                seconds,
+            });
+        }
+    }
+    let xfs = LoopXfs::new(&dir.join("als"), 4096)?;
+    let podman = Podman::new(&xfs.path().join("podman"))?;
+    let repo = xfs.path().join("repo");
+    let als = xfs.path().join("als");
+    run_quiet(
+        Command::new(skiff)
+            .arg("init")
+            .arg("--keep-blobs")
+            .arg(&repo),
+    )?;
+    run_quiet(
+        Command::new(skiff)
+            .args(["podman", "enable", "--dir"])
+            .arg(&als)
+            .arg("--storage-conf")
+            .arg(podman.storage_conf())
+            .arg(&repo),
+    )?;
+    for tag in ["v1", "v2"] {
+        let stored = format!("composefs:{}:{tag}", repo.display());
+        run_quiet(Command::new(skiff).args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{}/bench/app:{tag}", registry.host()),
+            &stored,
+        ]))?;
+        let used = xfs.used_bytes()?;
+        let start = std::time::Instant::now();
+        run_quiet(Command::new(skiff).args(["podman", "expose", &stored]))?;
+        let expose = start.elapsed().as_secs_f64();
+        let since = registry.blob_gets()?.len();
+        let seconds = pull(&podman, tag)?;
+        rows.push(PodmanRow {
+            what: format!("{tag}, with skiff's layer store (skiff podman expose: {expose:.2} s)"),
+            downloaded: layer_bytes(since)?,
+            disk: xfs.used_bytes()? as i64 - used as i64,
+            seconds,
+        });
+    }
+    Ok(rows)
 }
 
 /// A home directory whose registries.conf marks the local registry insecure (plain HTTP), for
