@@ -83,6 +83,54 @@ pub fn open_image<H: FsVerityHashValue>(
     OciImage::open(store.repo(), &digest, None)
 }
 
+/// A layer of a stored image: what the manifest's descriptor says, the config's DiffID for it,
+/// and the layer's splitstream.
+#[derive(Debug, Clone)]
+pub struct ImageLayer<H> {
+    /// The compressed digest.
+    pub digest: OciDigest,
+    /// The blob's size.
+    pub size: u64,
+    /// The descriptor's media type.
+    pub media_type: String,
+    /// The descriptor's annotations.
+    pub annotations: std::collections::HashMap<String, String>,
+    /// The DiffID the config pairs with it.
+    pub diff_id: OciDigest,
+    /// The verity of its `oci-layer-` splitstream.
+    pub stream: H,
+}
+
+/// The layers of `image`, in manifest order, each paired with its DiffID and splitstream.
+pub fn image_layers<H: FsVerityHashValue>(image: &OciImage<H>) -> Result<Vec<ImageLayer<H>>> {
+    let descriptors = image.layer_descriptors();
+    let diff_ids = image.layer_diff_ids();
+    anyhow::ensure!(
+        descriptors.len() == diff_ids.len(),
+        "the manifest names {} layers and the config {} DiffIDs",
+        descriptors.len(),
+        diff_ids.len()
+    );
+    descriptors
+        .iter()
+        .zip(diff_ids)
+        .map(|(descriptor, diff_id)| {
+            let stream = image
+                .layer_verity(diff_id)
+                .with_context(|| format!("layer {diff_id} is not linked from the image"))?
+                .clone();
+            Ok(ImageLayer {
+                digest: descriptor.digest().clone(),
+                size: descriptor.size(),
+                media_type: descriptor.media_type().to_string(),
+                annotations: descriptor.annotations().clone().unwrap_or_default(),
+                diff_id: diff_id.parse()?,
+                stream,
+            })
+        })
+        .collect()
+}
+
 /// Lists the tagged images, sorted by name.
 #[context("Listing images")]
 pub fn list_images<H: FsVerityHashValue>(store: &Store<H>) -> Result<Vec<ImageSummary>> {

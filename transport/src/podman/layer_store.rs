@@ -39,7 +39,7 @@ use composefs_oci::oci_image::{self, OciImage};
 use fn_error_context::context;
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
-use skiff_storage::images::{StoredRef, open_image};
+use skiff_storage::images::{ImageLayer, StoredRef, image_layers, open_image};
 use skiff_storage::kept_blobs::open_kept_blob;
 use skiff_storage::layer_extract::{Extracted, extract_layer};
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
@@ -255,7 +255,7 @@ impl LayerStore {
                     exposed.diff_id
                 );
             }
-            self.write_aliases(&name, &layer.toc_digests)?;
+            self.write_aliases(&name, &toc_digests(layer))?;
             return Ok(exposed);
         }
         let hex = layer.digest.to_string().replace(':', "-");
@@ -270,7 +270,7 @@ impl LayerStore {
         }
         std::fs::rename(&tmp, &entry)
             .with_context(|| format!("Renaming {} to {}", tmp.display(), entry.display()))?;
-        self.write_aliases(&name, &layer.toc_digests)?;
+        self.write_aliases(&name, &toc_digests(layer))?;
         exposed.written = true;
         Ok(exposed)
     }
@@ -507,56 +507,20 @@ impl LayerStore {
 /// A TOC digest's symlink to an entry: (alias, target).
 type Alias = (String, String);
 
-/// A layer of a stored image, as the layer store needs it.
-struct ImageLayer<H> {
-    digest: OciDigest,
-    size: u64,
-    media_type: String,
-    diff_id: OciDigest,
-    stream: H,
-    toc_digests: Vec<String>,
-}
-
-fn image_layers<H: FsVerityHashValue>(image: &OciImage<H>) -> Result<Vec<ImageLayer<H>>> {
-    let descriptors = image.layer_descriptors();
-    let diff_ids = image.layer_diff_ids();
-    anyhow::ensure!(
-        descriptors.len() == diff_ids.len(),
-        "the manifest names {} layers and the config {} DiffIDs",
-        descriptors.len(),
-        diff_ids.len()
-    );
-    descriptors
-        .iter()
-        .zip(diff_ids)
-        .map(|(desc, diff_id)| {
-            let stream = image
-                .layer_verity(diff_id)
-                .with_context(|| format!("layer {diff_id} is not linked from the image"))?
-                .clone();
-            let annotations = desc.annotations().clone().unwrap_or_default();
-            let toc_digests = [
-                MANIFEST_CHECKSUM,
-                LEGACY_MANIFEST_CHECKSUM,
-                ESTARGZ_TOC_DIGEST,
-            ]
-            .iter()
-            .filter_map(|key| annotations.get(*key))
-            .filter(|value| value.parse::<OciDigest>().is_ok())
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-            Ok(ImageLayer {
-                digest: desc.digest().clone(),
-                size: desc.size(),
-                media_type: desc.media_type().to_string(),
-                diff_id: diff_id.parse()?,
-                stream,
-                toc_digests,
-            })
-        })
-        .collect()
+/// The TOC digests of a zstd:chunked or eStargz layer (podman 5.1+ looks layers up by them).
+fn toc_digests<H>(layer: &ImageLayer<H>) -> Vec<String> {
+    [
+        MANIFEST_CHECKSUM,
+        LEGACY_MANIFEST_CHECKSUM,
+        ESTARGZ_TOC_DIGEST,
+    ]
+    .iter()
+    .filter_map(|key| layer.annotations.get(*key))
+    .filter(|value| value.parse::<OciDigest>().is_ok())
+    .cloned()
+    .collect::<BTreeSet<_>>()
+    .into_iter()
+    .collect()
 }
 
 /// The compressed layer digests the tagged images of `store` name, with the tags naming each.

@@ -238,29 +238,16 @@ fn layers_of<H: FsVerityHashValue>(
     store: &Store<H>,
     image: &OciImage<H>,
 ) -> Result<Vec<StoredLayer<H>>> {
-    let descriptors = image.layer_descriptors();
-    let diff_ids = image.layer_diff_ids();
-    anyhow::ensure!(
-        descriptors.len() == diff_ids.len(),
-        "the manifest names {} layers and the config {} DiffIDs",
-        descriptors.len(),
-        diff_ids.len()
-    );
-    descriptors
-        .iter()
-        .zip(diff_ids)
-        .map(|(desc, diff_id)| {
-            let stream = image
-                .layer_verity(diff_id)
-                .with_context(|| format!("layer {diff_id} is not linked from the image"))?
-                .clone();
-            let kept = open_kept_blob(store, desc.digest())?
-                .filter(|k| k.size == desc.size())
+    skiff_storage::images::image_layers(image)?
+        .into_iter()
+        .map(|layer| {
+            let kept = open_kept_blob(store, &layer.digest)?
+                .filter(|k| k.size == layer.size)
                 .map(|k| (k.file, k.size));
             Ok(StoredLayer {
-                digest: desc.digest().clone(),
-                diff_id: diff_id.parse()?,
-                stream,
+                digest: layer.digest,
+                diff_id: layer.diff_id,
+                stream: layer.stream,
                 kept,
             })
         })
