@@ -382,7 +382,10 @@ fn a_damaged_layer_is_never_exposed_and_a_killed_writer_leaves_nothing_visible()
         "skiff copy",
     );
 
-    // Killed while writing: nothing under a name podman looks up, and the next run tidies up.
+    // Killed while writing the payload layer (64 MiB: long enough to be caught at it): nothing
+    // under a name podman looks up, and the next run tidies up.
+    let payload = layer_digest_of_layout(&layout, 2);
+    let payload_tmp = format!(".tmp-{}-", payload.replace(':', "-"));
     let mut child = skiff()
         .args(["podman", "expose", &stored])
         .stdout(std::process::Stdio::null())
@@ -390,17 +393,26 @@ fn a_damaged_layer_is_never_exposed_and_a_killed_writer_leaves_nothing_visible()
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !als_names(&als).1.iter().any(|n| n.starts_with(".tmp-")) {
-        assert!(std::time::Instant::now() < deadline, "no entry was started");
+    while !als_names(&als)
+        .1
+        .iter()
+        .any(|n| n.starts_with(&payload_tmp))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payload entry was never started"
+        );
         assert!(child.try_wait().unwrap().is_none(), "expose ended first");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    for entry in als_names(&als).0 {
-        let info = als.join(&entry).join("info");
-        assert!(info.exists(), "{entry} is visible without its info");
-    }
+    let (entries, other) = als_names(&als);
+    assert!(
+        other.iter().any(|n| n.starts_with(&payload_tmp)),
+        "killed after the payload entry was renamed: {other:?}"
+    );
+    assert!(!entries.contains(&payload), "{entries:?}");
     let out = skiff_ok(&["podman", "expose", &stored]);
     assert!(out.contains("Exposed 3 layers"), "{out}");
     assert!(
@@ -411,7 +423,6 @@ fn a_damaged_layer_is_never_exposed_and_a_killed_writer_leaves_nothing_visible()
 
     // A damaged object (no fs-verity here to catch it): the layer is refused, nothing is left.
     let exposed = als_names(&als).0;
-    let payload = layer_digest_of_layout(&layout, 2);
     std::fs::remove_dir_all(als.join(&payload)).unwrap();
     // Only the payload's files are objects of exactly 1 MiB.
     let object = object_of_size(&repo, 1024 * 1024);
@@ -622,4 +633,87 @@ fn each_exposed_diff_is_the_layer_as_containers_storage_unpacks_it() {
             "layer {index}"
         );
     }
+}
+
+#[test]
+fn layers_containers_storage_accepts_are_exposed_and_whiteouts_naming_nothing_refused() {
+    use fixtures::{Node, dir};
+    let dir_ = tempfile::tempdir().unwrap();
+    let mut layer = Layer::default();
+    layer
+        // A directory, then a file of the same name: the file wins.
+        .add("a/", dir())
+        .add("a/inner", file("gone with its directory\n"))
+        .add("a", file("a file now\n"))
+        // `rm -rf /foo` as some tools write it: the whiteout below the whiteout hides nothing.
+        .add(".wh.foo", Node::Whiteout)
+        .add("foo/.wh.bar", Node::Whiteout)
+        // Parents no entry creates.
+        .add("x/y/z.txt", file("deep\n"));
+    let layout = dir_.path().join("layout");
+    fixtures::write_oci_layout(&layout, "v1", &[layer], Compression::Gzip).unwrap();
+    let mut bad = Layer::default();
+    bad.add("d/", dir()).add("d/.wh...", Node::Whiteout);
+    fixtures::write_oci_layout(&layout, "bad", &[bad], Compression::Gzip).unwrap();
+    let repo = dir_.path().join("repo");
+    let als = dir_.path().join("als");
+    skiff_ok(&["init", repo.to_str().unwrap()]);
+    skiff_ok(&[
+        "podman",
+        "enable",
+        "--print",
+        "--dir",
+        als.to_str().unwrap(),
+        repo.to_str().unwrap(),
+    ]);
+    for tag in ["v1", "bad"] {
+        expect_success(
+            &copy(
+                &[],
+                &format!("oci:{}:{tag}", layout.display()),
+                &skiff_integration::tools::composefs_ref(&repo, tag),
+            ),
+            "skiff copy",
+        );
+    }
+    skiff_ok(&[
+        "podman",
+        "expose",
+        &skiff_integration::tools::composefs_ref(&repo, "v1"),
+    ]);
+    let diff = als.join(layer_digest_of_layout(&layout, 0)).join("diff");
+    let listing = tree_listing(&diff);
+    let names: Vec<_> = listing.keys().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        names,
+        ["", "a", "foo", "x", "x/y", "x/y/z.txt"],
+        "{listing:#?}"
+    );
+    assert!(
+        listing[Path::new("a")].starts_with("100644 0:0"),
+        "{listing:#?}"
+    );
+    assert_eq!(listing[Path::new("foo")], "20000 0:0 rdev=0");
+    assert!(
+        listing[Path::new("x/y")].starts_with("40755 0:0 mtime=0"),
+        "{listing:#?}"
+    );
+    assert_eq!(std::fs::read(diff.join("x/y/z.txt")).unwrap(), b"deep\n");
+
+    let out = output(skiff().args([
+        "podman",
+        "expose",
+        &skiff_integration::tools::composefs_ref(&repo, "bad"),
+    ]))
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("names no file"), "{err}");
+    let (entries, other) = als_names(&als);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        other,
+        [".skiff-layer-store.json", ".skiff-layer-store.lock"],
+        "the layer store is as it was"
+    );
 }

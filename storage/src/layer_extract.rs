@@ -6,12 +6,15 @@
 //! - a whiteout entry `D/.wh.NAME` becomes `D/NAME`, a character device 0:0 owned as the
 //!   entry is; an opaque marker `D/.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y`
 //!   on `D`; other `.wh..wh.` names (AUFS bookkeeping) are dropped;
-//! - every other entry keeps its type, owner, mode (suid and sticky bits included), xattrs and
-//!   mtime; hard links are hard links inside the tree;
+//! - every other entry keeps its type, owner, mode (suid and sticky bits included), xattrs
+//!   (but `security.selinux`) and mtime; hard links are hard links inside the tree, with their
+//!   target's metadata (the header of the link itself is not applied, as composefs has it);
+//! - a whiteout naming no file (`.wh.`, `.wh..`, `.wh...`) is refused; one below a name an
+//!   earlier whiteout replaced is skipped;
 //! - a parent no entry creates is made as containers/storage makes it (0755, 0:0; mtime 0, as
 //!   the image tree has it, see [`crate::layer_tree::implicit_dir_stat`]);
 //! - a later entry of the same name replaces an earlier one (a directory stays a directory and
-//!   takes the later metadata).
+//!   takes the later metadata; a directory replaced by another type goes with what it held).
 //!
 //! File contents are **clones** of the store's objects (`FICLONE`): on XFS and btrfs the tree
 //! costs metadata only. Where the filesystem cannot clone (ext4, another filesystem than the
@@ -157,22 +160,10 @@ impl OverlayTree {
             return Ok(());
         };
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_owned();
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return self.write_whiteout(&parent_rel, &name, &entry.stat);
+        }
         let parent = self.make_parents(&parent_rel)?;
-        if name == OPAQUE_MARKER {
-            rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
-                .with_context(|| format!("Setting {OPAQUE_XATTR} on {}", parent_rel.display()))?;
-            return Ok(());
-        }
-        if name.starts_with(b".wh..wh.") {
-            return Ok(());
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            let hidden = OsStr::from_bytes(hidden);
-            remove_existing(&parent, hidden, &self.root_path.join(&parent_rel))?;
-            rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), 0)?;
-            chown(&parent, hidden, &entry.stat)?;
-            return Ok(());
-        }
         let name = OsStr::from_bytes(&name);
         let existing = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok();
         let existing_dir =
@@ -215,8 +206,8 @@ impl OverlayTree {
                 )?;
                 // After chown, which clears the suid and sgid bits.
                 rustix::fs::fchmod(&file, mode_of(&entry.stat))?;
-                for (key, value) in entry.stat.xattrs.iter() {
-                    rustix::fs::fsetxattr(&file, key.as_ref(), value, XattrFlags::empty())
+                for (key, value) in restored_xattrs(&entry.stat) {
+                    rustix::fs::fsetxattr(&file, key, value, XattrFlags::empty())
                         .with_context(|| format!("Setting xattr {key:?}"))?;
                 }
                 rustix::fs::futimens(&file, &timestamps(&entry.stat))?;
@@ -245,13 +236,13 @@ impl OverlayTree {
         if !is_symlink {
             rustix::fs::chmodat(&parent, name, mode_of(&entry.stat), AtFlags::empty())?;
         }
-        let xattrs = &entry.stat.xattrs;
-        if !xattrs.is_empty() {
+        let mut xattrs = restored_xattrs(&entry.stat).peekable();
+        if xattrs.peek().is_some() {
             // There is no fd-relative lsetxattr: the parent was resolved without following
             // symlinks, and lsetxattr does not follow the last component.
             let path = self.root_path.join(&rel);
-            for (key, value) in xattrs.iter() {
-                rustix::fs::lsetxattr(&path, key.as_ref(), value, XattrFlags::empty())
+            for (key, value) in xattrs {
+                rustix::fs::lsetxattr(&path, key, value, XattrFlags::empty())
                     .with_context(|| format!("Setting xattr {key:?}"))?;
             }
         }
@@ -261,6 +252,48 @@ impl OverlayTree {
             &timestamps(&entry.stat),
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
+        Ok(())
+    }
+
+    /// A whiteout entry `PARENT/.wh.NAME`, or the opaque marker, in overlayfs form. Under a
+    /// parent that an earlier whiteout of the same layer replaced (`/.wh.foo`, then
+    /// `/foo/.wh.bar`, as some tools write `rm -rf /foo`), it has nothing to hide and is
+    /// skipped, as containers/storage skips it.
+    fn write_whiteout(&mut self, parent_rel: &Path, name: &[u8], stat: &Stat) -> Result<()> {
+        let parent = match self.open_dir_raw(parent_rel) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => self.make_parents(parent_rel)?,
+            Err(Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => {
+                log::debug!(
+                    "whiteout below {}, which is no directory: skipped",
+                    parent_rel.display()
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("Opening {}", parent_rel.display()));
+            }
+        };
+        if name == OPAQUE_MARKER {
+            rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .with_context(|| format!("Setting {OPAQUE_XATTR} on {}", parent_rel.display()))?;
+            return Ok(());
+        }
+        if name.starts_with(b".wh..wh.") {
+            // AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): nothing for overlayfs.
+            return Ok(());
+        }
+        let hidden = &name[WHITEOUT_PREFIX.len()..];
+        if matches!(hidden, b"" | b"." | b"..") {
+            bail!(
+                "the whiteout {:?} names no file (containers/storage refuses it too)",
+                OsStr::from_bytes(name)
+            );
+        }
+        let hidden = OsStr::from_bytes(hidden);
+        remove_existing(&parent, hidden, &self.root_path.join(parent_rel))?;
+        rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), 0)?;
+        chown(&parent, hidden, stat)?;
         Ok(())
     }
 
@@ -303,7 +336,7 @@ impl OverlayTree {
     }
 
     /// Opens the directory `rel` below the root, following no symlink.
-    fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
+    fn open_dir_raw(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
         let path = if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -316,7 +349,11 @@ impl OverlayTree {
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
-        .map_err(|e| match e {
+    }
+
+    /// [`Self::open_dir_raw`], its errors explained.
+    fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
+        self.open_dir_raw(rel).map_err(|e| match e {
             Errno::LOOP | Errno::XDEV => {
                 anyhow::anyhow!(
                     "{} is a symlink in the layer, not a directory",
@@ -330,16 +367,10 @@ impl OverlayTree {
     /// Opens the directory `rel`, creating it and its parents as [`implicit_dir_stat`] ones
     /// when no entry did.
     fn make_parents(&mut self, rel: &Path) -> Result<OwnedFd> {
-        match self.open_dir(rel) {
+        match self.open_dir_raw(rel) {
             Ok(fd) => return Ok(fd),
-            Err(e) => {
-                let missing = e
-                    .downcast_ref::<Errno>()
-                    .is_some_and(|errno| *errno == Errno::NOENT);
-                if !missing {
-                    return Err(e);
-                }
-            }
+            Err(Errno::NOENT) => {}
+            Err(_) => return self.open_dir(rel),
         }
         let mut done = PathBuf::new();
         for component in rel.components() {
@@ -364,15 +395,20 @@ impl OverlayTree {
             if !seen.insert(rel.clone()) {
                 continue;
             }
-            let dir = self.open_dir(rel)?;
+            let dir = match self.open_dir_raw(rel) {
+                Ok(fd) => fd,
+                // A later entry replaced it (or a directory above it) with something else.
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => continue,
+                Err(e) => return Err(e).with_context(|| format!("Opening {}", rel.display())),
+            };
             rustix::fs::fchown(
                 &dir,
                 Some(rustix::fs::Uid::from_raw(stat.st_uid)),
                 Some(rustix::fs::Gid::from_raw(stat.st_gid)),
             )?;
             rustix::fs::fchmod(&dir, mode_of(stat))?;
-            for (key, value) in stat.xattrs.iter() {
-                rustix::fs::fsetxattr(&dir, key.as_ref(), value, XattrFlags::empty())
+            for (key, value) in restored_xattrs(stat) {
+                rustix::fs::fsetxattr(&dir, key, value, XattrFlags::empty())
                     .with_context(|| format!("Setting xattr {key:?} on {}", rel.display()))?;
             }
             rustix::fs::futimens(&dir, &timestamps(stat))?;
@@ -404,6 +440,15 @@ fn chown(dir: &impl AsFd, name: &OsStr, stat: &Stat) -> Result<()> {
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .with_context(|| format!("Setting the owner of {name:?}"))
+}
+
+/// The xattrs of an entry written to the tree: all but `security.selinux`, which the host's
+/// policy labels (containers/storage drops it too).
+fn restored_xattrs(stat: &Stat) -> impl Iterator<Item = (&OsStr, &[u8])> {
+    stat.xattrs
+        .iter()
+        .filter(|(key, _)| key.as_ref() != OsStr::new("security.selinux"))
+        .map(|(key, value)| (key.as_ref(), value.as_ref()))
 }
 
 fn mode_of(stat: &Stat) -> Mode {

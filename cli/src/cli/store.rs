@@ -193,8 +193,11 @@ pub(crate) fn gc(path: Option<PathBuf>) -> Result<()> {
         report.bytes_freed,
         report.names_pruned
     );
-    if RepoSettings::load(&path)?.podman_layer_store.is_some() {
-        super::podman::prune(&path)?;
+    if RepoSettings::load(&path)?.podman_layer_store.is_some()
+        && let Err(e) = super::podman::prune(&path)
+    {
+        // The collection itself succeeded.
+        eprintln!("warning: {e:#}");
     }
     Ok(())
 }

@@ -174,8 +174,9 @@ impl LayerStore {
             ),
             _ => {}
         }
+        // Not TMP_PREFIX: a writer's clean-up, under the lock, must not take it.
         let mut tmp = tempfile::Builder::new()
-            .prefix(TMP_PREFIX)
+            .prefix(".skiff-marker-")
             .tempfile_in(&dir)?;
         serde_json::to_writer_pretty(&mut tmp, &marker)?;
         tmp.write_all(b"\n")?;
@@ -343,8 +344,14 @@ impl LayerStore {
         let mut out = Vec::new();
         for name in entries {
             let path = self.dir.join(&name);
+            let info = match read_info(&path) {
+                Ok(info) => info,
+                // Withdrawn since the scan (status takes no lock).
+                Err(_) if !path.exists() => continue,
+                Err(e) => return Err(e),
+            };
             out.push(EntryStatus {
-                info: read_info(&path)?,
+                info,
                 podman_layers: used.get(&path).cloned().unwrap_or_default(),
                 images: named.get(&name).cloned().unwrap_or_default(),
                 aliases: aliases
@@ -379,13 +386,21 @@ impl LayerStore {
                 report.kept_in_use.push(name);
                 continue;
             }
-            // Out of podman's sight first, then removed.
+            // Out of podman's sight first; then, in case a pull took it up between the check
+            // and the rename, checked again and put back if so. (A pull that looked the entry
+            // up but has not yet recorded it when this second check runs can still lose it:
+            // podman then fails that pull, and a retry downloads the layer.)
             let gone = self.dir.join(format!(
                 "{TMP_PREFIX}withdrawn-{}-{}",
                 name.replace(':', "-"),
                 std::process::id()
             ));
             std::fs::rename(&path, &gone)?;
+            if self.podman_uses()?.contains_key(&path) {
+                std::fs::rename(&gone, &path)?;
+                report.kept_in_use.push(name);
+                continue;
+            }
             std::fs::remove_dir_all(&gone)?;
             report.withdrawn.push(name);
         }

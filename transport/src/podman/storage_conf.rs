@@ -61,7 +61,8 @@ pub fn with_layer_store(text: &str, dir: &Path) -> Result<Option<String>> {
     for (i, line) in lines.iter_mut().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
-            section = trimmed
+            let header = trimmed.split('#').next().unwrap_or_default().trim();
+            section = header
                 .trim_matches(|c| c == '[' || c == ']')
                 .trim()
                 .to_owned();
@@ -84,8 +85,10 @@ pub fn with_layer_store(text: &str, dir: &Path) -> Result<Option<String>> {
         let Some(open) = line.find('[') else {
             bail!("additionallayerstores in [storage.options] is not a list: {trimmed}");
         };
+        // First in the list; before other entries (on this line or, for a list written over
+        // several lines, the next ones) with a comma, which TOML allows to trail.
         let rest = line[open + 1..].trim_start();
-        let entry = if rest.starts_with(']') || rest.is_empty() {
+        let entry = if rest.starts_with(']') {
             quoted.clone()
         } else {
             format!("{quoted}, ")
@@ -179,6 +182,19 @@ mod tests {
         let other = "[storage.options.overlay]\nadditionallayerstores = [\"/x\"]\n";
         let out = with_layer_store(other, Path::new(DIR)).unwrap().unwrap();
         assert!(out.contains("\n[storage.options]\nadditionallayerstores = [\"/var/lib"));
+        let multi = "[storage.options]\nadditionallayerstores = [\n  \"/x\",\n]\n";
+        assert_eq!(
+            with_layer_store(multi, Path::new(DIR)).unwrap().unwrap(),
+            "[storage.options]\nadditionallayerstores = [\"/var/lib/skiff/als\", \n  \"/x\",\n]\n"
+        );
+        let commented = "[storage.options] # options\nmount_program = \"\"\n";
+        assert_eq!(
+            with_layer_store(commented, Path::new(DIR))
+                .unwrap()
+                .unwrap(),
+            "[storage.options] # options\nadditionallayerstores = [\"/var/lib/skiff/als\"]\n\
+             mount_program = \"\"\n"
+        );
         let bad = "[storage.options]\nadditionallayerstores = \"/x\"\n";
         assert!(with_layer_store(bad, Path::new(DIR)).is_err());
     }
