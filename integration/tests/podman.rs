@@ -593,6 +593,33 @@ fn overlay_form_by_gnu_tar(tar: &[u8], dest: &Path) {
     }
 }
 
+/// A repository in `dir` with a layer store (storage.conf left alone) holding the images `tags`
+/// of `layout`, each stored under its tag; returns the repository and the layer store.
+fn store_with_layer_store(dir: &Path, layout: &Path, tags: &[&str]) -> (PathBuf, PathBuf) {
+    let repo = dir.join("repo");
+    let als = dir.join("als");
+    skiff_ok(&["init", repo.to_str().unwrap()]);
+    skiff_ok(&[
+        "podman",
+        "enable",
+        "--print",
+        "--dir",
+        als.to_str().unwrap(),
+        repo.to_str().unwrap(),
+    ]);
+    for tag in tags {
+        expect_success(
+            &copy(
+                &[],
+                &format!("oci:{}:{tag}", layout.display()),
+                &skiff_integration::tools::composefs_ref(&repo, tag),
+            ),
+            "skiff copy",
+        );
+    }
+    (repo, als)
+}
+
 #[test]
 fn each_exposed_diff_is_the_layer_as_containers_storage_unpacks_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -604,22 +631,8 @@ fn each_exposed_diff_is_the_layer_as_containers_storage_unpacks_it() {
         .retain(|(name, _)| name.as_slice() != b"etc/lib-link");
     let layout = dir.path().join("layout");
     fixtures::write_oci_layout(&layout, "v1", &layers, Compression::Gzip).unwrap();
-    let repo = dir.path().join("repo");
-    let als = dir.path().join("als");
-    skiff_ok(&["init", repo.to_str().unwrap()]);
-    skiff_ok(&[
-        "podman",
-        "enable",
-        "--print",
-        "--dir",
-        als.to_str().unwrap(),
-        repo.to_str().unwrap(),
-    ]);
-    let stored = skiff_integration::tools::composefs_ref(&repo, "rich");
-    expect_success(
-        &copy(&[], &format!("oci:{}:v1", layout.display()), &stored),
-        "skiff copy",
-    );
+    let (repo, als) = store_with_layer_store(dir.path(), &layout, &["v1"]);
+    let stored = skiff_integration::tools::composefs_ref(&repo, "v1");
     skiff_ok(&["podman", "expose", &stored]);
     for (index, tar) in fixtures::layer_tars(&layers).unwrap().iter().enumerate() {
         let reference = dir.path().join(format!("gnu-{index}"));
@@ -655,27 +668,7 @@ fn layers_containers_storage_accepts_are_exposed_and_whiteouts_naming_nothing_re
     let mut bad = Layer::default();
     bad.add("d/", dir()).add("d/.wh...", Node::Whiteout);
     fixtures::write_oci_layout(&layout, "bad", &[bad], Compression::Gzip).unwrap();
-    let repo = dir_.path().join("repo");
-    let als = dir_.path().join("als");
-    skiff_ok(&["init", repo.to_str().unwrap()]);
-    skiff_ok(&[
-        "podman",
-        "enable",
-        "--print",
-        "--dir",
-        als.to_str().unwrap(),
-        repo.to_str().unwrap(),
-    ]);
-    for tag in ["v1", "bad"] {
-        expect_success(
-            &copy(
-                &[],
-                &format!("oci:{}:{tag}", layout.display()),
-                &skiff_integration::tools::composefs_ref(&repo, tag),
-            ),
-            "skiff copy",
-        );
-    }
+    let (repo, als) = store_with_layer_store(dir_.path(), &layout, &["v1", "bad"]);
     skiff_ok(&[
         "podman",
         "expose",

@@ -71,8 +71,6 @@ pub struct LayerMismatch {
 pub struct Extracted {
     /// Length of the layer's tar (containers/storage's `diff-size`).
     pub tar_size: u64,
-    /// Entries written (whiteouts included).
-    pub entries: u64,
     /// Bytes of file content shared with the store's objects by cloning.
     pub cloned_bytes: u64,
     /// Bytes of file content written: small files stored inline, and objects the filesystem
@@ -151,7 +149,6 @@ impl OverlayTree {
             .strip_prefix("/")
             .unwrap_or(&entry.path)
             .to_owned();
-        self.report.entries += 1;
         let Some(name) = rel.file_name().map(|n| n.as_bytes().to_vec()) else {
             // The root itself: its metadata is the tree's.
             if matches!(entry.item, TarItem::Directory) {
