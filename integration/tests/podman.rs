@@ -474,6 +474,26 @@ fn enable_refuses_a_directory_serving_another_repository() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // So does a copy asked to expose into it, before it stores anything.
+    let layout = dir.path().join("layout");
+    fixtures::write_oci_layout(&layout, "v1", &image_with_payload(1, 5), Compression::Gzip)
+        .unwrap();
+    let two = dir.path().join("two");
+    let out = copy(
+        &["--expose"],
+        &format!("oci:{}:v1", layout.display()),
+        &skiff_integration::tools::composefs_ref(&two, "app"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skiff podman enable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        skiff_ok(&["images", "--json", two.to_str().unwrap()]).trim(),
+        "[]"
+    );
 }
 
 /// Everything overlayfs and a container see of each path below `root`: type, mode, owner,
