@@ -301,3 +301,57 @@ async fn hints_out_of_step_with_the_tar_are_refused() {
         .unwrap_err();
     assert!(format!("{e:#}").contains("no counterpart"), "{e:#}");
 }
+
+/// A hint may name the object without its content's sha256 (the containers-storage replay,
+/// which has none): the import hashes the bytes as they pass, and the content index is the
+/// one an import writing the objects itself records.
+#[tokio::test]
+async fn hinted_objects_without_a_digest_are_indexed_by_the_bytes_that_pass() {
+    use skiff_storage::layer_import::{HintedObject, ObjectHint, split_layer_with_hints};
+    let written = tempfile::tempdir().unwrap();
+    let written = store(written.path());
+    let tar = sample_tar(None);
+    let diff_id = digest_of(&tar);
+    split_layer(&written, &diff_id, &tar[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    let expected = ContentIndex::read_for_layer(written.repo(), &diff_id)
+        .unwrap()
+        .unwrap();
+
+    let hinted = tempfile::tempdir().unwrap();
+    let hinted = store(hinted.path());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut archive = tar::Archive::new(&tar[..]);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if !entry.header().entry_type().is_file() || entry.size() <= 64 {
+            continue;
+        }
+        let offset = entry.raw_file_position();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+        let id = hinted.repo().ensure_object(&content).unwrap();
+        tx.send(ObjectHint {
+            offset,
+            size: content.len() as u64,
+            object: Some(HintedObject { id, sha256: None }),
+        })
+        .unwrap();
+    }
+    drop(tx);
+    let (_, stats) = split_layer_with_hints(&hinted, &diff_id, &tar[..], Some(rx))
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(stats.objects_written, 0, "{stats:?}");
+    let index = ContentIndex::read_for_layer(hinted.repo(), &diff_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(index.entries(), expected.entries());
+}

@@ -2,6 +2,8 @@
 //! skiff reads (manifests, configs, layers, delta blobs) is checked here, whichever source it
 //! comes from and whichever converter reads it.
 
+use std::io::Read;
+
 use anyhow::Result;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use skiff_storage::OciDigest;
@@ -53,6 +55,17 @@ pub(crate) fn check_read<R>(
         });
     }
     Ok(())
+}
+
+/// Reads `reader` whole, refusing more than `max` bytes.
+pub(crate) fn read_bounded(reader: impl Read, max: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader.take(max + 1).read_to_end(&mut data)?;
+    anyhow::ensure!(
+        data.len() as u64 <= max,
+        "more than the {max} bytes allowed "
+    );
+    Ok(data)
 }
 
 /// Checks whole blob bytes against their descriptor.

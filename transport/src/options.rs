@@ -25,6 +25,10 @@ pub struct SourceOptions {
     pub policy: Option<PathBuf>,
     /// `--insecure-policy`: accept any image.
     pub insecure_policy: bool,
+    /// `--storage-root`: the graph root of `containers-storage:` images (else storage.conf's).
+    pub storage_root: Option<PathBuf>,
+    /// `--run-root`: the run root of `containers-storage:` images (else storage.conf's).
+    pub run_root: Option<PathBuf>,
 }
 
 /// The image the source names does not exist (exit code 2).

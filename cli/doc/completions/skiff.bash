@@ -180,7 +180,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__copy)
-            opts="-q -j -h --src-creds --src-username --src-password --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --keep-blobs --expose --dest-creds --dest-authfile --dest-no-creds --dest-tls-verify --dest-cert-dir --dest-compress-format --preserve-digests --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-q -j -h --src-creds --src-username --src-password --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --keep-blobs --expose --storage-root --run-root --dest-creds --dest-authfile --dest-no-creds --dest-tls-verify --dest-cert-dir --dest-compress-format --preserve-digests --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -235,6 +235,14 @@ _skiff() {
                     return 0
                     ;;
                 --multi-arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-root)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -60,6 +60,8 @@ bars\t'Progress bars'
 plain\t'One line per event'
 json\t'One JSON object per line'"
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l multi-arch -d 'Only `system` (the default: one image for this platform) applies to composefs storage' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l storage-root -d 'The graph root of containers-storage: sources (default: storage.conf\'s graphroot, else /var/lib/containers/storage); a [driver@root+runroot] in the reference wins' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l run-root -d 'The run root of containers-storage: sources (default: storage.conf\'s runroot)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-authfile -d 'Path of the authentication file for the destination registry' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-tls-verify -d 'Require HTTPS and verify certificates when talking to the destination registry' -r -f -a "true\t''

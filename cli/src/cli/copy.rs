@@ -87,6 +87,13 @@ pub(crate) struct CopyArgs {
     /// store (set up by skiff podman enable).
     #[arg(long)]
     expose: bool,
+    /// The graph root of containers-storage: sources (default: storage.conf's graphroot, else
+    /// /var/lib/containers/storage); a [driver@root+runroot] in the reference wins.
+    #[arg(long, value_name = "DIR")]
+    storage_root: Option<PathBuf>,
+    /// The run root of containers-storage: sources (default: storage.conf's runroot).
+    #[arg(long, value_name = "DIR")]
+    run_root: Option<PathBuf>,
 
     #[command(flatten)]
     dest: DestFlags,
@@ -171,6 +178,7 @@ impl DestFlags {
                 variant: global.override_variant.clone(),
                 policy: global.policy.clone(),
                 insecure_policy: global.insecure_policy,
+                ..Default::default()
             },
         })
     }
@@ -302,6 +310,8 @@ impl CopyArgs {
             variant: global.override_variant.clone(),
             policy: global.policy.clone(),
             insecure_policy: global.insecure_policy,
+            storage_root: self.storage_root.clone(),
+            run_root: self.run_root.clone(),
         })
     }
 }

@@ -62,6 +62,10 @@ pub(super) const COPY: &[Example] = &[
          docker://registry.example:5000/app:v2 composefs:/srv/cfs:app",
     ),
     (
+        "An image podman pulled, read from podman's store (file contents cloned on XFS)",
+        "skiff copy containers-storage:quay.io/fedora/fedora:41 composefs:/srv/cfs:fedora:41",
+    ),
+    (
         "Apply an oci-delta artifact (the image it was made from must be in /srv/cfs)",
         "skiff copy oci-archive:app-v1-v2.delta composefs:/srv/cfs:app:v2",
     ),

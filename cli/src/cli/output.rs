@@ -114,6 +114,15 @@ impl Output {
         if let Some(delta) = &s.delta {
             let _ = writeln!(out, "  delta     {delta} (saved {})", human(s.bytes_saved));
         }
+        if s.layers_unpacked > 0 {
+            let _ = writeln!(
+                out,
+                "  unpacked  {} layers from containers-storage ; cloned {} ; copied {}",
+                s.layers_unpacked,
+                human(s.bytes_cloned),
+                human(s.bytes_copied)
+            );
+        }
         let _ = writeln!(out, "  time      {:.2}s", s.seconds);
     }
 

@@ -223,8 +223,9 @@ fn main() -> Result<()> {
     let skiff = skiff_bin();
     if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("podman") {
         let src = format!("oci:{}:large", layout.display());
-        let rows = podman_figures(&root, &skiff, &src, &ensure_v2(&layout)?)?;
+        let (rows, imports) = podman_figures(&root, &skiff, &src, &ensure_v2(&layout)?, runs)?;
         print_podman(&rows);
+        print_imports(&imports);
         return Ok(());
     }
     let cfsctl = require("cfsctl");
@@ -631,7 +632,7 @@ fn main() -> Result<()> {
     )?;
 
     eprintln!("podman pull with and without skiff's layer store (once each)");
-    let podman = podman_figures(&root, &skiff, &src, &src_v2)?;
+    let (podman, imports) = podman_figures(&root, &skiff, &src, &src_v2, runs)?;
 
     println!();
     println!(
@@ -708,6 +709,7 @@ fn main() -> Result<()> {
         );
     }
     print_podman(&podman);
+    print_imports(&imports);
     Ok(())
 }
 
@@ -754,7 +756,13 @@ struct PodmanRow {
 
 /// Podman's pulls of v1 and then v2 from the registry, into a podman of its own, and into one
 /// whose layer store skiff filled: layer bytes the registry sent, disk added, wall time.
-fn podman_figures(root: &Path, skiff: &Path, src: &str, src_v2: &str) -> Result<Vec<PodmanRow>> {
+fn podman_figures(
+    root: &Path,
+    skiff: &Path,
+    src: &str,
+    src_v2: &str,
+    runs: usize,
+) -> Result<(Vec<PodmanRow>, Vec<ImportRow>)> {
     use skiff_integration::loop_fs::LoopXfs;
     use skiff_integration::podman::Podman;
     let registry = Registry::start_plain()?;
@@ -783,6 +791,7 @@ fn podman_figures(root: &Path, skiff: &Path, src: &str, src_v2: &str) -> Result<
     std::fs::create_dir_all(dir.join("plain"))?;
     std::fs::create_dir_all(dir.join("als"))?;
     let mut rows = Vec::new();
+    let imports;
     {
         let xfs = LoopXfs::new(&dir.join("plain"), 4096)?;
         let podman = Podman::new(&xfs.path().join("podman"))?;
@@ -797,6 +806,8 @@ fn podman_figures(root: &Path, skiff: &Path, src: &str, src_v2: &str) -> Result<
                 seconds,
             });
         }
+        let name = format!("{}/bench/app:v1", registry.host());
+        imports = containers_storage_figures(&xfs, &podman, &name, skiff, runs)?;
     }
     let xfs = LoopXfs::new(&dir.join("als"), 4096)?;
     let podman = Podman::new(&xfs.path().join("podman"))?;
@@ -838,7 +849,153 @@ fn podman_figures(root: &Path, skiff: &Path, src: &str, src_v2: &str) -> Result<
             seconds,
         });
     }
-    Ok(rows)
+    Ok((rows, imports))
+}
+
+/// One row of the containers-storage import table.
+struct ImportRow {
+    what: String,
+    /// Median wall time, or why the path failed.
+    outcome: Result<f64, String>,
+    disk: i64,
+}
+
+/// `image`, which `podman` pulled, into a new repository on the same XFS filesystem, `runs`
+/// times each way: skiff's native import, cfsctl's (`--local-fetch auto`), skopeo to an OCI
+/// layout then skiff from it (the path before the native one), and cfsctl through skopeo's
+/// proxy (`--local-fetch disabled`, what skiff would otherwise do).
+fn containers_storage_figures(
+    xfs: &skiff_integration::loop_fs::LoopXfs,
+    podman: &skiff_integration::podman::Podman,
+    image: &str,
+    skiff: &Path,
+    runs: usize,
+) -> Result<Vec<ImportRow>> {
+    let root = podman.root().to_owned();
+    let run_root = root.with_file_name("run");
+    let explicit = format!(
+        "containers-storage:[overlay@{}+{}]{image}",
+        root.display(),
+        run_root.display()
+    );
+    let work = xfs.path().join("imports");
+    let cfsctl = require("cfsctl");
+    let skopeo = require("skopeo");
+    type Way<'a> = (&'a str, Box<dyn Fn(&Path) -> Result<Vec<Command>> + 'a>);
+    let ways: Vec<Way> = vec![
+        (
+            "skiff copy containers-storage: (native)",
+            Box::new(|repo: &Path| {
+                let mut c = Command::new(skiff);
+                c.args(["copy", "--quiet", &explicit])
+                    .arg(format!("composefs:{}:app", repo.display()));
+                Ok(vec![c])
+            }),
+        ),
+        (
+            "cfsctl oci pull --local-fetch auto containers-storage:",
+            Box::new(|repo: &Path| {
+                cfsctl_repo(repo)?;
+                let mut c = Command::new(&cfsctl);
+                c.env("CONTAINERS_STORAGE_ROOT", &root)
+                    .arg("--repo")
+                    .arg(repo)
+                    .args(["oci", "pull", "--local-fetch", "auto"])
+                    .arg(format!("containers-storage:{image}"))
+                    .arg("app");
+                Ok(vec![c])
+            }),
+        ),
+        (
+            "skopeo copy containers-storage: oci:, then skiff copy oci:",
+            Box::new(|repo: &Path| {
+                let layout = repo.with_extension("layout");
+                let _ = std::fs::remove_dir_all(&layout);
+                let mut to_layout = Command::new(&skopeo);
+                to_layout
+                    .args(["--insecure-policy", "copy", "--quiet", &explicit])
+                    .arg(format!("oci:{}:app", layout.display()));
+                let mut from_layout = Command::new(skiff);
+                from_layout
+                    .args(["copy", "--quiet"])
+                    .arg(format!("oci:{}:app", layout.display()))
+                    .arg(format!("composefs:{}:app", repo.display()));
+                Ok(vec![to_layout, from_layout])
+            }),
+        ),
+        (
+            "cfsctl oci pull containers-storage: (skopeo's proxy)",
+            Box::new(|repo: &Path| {
+                cfsctl_repo(repo)?;
+                let mut c = Command::new(&cfsctl);
+                c.arg("--repo")
+                    .arg(repo)
+                    .args(["oci", "pull"])
+                    .arg(explicit.as_str())
+                    .arg("app");
+                Ok(vec![c])
+            }),
+        ),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let mut failures: Vec<Option<String>> = vec![None; ways.len()];
+    let mut disk = vec![0i64; ways.len()];
+    // Interleaved: each run goes through every way once.
+    for _ in 0..runs {
+        for (i, (_, commands)) in ways.iter().enumerate() {
+            if failures[i].is_some() {
+                continue;
+            }
+            let repo = fresh(&work.join(format!("way-{i}")))?;
+            let _ = std::fs::remove_dir_all(repo.with_extension("layout"));
+            let commands = commands(&repo)?;
+            run_quiet(&mut Command::new("sync"))?;
+            let used = xfs.used_bytes()?;
+            let start = std::time::Instant::now();
+            for mut c in commands {
+                let out = c.output()?;
+                if !out.status.success() {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    let last = stderr.lines().last().unwrap_or_default().trim().to_owned();
+                    failures[i] = Some(last);
+                    break;
+                }
+            }
+            times[i].push(start.elapsed().as_secs_f64());
+            run_quiet(&mut Command::new("sync"))?;
+            disk[i] = xfs.used_bytes()? as i64 - used as i64;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(ways
+        .iter()
+        .enumerate()
+        .map(|(i, (what, _))| ImportRow {
+            what: what.to_string(),
+            outcome: match &failures[i] {
+                Some(why) => Err(why.clone()),
+                None => Ok(median(times[i].clone())),
+            },
+            disk: disk[i],
+        })
+        .collect())
+}
+
+fn print_imports(rows: &[ImportRow]) {
+    println!(
+        "\n| podman's image (v1) into a composefs repository | wall (s, median) | disk added |"
+    );
+    println!("|---|---:|---:|");
+    for row in rows {
+        match &row.outcome {
+            Ok(seconds) => println!("| {} | {seconds:.2} | {} |", row.what, row.disk),
+            Err(why) => println!("| {} | fails: {why} | |", row.what),
+        }
+    }
+    println!(
+        "(on the XFS filesystem of podman's store, a new repository each run; disk added \
+         includes what a layout in between takes.)"
+    );
 }
 
 /// A home directory whose registries.conf marks the local registry insecure (plain HTTP), for

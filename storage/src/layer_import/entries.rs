@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::{
-    FILE_CHANNEL_DEPTH, IO_BUF_CAPACITY, Known, LayerError, MAX_TRAILING_BYTES, PRECHECK_MAX,
-    Split, malformed,
+    FILE_CHANNEL_DEPTH, HintedObject, IO_BUF_CAPACITY, Known, LayerError, MAX_TRAILING_BYTES,
+    PRECHECK_MAX, Split, malformed,
 };
 use crate::content_index::IndexEntry;
 use crate::digest::HashingReader;
@@ -148,7 +148,7 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
 
     /// The stored object the caller names for the file of `size` bytes starting here, when it
     /// names them; its place must be where the content really is.
-    async fn hint(&mut self, path: &[u8], size: usize) -> Result<Option<(H, [u8; 32])>> {
+    async fn hint(&mut self, path: &[u8], size: usize) -> Result<Option<HintedObject<H>>> {
         let Some(Known::Hints(hints)) = &mut self.known else {
             return Ok(None);
         };
@@ -172,12 +172,26 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
 
     /// The content of a file stored as an object: the store's object (`hinted`, or found by
     /// digest after reading the content), else a new one written from memory or the stream.
-    async fn external(&mut self, size: usize, hinted: Option<(H, [u8; 32])>) -> Result<()> {
+    async fn external(&mut self, size: usize, hinted: Option<HintedObject<H>>) -> Result<()> {
         let mut from_memory = None;
         let mut stored = None;
         if let Some(found) = hinted {
-            skip_bytes(&mut self.buf, self.tar, size).await?;
-            stored = Some(found);
+            let sha256 = match found.sha256 {
+                Some(sha256) => {
+                    skip_bytes(&mut self.buf, self.tar, size).await?;
+                    sha256
+                }
+                None => {
+                    let mut sha = openssl::sha::Sha256::new();
+                    consume(&mut self.buf, self.tar, size, |piece| {
+                        sha.update(piece);
+                        Ok(())
+                    })
+                    .await?;
+                    sha.finish()
+                }
+            };
+            stored = Some((found.id, sha256));
         }
         if let Some(Known::Index(index_of_store)) = &self.known
             && size <= PRECHECK_MAX

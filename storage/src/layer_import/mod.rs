@@ -181,16 +181,26 @@ pub async fn split_new_layer<H: FsVerityHashValue>(
 /// What the caller knows of the next file of the tar stored as an object (files of more than
 /// 64 bytes, in tar order): where its content starts in the tar stream and its size (both must
 /// match the tar's own header, or the import fails), and the stored object holding exactly that
-/// content with its sha256, if the store has one. A hinted content's bytes still come through
-/// the stream (the DiffID covers them) but are not written again.
+/// content, if the store has one. A hinted content's bytes still come through the stream (the
+/// DiffID covers them) but are not written again.
 #[derive(Debug, Clone)]
 pub struct ObjectHint<H> {
     /// Offset of the file's content in the uncompressed tar.
     pub offset: u64,
     /// Its size.
     pub size: u64,
-    /// The stored object with that content, and the content's sha256.
-    pub object: Option<(H, [u8; 32])>,
+    /// The stored object with that content.
+    pub object: Option<HintedObject<H>>,
+}
+
+/// A stored object that holds a file's content, named by the caller of the import.
+#[derive(Debug, Clone)]
+pub struct HintedObject<H> {
+    /// The object.
+    pub id: H,
+    /// The content's sha256 when the caller knows it; else the importer hashes the bytes as they
+    /// pass, for the content index.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// [`split_layer`], told by `hints` (one per file stored as an object, `None` for files to

@@ -21,6 +21,8 @@ pub const SYSTEM_STORAGE_CONF: &str = "/etc/containers/storage.conf";
 pub const DEFAULT_STORAGE_CONF: &str = "/usr/share/containers/storage.conf";
 /// containers/storage's graphroot when the file names none (rootful).
 pub const DEFAULT_GRAPHROOT: &str = "/var/lib/containers/storage";
+/// containers/storage's runroot when the file names none (rootful).
+pub const DEFAULT_RUNROOT: &str = "/run/containers/storage";
 
 /// The storage.conf podman reads here.
 pub fn active_storage_conf() -> PathBuf {
@@ -115,6 +117,12 @@ fn joined(lines: Vec<String>) -> String {
 
 /// The `graphroot` of `[storage]` in `text`, if set.
 pub fn graphroot(text: &str) -> Option<PathBuf> {
+    storage_value(text, "graphroot").map(PathBuf::from)
+}
+
+/// The string value of `key` in the `[storage]` table of `text` (`graphroot`, `runroot`,
+/// `driver`), if set and not empty.
+pub fn storage_value(text: &str, key: &str) -> Option<String> {
     let mut section = "";
     for line in text.lines() {
         let trimmed = line.trim();
@@ -125,13 +133,13 @@ pub fn graphroot(text: &str) -> Option<PathBuf> {
         if section != "[storage]" {
             continue;
         }
-        if let Some((key, value)) = trimmed.split_once('=')
-            && key.trim() == "graphroot"
+        if let Some((k, value)) = trimmed.split_once('=')
+            && k.trim() == key
         {
             let value = value.split('#').next().unwrap_or_default().trim();
             let value = value.trim_matches(|c| c == '"' || c == '\'');
             if !value.is_empty() {
-                return Some(PathBuf::from(value));
+                return Some(value.to_owned());
             }
         }
     }
@@ -208,5 +216,7 @@ mod tests {
             graphroot("[storage.options]\ngraphroot = \"/nope\"\n"),
             None
         );
+        assert_eq!(storage_value(text, "driver").as_deref(), Some("overlay"));
+        assert_eq!(storage_value(text, "runroot"), None);
     }
 }

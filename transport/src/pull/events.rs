@@ -117,6 +117,12 @@ pub struct CopySummary {
     pub layers_partial: usize,
     /// Layers rebuilt from a delta.
     pub layers_delta: usize,
+    /// Layers replayed from containers-storage, where they are unpacked.
+    pub layers_unpacked: usize,
+    /// Object bytes written as clones of containers-storage's files (sharing their blocks).
+    pub bytes_cloned: u64,
+    /// Object bytes copied from containers-storage's files (the filesystem cannot clone).
+    pub bytes_copied: u64,
     /// The delta used (its manifest digest), if one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<String>,
@@ -149,6 +155,8 @@ pub(crate) enum LayerKind {
     Partial { reused: u64 },
     /// Rebuilt by a tar-diff of a delta.
     Delta,
+    /// Replayed from containers-storage.
+    Unpacked,
 }
 
 impl CopySummary {
@@ -169,10 +177,16 @@ impl CopySummary {
                 self.layers_delta += 1;
                 self.bytes_reused += outcome.stats.bytes_reused;
             }
+            LayerKind::Unpacked => {
+                self.layers_unpacked += 1;
+                self.bytes_reused += outcome.stats.bytes_reused;
+            }
         }
         self.bytes_fetched += outcome.fetched;
         self.bytes_written += outcome.stats.bytes_written;
         self.objects_reused += outcome.stats.objects_reused;
-        self.requests += outcome.requests;
+        if outcome.kind != LayerKind::Unpacked {
+            self.requests += outcome.requests;
+        }
     }
 }

@@ -208,7 +208,15 @@ async fn pull<H: FsVerityHashValue>(
     delta: Option<DeltaBase<H>>,
 ) -> Result<CopySummary> {
     let stored = stored_diff_ids(store, &target.diff_ids).await?;
-    let kept_blobs = match options.keep_blobs {
+    let unpacked = source.unpacked().is_some();
+    if unpacked && options.keep_blobs {
+        log::warn!(
+            "{}: containers-storage keeps no layer blobs, so none are kept: copying the image \
+             out compresses its layers again, with new digests",
+            source.reference()
+        );
+    }
+    let kept_blobs = match options.keep_blobs && !unpacked {
         true => Some(held_blobs(store, target.manifest.layers(), &target.diff_ids).await?),
         false => None,
     };
@@ -218,6 +226,7 @@ async fn pull<H: FsVerityHashValue>(
         &stored,
         kept_blobs.as_ref(),
         delta.as_ref().map(|d| &d.delta),
+        unpacked,
     )?;
     let reuse = if plan::has_partial(&jobs) {
         reuse_for(store, tag).await?
@@ -245,6 +254,7 @@ async fn pull<H: FsVerityHashValue>(
         reuse,
         delta,
         total: target.manifest.layers().len(),
+        clones: Default::default(),
     };
     runner.run(jobs, &mut summary).await?;
     publish::publish(

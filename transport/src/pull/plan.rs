@@ -23,6 +23,8 @@ pub(crate) enum LayerPlan {
     /// zstd:chunked: rebuilt from the files the store holds and byte ranges of the blob (whole,
     /// if the source cannot serve ranges or the partial pull fails).
     Partial(ChunkedLayout),
+    /// Replayed from the source's unpacked layer (containers-storage): no blob is read.
+    Unpacked,
     /// From the delta in use: `blob` is a tar-diff applied to the delta's source image, or the
     /// layer's blob carried whole.
     Delta {
@@ -68,12 +70,16 @@ impl LayerJob {
 /// `kept_blobs` is given when blobs are kept (`--keep-blobs`): the blobs the store holds. Then,
 /// without a delta, a layer whose blob is not held is fetched whole so that its blob is kept,
 /// even when the layer itself is stored or could be pulled partially.
+///
+/// `unpacked`: the source holds the layers unpacked (containers-storage), and every layer not
+/// stored is replayed from there.
 pub(crate) fn plan_layers(
     layers: &[Descriptor],
     diff_ids: &[OciDigest],
     stored: &HashSet<OciDigest>,
     kept_blobs: Option<&HashSet<OciDigest>>,
     delta: Option<&DeltaManifest>,
+    unpacked: bool,
 ) -> Result<Vec<LayerJob>> {
     let mut jobs = Vec::new();
     let mut seen = HashSet::new();
@@ -83,12 +89,16 @@ pub(crate) fn plan_layers(
         if !seen.insert((desc.digest(), desc.size(), diff_id)) {
             continue;
         }
-        let to_keep =
-            delta.is_none() && kept_blobs.is_some_and(|held| !held.contains(desc.digest()));
+        // An unpacked layer has no blob to keep.
+        let to_keep = delta.is_none()
+            && !unpacked
+            && kept_blobs.is_some_and(|held| !held.contains(desc.digest()));
         let plan = if stored.contains(diff_id) && !to_keep {
             LayerPlan::Skip
         } else if let Some(delta) = delta {
             from_delta(delta, desc, diff_id)?
+        } else if unpacked {
+            LayerPlan::Unpacked
         } else {
             Compression::of_layer(desc.media_type())
                 .with_context(|| format!("Layer {}", desc.digest()))?;
@@ -215,7 +225,7 @@ mod tests {
         ];
         let diff_ids = [digest('1'), digest('2'), digest('3')];
         let stored = HashSet::from([digest('2')]);
-        let jobs = plan_layers(&layers, &diff_ids, &stored, None, None).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, None, None, false).unwrap();
         let plans: Vec<_> = jobs.iter().map(|j| (j.index, j.plan.clone())).collect();
         assert!(matches!(plans[0], (3, LayerPlan::Partial(_))), "{plans:?}");
         assert_eq!(plans[1], (1, LayerPlan::Full { reason: None }));
@@ -239,7 +249,7 @@ mod tests {
         // Layer 1 is stored without its blob, layer 3 with it; layer 2 is not stored.
         let stored = HashSet::from([digest('1'), digest('3')]);
         let held = HashSet::from([digest('c')]);
-        let jobs = plan_layers(&layers, &diff_ids, &stored, Some(&held), None).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, Some(&held), None, false).unwrap();
         let plans: Vec<_> = jobs.iter().map(|j| (j.index, j.plan.clone())).collect();
         assert!(
             matches!(&plans[0], (2, LayerPlan::Full { reason: Some(r) }) if r.contains("--keep-blobs")),
@@ -257,7 +267,7 @@ mod tests {
             layer('b', 10, serde_json::json!({})),
         ];
         let diff_ids = [digest('1'), digest('1'), digest('1')];
-        let jobs = plan_layers(&layers, &diff_ids, &HashSet::new(), None, None).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &HashSet::new(), None, None, false).unwrap();
         assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [1, 3]);
     }
 
@@ -271,6 +281,7 @@ mod tests {
             &HashSet::new(),
             None,
             None,
+            false,
         )
         .unwrap();
         assert!(
@@ -291,9 +302,34 @@ mod tests {
             &HashSet::new(),
             None,
             None,
+            false,
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains(&digest('a').to_string()), "{e:#}");
+    }
+
+    #[test]
+    fn unpacked_layers_are_replayed_unless_stored_whatever_their_compression() {
+        let layers = [
+            layer('a', 10, chunked()),
+            layer('b', 20, serde_json::json!({})),
+        ];
+        let diff_ids = [digest('1'), digest('2')];
+        let stored: HashSet<_> = [digest('2')].into();
+        let held = HashSet::new();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, Some(&held), None, true).unwrap();
+        let plans: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.diff_id.clone(), j.plan.clone()))
+            .collect();
+        // Largest first: a stored layer costs nothing.
+        assert_eq!(
+            plans,
+            [
+                (digest('1'), LayerPlan::Unpacked),
+                (digest('2'), LayerPlan::Skip)
+            ]
+        );
     }
 
     #[test]
@@ -315,7 +351,7 @@ mod tests {
         ];
         let diff_ids = [digest('1'), digest('2')];
         let stored = HashSet::from([digest('1')]);
-        let jobs = plan_layers(&layers, &diff_ids, &stored, None, Some(&delta)).unwrap();
+        let jobs = plan_layers(&layers, &diff_ids, &stored, None, Some(&delta), false).unwrap();
         assert_eq!(
             jobs[0].plan,
             LayerPlan::Delta {
@@ -324,7 +360,15 @@ mod tests {
             }
         );
         assert_eq!(jobs[1].plan, LayerPlan::Skip);
-        let e = plan_layers(&layers, &diff_ids, &HashSet::new(), None, Some(&delta)).unwrap_err();
+        let e = plan_layers(
+            &layers,
+            &diff_ids,
+            &HashSet::new(),
+            None,
+            Some(&delta),
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("neither in the delta"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ use super::plan::{ChunkedLayout, LayerJob, LayerPlan};
 use crate::blob::BlobError;
 use crate::format::media::UnsupportedMediaType;
 use crate::source::Source;
+use crate::source::containers_storage::layer::{CloneStats, import_layer as import_unpacked};
 use crate::source::ranges::WholeBlobComing;
 
 /// First retry waits this long; each later one twice as long as the one before, up to
@@ -46,6 +47,8 @@ pub(crate) struct Runner<H: FsVerityHashValue> {
     pub(crate) delta: Option<DeltaBase<H>>,
     /// Layers of the image, for messages.
     pub(crate) total: usize,
+    /// How the contents of unpacked layers were stored.
+    pub(crate) clones: Arc<CloneStats>,
 }
 
 impl<H: FsVerityHashValue> Runner<H> {
@@ -87,6 +90,8 @@ impl<H: FsVerityHashValue> Runner<H> {
         while let Some(done) = tasks.join_next().await {
             summary.add_layer(done??);
         }
+        summary.bytes_cloned = this.clones.cloned.load(Ordering::Relaxed);
+        summary.bytes_copied = this.clones.copied.load(Ordering::Relaxed);
         Ok(())
     }
 
@@ -99,6 +104,16 @@ impl<H: FsVerityHashValue> Runner<H> {
                     self.fallback(job, reason.clone());
                 }
                 self.full(job).await
+            }
+            LayerPlan::Unpacked => {
+                let source = self
+                    .source
+                    .unpacked()
+                    .context("an unpacked layer planned for a source of blobs")?;
+                self.with_retries(job, 0, LayerKind::Unpacked, |_| {
+                    import_unpacked(source.clone(), &self.store, diff_id, self.clones.clone())
+                })
+                .await
             }
             LayerPlan::Partial(layout) => match self.partial(job, layout.clone()).await {
                 Some(outcome) => Ok(outcome),

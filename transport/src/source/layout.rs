@@ -19,7 +19,7 @@ use ocidir::{OciArchive, OciDir, OciRead};
 
 use super::BlobStream;
 use super::{Resolved, ResolvedImage, parse_config, parse_manifest};
-use crate::blob::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, check_small, verify_blob};
+use crate::blob::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, check_small, read_bounded, verify_blob};
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::platform::WantedPlatform;
 use crate::reference::ImageRef;
@@ -111,17 +111,6 @@ impl Layout {
             .with_context(|| format!("Blob {} of the layout is corrupt", desc.digest()))?;
         Ok(data)
     }
-}
-
-/// Reads `reader` whole, refusing more than `max` bytes.
-fn read_bounded(reader: impl Read, max: u64) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    reader.take(max + 1).read_to_end(&mut data)?;
-    anyhow::ensure!(
-        data.len() as u64 <= max,
-        "more than the {max} bytes allowed (as for a manifest)"
-    );
-    Ok(data)
 }
 
 fn is_compressed_file(path: &Path) -> Result<bool> {

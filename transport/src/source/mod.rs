@@ -6,11 +6,14 @@
 //!   skopeo: exact manifests and indexes, random access to blobs.
 //! - For `docker://` images, the proxy reads manifests and whole blobs, and the native
 //!   [registry client](crate::source::registry) byte ranges ([`Source::range_reader`]).
+//! - [`containers_storage::ContainersStorageSource`]: podman's overlay store read directly; its
+//!   layers come unpacked ([`Source::unpacked`]), not as blobs.
 //!
 //! A source only yields bytes and never sees the store: manifest and config bytes verified
 //! against their digests, blob streams ([`BlobStream`]) and byte ranges that the pull's
 //! converters verify as they read them, and referrers.
 
+pub(crate) mod containers_storage;
 pub mod layout;
 pub(crate) mod proxy;
 pub(crate) mod ranges;
@@ -58,6 +61,8 @@ pub enum Source {
     Proxy(Arc<proxy::ProxySource>),
     /// An OCI layout read directly.
     Layout(layout::LayoutSource),
+    /// podman's overlay store read directly.
+    ContainersStorage(Arc<containers_storage::ContainersStorageSource>),
 }
 
 impl Source {
@@ -79,6 +84,26 @@ impl Source {
                     proxy::ProxySource::open(reference, options).await?,
                 )))
             }
+            ImageRef::ContainersStorage(spec) => {
+                let (owned, opts) = (spec.clone(), options.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    containers_storage::ContainersStorageSource::open(&owned, &opts)
+                })
+                .await?;
+                match opened {
+                    Ok(store) => Ok(Self::ContainersStorage(Arc::new(store))),
+                    Err(e) => match e.downcast_ref::<containers_storage::NativeUnavailable>() {
+                        Some(why) => {
+                            log::warn!("{reference}: {why}; reading it through skopeo instead");
+                            let explicit = ImageRef::ContainersStorage(why.proxy_spec.clone());
+                            Ok(Self::Proxy(Arc::new(
+                                proxy::ProxySource::open(&explicit, options).await?,
+                            )))
+                        }
+                        None => Err(e),
+                    },
+                }
+            }
             ImageRef::Composefs { .. } => {
                 anyhow::bail!("copying out of composefs storage ({reference}) is not supported yet")
             }
@@ -93,6 +118,7 @@ impl Source {
         match self {
             Self::Proxy(p) => p.reference(),
             Self::Layout(l) => l.reference(),
+            Self::ContainersStorage(c) => c.reference(),
         }
     }
 
@@ -101,6 +127,7 @@ impl Source {
         match self {
             Self::Proxy(_) => "skopeo image proxy",
             Self::Layout(_) => "OCI layout (direct)",
+            Self::ContainersStorage(_) => "containers-storage (direct)",
         }
     }
 
@@ -109,6 +136,7 @@ impl Source {
         match self {
             Self::Proxy(p) => p.resolve().await,
             Self::Layout(l) => l.resolve().await,
+            Self::ContainersStorage(c) => c.resolve(),
         }
     }
 
@@ -118,6 +146,7 @@ impl Source {
         match self {
             Self::Layout(l) => l.read_small_blob(desc, max).await,
             Self::Proxy(p) => p.read_small_blob(desc, max).await,
+            Self::ContainersStorage(c) => c.read_small_blob(desc.digest().as_ref()),
         }
     }
 
@@ -128,6 +157,11 @@ impl Source {
         match self {
             Self::Layout(l) => l.open_blob(desc),
             Self::Proxy(p) => Ok(proxy::ProxySource::open_blob(p, desc)),
+            Self::ContainersStorage(c) => anyhow::bail!(
+                "{}: containers-storage holds layers unpacked, not blob {}",
+                c.reference(),
+                desc.digest()
+            ),
         }
     }
 
@@ -144,6 +178,7 @@ impl Source {
                     client,
                     digest: desc.digest().to_string(),
                 })),
+            Self::ContainersStorage(_) => Ok(None),
         }
     }
 
@@ -164,7 +199,7 @@ impl Source {
                 Some(client) => client.referrers(digest.as_ref(), artifact_type).await,
                 None => Ok(Vec::new()),
             },
-            Self::Layout(_) => Ok(Vec::new()),
+            Self::Layout(_) | Self::ContainersStorage(_) => Ok(Vec::new()),
         }
     }
 
@@ -179,7 +214,16 @@ impl Source {
                     .map(|(bytes, _)| bytes)),
                 None => Ok(None),
             },
-            Self::Layout(_) => Ok(None),
+            Self::Layout(_) | Self::ContainersStorage(_) => Ok(None),
+        }
+    }
+
+    /// The store of unpacked layers the image's layers are read from instead of blobs
+    /// (containers-storage), if the source is one.
+    pub(crate) fn unpacked(&self) -> Option<&Arc<containers_storage::ContainersStorageSource>> {
+        match self {
+            Self::ContainersStorage(c) => Some(c),
+            _ => None,
         }
     }
 }

@@ -28,7 +28,7 @@ use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
 use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::ImageTree;
-use skiff_storage::layer_import::{ObjectHint, PendingLayer, split_layer_with_hints};
+use skiff_storage::layer_import::{HintedObject, ObjectHint, PendingLayer, split_layer_with_hints};
 use skiff_storage::tree_path::shown_path;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
@@ -298,7 +298,10 @@ fn plan_replay<H: FsVerityHashValue>(
             plan.hints.push(ObjectHint {
                 offset: content_offset,
                 size: file.size,
-                object: found.clone().map(|id| (id, file.sha256)),
+                object: found.clone().map(|id| HintedObject {
+                    id,
+                    sha256: Some(file.sha256),
+                }),
             });
         }
         if found.is_none() {
