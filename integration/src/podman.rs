@@ -31,11 +31,15 @@ impl Podman {
         std::fs::create_dir_all(&runroot)?;
         let containers_conf = dir.join("containers.conf");
         // Podman 4.3's default ulimits ask for more open files than a container here may
-        // have; events go to a file (no journald in a test).
+        // have; events go to a file of this podman's own (no journald in a test).
         std::fs::write(
             &containers_conf,
-            "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
+                 cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{}\"\n",
+                dir.join("events.log").display()
+            ),
         )?;
         let registries_conf = dir.join("registries.conf");
         std::fs::write(&registries_conf, "unqualified-search-registries = []\n")?;
@@ -93,12 +97,20 @@ impl Podman {
         ])
     }
 
+    /// The environment that points podman (or a program that runs it) at this podman's
+    /// configuration and storage.
+    pub fn env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("CONTAINERS_CONF", &self.containers_conf),
+            ("CONTAINERS_REGISTRIES_CONF", &self.registries_conf),
+            ("CONTAINERS_STORAGE_CONF", &self.storage_conf),
+        ]
+    }
+
     /// `podman ARGS…` with this podman's storage and configuration.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.env("CONTAINERS_CONF", &self.containers_conf)
-            .env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
-            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+        cmd.envs(self.env())
             // The storage.conf names the root, run root and driver: given on the command line,
             // they make podman drop the file's options, the Additional Layer Store among them.
             .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);

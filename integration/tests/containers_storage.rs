@@ -260,3 +260,201 @@ fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// `skiff podman watch`, killed if the test ends before it stops.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's standard output, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line starting with `prefix`, within a minute.
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+        }
+    }
+}
+
+/// The `podman events` process `watch` runs (a child of it).
+fn events_child(watch: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let children = std::fs::read_dir(format!("/proc/{watch}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .map(|p| p.parse::<u32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("events"))
+            });
+        if let Some(pid) = children {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no podman events under {watch}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn podman_watch_copies_every_pull_across_podman_events_restarts_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, podman, v1) = pulled(dir.path(), dir.path());
+    // A second image, pulled once the watch runs.
+    let layout = dir.path().join("layout-v2");
+    let mut layers = image();
+    layers.last_mut().unwrap().add("etc/version", file("2\n"));
+    fixtures::write_oci_layout(&layout, "v2", &layers, Compression::Gzip).unwrap();
+    registry
+        .push(&format!("oci:{}:v2", layout.display()), "app:v2")
+        .unwrap();
+    let v2 = format!("{}/app:v2", registry.host());
+    let repo = dir.path().join("repo");
+    init(&repo);
+    // The watch follows pulls from the second before it starts: the pull above is older.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    let mut watch = Watch(
+        skiff()
+            .args(["podman", "watch", "--queue", "2"])
+            .arg(&repo)
+            .envs(podman.env())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut watch.0);
+    wait_for(&lines, "Watching podman's pulls");
+    // v1 again: podman has it, the pull is an event all the same.
+    podman.ok(&["pull", "--quiet", "--tls-verify=false", &v1]);
+    let copied = wait_for(&lines, &format!("Copied {v1} "));
+    assert!(copied.contains("4 layers read"), "{copied}");
+
+    // podman events ends (podman upgraded, the log rotated): the watch starts it again and
+    // sees what was pulled meanwhile.
+    let events = events_child(watch.0.id());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(events as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    podman.ok(&["pull", "--quiet", "--tls-verify=false", &v2]);
+    let copied = wait_for(&lines, &format!("Copied {v2} "));
+    // Only the changed top layer is new.
+    assert!(
+        copied.contains("1 layers read, 3 stored already"),
+        "{copied}"
+    );
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(watch.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = watch.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(wait_for(&lines, "Stopped"), "Stopped: 2 copied, 0 failed");
+
+    let images = images_json(&repo);
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [v1.as_str(), v2.as_str()], "{images}");
+    for (image, name) in images.as_array().unwrap().iter().zip([&v1, &v2]) {
+        let digest = podman.ok(&["image", "inspect", "--format", "{{.Digest}}", name]);
+        assert_eq!(image["digest"], digest.trim(), "{name}");
+    }
+}
+
+/// The value of `key=` in a systemd unit file, with skiff's installed path, the example image
+/// and the example repository replaced by the test's.
+fn unit_command(unit: &str, key: &str, image: &str, repo: &Path) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/podman")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{unit} has no {key}="));
+    line.split_whitespace()
+        .map(|word| {
+            word.replace(
+                "/usr/local/bin/skiff",
+                skiff_integration::tools::skiff_bin().to_str().unwrap(),
+            )
+            .replace("quay.io/fedora/fedora:41", image)
+            .replace("/var/lib/composefs", repo.to_str().unwrap())
+        })
+        .collect()
+}
+
+/// contrib/podman's recipes run as written: the quadlet drop-in's ExecStartPost= after
+/// podman's pull stores the image, and the watch service passes systemd's checks.
+#[test]
+fn the_contrib_recipes_run_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, podman, name) = pulled(dir.path(), dir.path());
+    let repo = dir.path().join("repo");
+    let post = unit_command("fedora.image.d/skiff.conf", "ExecStartPost", &name, &repo);
+    let out = std::process::Command::new(&post[0])
+        .args(&post[1..])
+        .envs(podman.env())
+        .output()
+        .unwrap();
+    expect_success(&out, "the drop-in's ExecStartPost");
+    let images = images_json(&repo);
+    assert_eq!(images[0]["name"], name.as_str(), "{images}");
+    let digest = podman.ok(&["image", "inspect", "--format", "{{.Digest}}", &name]);
+    assert_eq!(images[0]["digest"], digest.trim());
+
+    let unit = dir.path().join("skiff-podman-watch.service");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/podman/skiff-podman-watch.service"),
+    )
+    .unwrap();
+    let start = unit_command("skiff-podman-watch.service", "ExecStart", &name, &repo);
+    assert_eq!(start[1..3], ["podman", "watch"]);
+    let text = text.replace("/usr/local/bin/skiff", start[0].as_str());
+    std::fs::write(&unit, text).unwrap();
+    let out = std::process::Command::new(skiff_integration::tools::require("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    expect_success(&out, "systemd-analyze verify");
+}

@@ -109,6 +109,9 @@ _skiff() {
             skiff__subcmd__help__subcmd__podman,status)
                 cmd="skiff__subcmd__help__subcmd__podman__subcmd__status"
                 ;;
+            skiff__subcmd__help__subcmd__podman,watch)
+                cmd="skiff__subcmd__help__subcmd__podman__subcmd__watch"
+                ;;
             skiff__subcmd__podman,enable)
                 cmd="skiff__subcmd__podman__subcmd__enable"
                 ;;
@@ -124,6 +127,9 @@ _skiff() {
             skiff__subcmd__podman,status)
                 cmd="skiff__subcmd__podman__subcmd__status"
                 ;;
+            skiff__subcmd__podman,watch)
+                cmd="skiff__subcmd__podman__subcmd__watch"
+                ;;
             skiff__subcmd__podman__subcmd__help,enable)
                 cmd="skiff__subcmd__podman__subcmd__help__subcmd__enable"
                 ;;
@@ -138,6 +144,9 @@ _skiff() {
                 ;;
             skiff__subcmd__podman__subcmd__help,status)
                 cmd="skiff__subcmd__podman__subcmd__help__subcmd__status"
+                ;;
+            skiff__subcmd__podman__subcmd__help,watch)
+                cmd="skiff__subcmd__podman__subcmd__help__subcmd__watch"
                 ;;
             *)
                 ;;
@@ -656,7 +665,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__help__subcmd__podman)
-            opts="enable expose status prune"
+            opts="enable expose status prune watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -712,6 +721,20 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__help__subcmd__podman__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        skiff__subcmd__help__subcmd__podman__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -860,7 +883,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__podman)
-            opts="-h --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help enable expose status prune help"
+            opts="-h --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help enable expose status prune watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -974,7 +997,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__podman__subcmd__help)
-            opts="enable expose status prune help"
+            opts="enable expose status prune watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1057,6 +1080,20 @@ _skiff() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        skiff__subcmd__podman__subcmd__help__subcmd__watch)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         skiff__subcmd__podman__subcmd__prune)
             opts="-h --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1098,6 +1135,52 @@ _skiff() {
                 return 0
             fi
             case "${prev}" in
+                --override-arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-os)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-variant)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        skiff__subcmd__podman__subcmd__watch)
+            opts="-h --storage-root --queue --expose --podman --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --storage-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --queue)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --podman)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --override-arch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

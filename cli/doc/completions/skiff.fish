@@ -179,19 +179,20 @@ complete -c skiff -n "__fish_skiff_using_subcommand serve" -l read-only -d 'Serv
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand serve" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l policy -d 'Path to a signature policy file' -r -F
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l insecure-policy -d 'Run without any policy check'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -l debug -d 'Log debug messages'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
-complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "watch" -d 'Copy every image podman pulls into the repository as it is pulled, read from podman\'s store (until SIGTERM or SIGINT)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and not __fish_seen_subcommand_from enable expose status prune watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l dir -d 'The layer store directory' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l storage-conf -d 'The storage.conf to edit (default: $CONTAINERS_STORAGE_CONF, else /etc/containers/storage.conf, started from the distribution\'s when missing)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from enable" -l graphroot -d 'Podman graphroots whose layers may use the store (default: the storage.conf\'s graphroot, else /var/lib/containers/storage)' -r -F
@@ -230,10 +231,23 @@ complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subc
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l storage-root -d 'The graph root of podman\'s store (default: storage.conf\'s graphroot, else /var/lib/containers/storage)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l queue -d 'Pulls waiting to be copied, at most; while the queue is full, podman\'s event log holds the rest' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l podman -d 'The podman program whose events are followed' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l expose -d 'Also make each image\'s layers available to podman\'s pulls (skiff podman expose)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from watch" -s h -l help -d 'Print help'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
+complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Copy every image podman pulls into the repository as it is pulled, read from podman\'s store (until SIGTERM or SIGINT)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
@@ -259,3 +273,4 @@ complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcom
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "status" -d 'List the exposed layers, the stored images naming each and the podman layers using each'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "watch" -d 'Copy every image podman pulls into the repository as it is pulled, read from podman\'s store (until SIGTERM or SIGINT)'

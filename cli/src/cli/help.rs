@@ -201,6 +201,17 @@ pub(super) const PODMAN_PRUNE: &[Example] = &[(
     "skiff podman prune /srv/cfs",
 )];
 
+pub(super) const PODMAN_WATCH: &[Example] = &[
+    (
+        "Copy every image podman pulls into /srv/cfs, as it is pulled (until SIGTERM or SIGINT)",
+        "skiff podman watch /srv/cfs",
+    ),
+    (
+        "The same, each image's layers also served to podman's later pulls",
+        "skiff podman watch --expose /srv/cfs",
+    ),
+];
+
 pub(super) const FSCK: &[Example] = &[
     ("Check /srv/cfs", "skiff fsck /srv/cfs"),
     ("Check the default repository", "skiff fsck"),
@@ -239,7 +250,7 @@ mod tests {
         commands(&Cli::command(), "skiff".into(), &mut all);
         assert_eq!(
             all.len(),
-            16,
+            17,
             "{:?}",
             all.iter().map(|c| &c.0).collect::<Vec<_>>()
         );

@@ -8,6 +8,7 @@ mod output;
 mod podman;
 mod serve;
 mod store;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -242,6 +243,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             Command::Gc { path } => blocking(move || store::gc(path)).await,
             Command::Fsck { path } => store::fsck(path).await,
             Command::Serve(args) => serve::run(*args).await,
+            Command::Podman(podman::PodmanCommand::Watch(args)) => {
+                watch::run(args, &cli.global).await
+            }
             Command::Podman(command) => blocking(move || podman::run(command)).await,
         }
     };
@@ -250,6 +254,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             anyhow::anyhow!("the command did not finish within --command-timeout ({limit:?})")
         })?,
         None => command.await,
+    }
+}
+
+/// SIGTERM and SIGINT, listened to from creation on (a signal before the first
+/// [`Self::recv`] is not lost): how `skiff serve` and `skiff podman watch` are stopped.
+pub(crate) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes at the next SIGTERM or SIGINT.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -46,6 +46,10 @@ pub(crate) enum PodmanCommand {
         /// The repository (default: $SKIFF_REPO, else ~/.var/lib/composefs).
         repo: Option<PathBuf>,
     },
+    /// Copy every image podman pulls into the repository as it is pulled, read from podman's
+    /// store (until SIGTERM or SIGINT).
+    #[command(after_help = help::examples(help::PODMAN_WATCH))]
+    Watch(super::watch::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,8 +72,10 @@ pub(crate) struct EnableArgs {
     print: bool,
 }
 
+/// Runs the blocking podman commands (`watch` is run by [`super::watch::run`]).
 pub(crate) fn run(command: PodmanCommand) -> Result<()> {
     match command {
+        PodmanCommand::Watch(_) => bail!("skiff podman watch runs asynchronously"),
         PodmanCommand::Enable(args) => enable(args),
         PodmanCommand::Expose { image, json } => {
             let (path, image) = super::store::stored_image(&image)?;

@@ -84,25 +84,9 @@ async fn serve<H: FsVerityHashValue>(args: ServeArgs, path: PathBuf) -> Result<(
         path.display(),
         server.local_addr()?
     );
-    server.run(stop_signal()).await?;
+    let mut signals = super::StopSignals::new()?;
+    server.run(async move { signals.recv().await }).await?;
     // A supervisor may have closed standard output by now; the stop was clean all the same.
     let _ = writeln!(std::io::stdout(), "Stopped");
     Ok(())
-}
-
-/// Completes at SIGTERM or SIGINT.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

@@ -956,8 +956,15 @@ fn containers_storage_figures(
                 let out = c.output()?;
                 if !out.status.success() {
                     let stderr = String::from_utf8_lossy(&out.stderr);
-                    let last = stderr.lines().last().unwrap_or_default().trim().to_owned();
-                    failures[i] = Some(last);
+                    // The error, not a backtrace's last frame.
+                    let error = stderr
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .take_while(|l| !l.starts_with("Stack backtrace"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    failures[i] = Some(error);
                     break;
                 }
             }
