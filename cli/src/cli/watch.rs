@@ -76,9 +76,15 @@ async fn watch<H: FsVerityHashValue>(
         repo.display()
     );
     let (mut copied, mut failed) = (0usize, 0usize);
+    let mut signalled = false;
     loop {
         let pulled = tokio::select! {
-            _ = signals.recv() => break,
+            // A stop wins over the pulls still queued.
+            biased;
+            _ = signals.recv() => {
+                signalled = true;
+                break;
+            }
             pulled = pulls.recv() => match pulled {
                 Some(pulled) => pulled,
                 None => break,
@@ -108,9 +114,15 @@ async fn watch<H: FsVerityHashValue>(
     }
     // Ends `podman events` (it is killed when its task is dropped).
     drop(pulls);
-    follower.abort();
+    // The follower ends on its own only when it cannot go on (no podman): its error is why.
+    let followed = if signalled {
+        follower.abort();
+        Ok(())
+    } else {
+        follower.await?
+    };
     println!("Stopped: {copied} copied, {failed} failed");
-    Ok(())
+    followed
 }
 
 /// Copies the image podman pulled into the store, tagged with the name it was pulled by.

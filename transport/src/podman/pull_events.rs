@@ -25,6 +25,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::reference::docker::is_image_id;
+
 /// First pause before `podman events` is started again; doubled each time it ends at once.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
 /// Longest pause between two starts.
@@ -37,39 +39,58 @@ const REMEMBERED: usize = 1024;
 const MAX_LINE: usize = 64 * 1024;
 
 /// An image podman pulled.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledImage {
     /// The image ID (its config digest's hex), where podman says it.
-    #[serde(rename = "ID", default)]
     pub id: Option<String>,
     /// The name it was pulled by.
-    #[serde(rename = "Name")]
     pub name: String,
-    /// When, as podman wrote it (RFC 3339).
-    #[serde(rename = "Time")]
+    /// When, as `--since` takes it: RFC 3339 (podman 4), or Unix seconds (podman 5).
     pub time: String,
 }
 
+/// One event line. Podman 4 writes `"Time"` (RFC 3339); podman 5 `"time"` (Unix seconds) and
+/// `"timeNano"`.
 #[derive(Deserialize)]
 struct Event {
     #[serde(rename = "Type", default)]
     kind: String,
     #[serde(rename = "Status", default)]
     status: String,
+    #[serde(rename = "ID", alias = "id", default)]
+    id: Option<String>,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Time", default)]
+    time_text: Option<String>,
+    #[serde(rename = "time", default)]
+    time_seconds: Option<i64>,
+    #[serde(rename = "timeNano", default)]
+    time_nanos: Option<i64>,
 }
 
 /// The pull an event line reports; `None` for any other event or a line that is not one.
 pub fn parse_event(line: &str) -> Option<PulledImage> {
     let event: Event = serde_json::from_str(line).ok()?;
-    if event.kind != "image" || event.status != "pull" {
+    if event.kind != "image" || event.status != "pull" || event.name.is_empty() {
         return None;
     }
-    let pulled: PulledImage = serde_json::from_str(line).ok()?;
-    let id_ok = pulled
-        .id
-        .as_ref()
-        .is_none_or(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-    (id_ok && !pulled.name.is_empty()).then_some(pulled)
+    if event.id.as_deref().is_some_and(|id| !is_image_id(id)) {
+        return None;
+    }
+    let time = match (event.time_text, event.time_nanos, event.time_seconds) {
+        (Some(text), _, _) => text,
+        (None, Some(nanos), _) => {
+            format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+        }
+        (None, None, Some(seconds)) => seconds.to_string(),
+        (None, None, None) => return None,
+    };
+    Some(PulledImage {
+        id: event.id,
+        name: event.name,
+        time,
+    })
 }
 
 /// The events already passed on, to drop the ones a restart replays.
@@ -115,6 +136,7 @@ pub async fn follow(podman: PathBuf, pulls: mpsc::Sender<PulledImage>) -> Result
     // From the second before: a pull while `podman events` starts is not missed.
     let mut since = unix_seconds().saturating_sub(1).to_string();
     let mut delay = RESTART_DELAY;
+    let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
 
@@ -163,8 +185,13 @@ pub async fn follow(podman: PathBuf, pulls: mpsc::Sender<PulledImage>) -> Result
                     Err(e) => format!("podman events ended ({e})"),
                 }
             }
+            // A podman that was never there will not come: say so, rather than wait.
+            Err(e) if first => {
+                return Err(e).with_context(|| format!("Starting {} events", podman.display()));
+            }
             Err(e) => format!("podman events cannot start ({e})"),
         };
+        first = false;
         if pulls.is_closed() {
             return Ok(());
         }
@@ -217,6 +244,14 @@ mod tests {
         );
         assert_eq!(parse_event(&pull.replace(ID, "../../etc")), None);
         assert_eq!(parse_event("not json"), None);
+        assert_eq!(parse_event(&pull.replace(ID, &ID.to_uppercase())), None);
+        // Podman 5: lower-case times, in seconds and nanoseconds.
+        let v5 = format!(
+            r#"{{"ID":"{ID}","Name":"quay.io/app:v1","Status":"pull","Type":"image","time":1764775000,"timeNano":1764775000123456789}}"#
+        );
+        let pulled = parse_event(&v5).unwrap();
+        assert_eq!(pulled.time, "1764775000.123456789");
+        assert_eq!(pulled.id.as_deref(), Some(ID));
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl std::fmt::Display for DockerRef {
 }
 
 /// 64 lower-case hex digits: how an image ID is written.
-fn is_image_id(s: &str) -> bool {
+pub(crate) fn is_image_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

@@ -14,7 +14,7 @@
 //!
 //! PATH ends at the first `:` (as for `oci:`); NAME may contain `:` and `/`.
 
-mod docker;
+pub(crate) mod docker;
 
 use std::path::PathBuf;
 

@@ -40,9 +40,9 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How the file contents of layers read from containers-storage were stored.
 #[derive(Debug, Default)]
 pub(crate) struct CloneStats {
-    /// Bytes stored as clones of c/storage's files (sharing their blocks).
+    /// Bytes of new objects stored as clones of c/storage's files (sharing their blocks).
     pub(crate) cloned: AtomicU64,
-    /// Bytes copied because the filesystem cannot clone.
+    /// Bytes of new objects copied because the filesystem cannot clone.
     pub(crate) copied: AtomicU64,
     /// The filesystem refused a clone: the rest is copied without trying.
     refused: AtomicBool,
@@ -111,15 +111,9 @@ fn replay<H: FsVerityHashValue>(
         .root_dir()
         .open(&split_name)
         .with_context(|| format!("Opening {split_name}"))?;
-    let mut split = Vec::new();
-    flate2::read::GzDecoder::new(compressed)
-        .take(MAX_METADATA_SIZE + 1)
-        .read_to_end(&mut split)
-        .with_context(|| format!("Decompressing {split_name}"))?;
-    ensure!(
-        split.len() as u64 <= MAX_METADATA_SIZE,
-        "{split_name} is larger than {MAX_METADATA_SIZE} bytes"
-    );
+    let split =
+        crate::blob::read_bounded(flate2::read::GzDecoder::new(compressed), MAX_METADATA_SIZE)
+            .with_context(|| format!("Decompressing {split_name}"))?;
     let split = TarSplit::parse(&split).with_context(|| format!("Reading {split_name}"))?;
     let diff = layer.diff_dir();
     // Offset in the replayed tar.
@@ -187,7 +181,8 @@ fn open_beneath(diff: impl AsFd, name: &[u8]) -> Result<File> {
     let fd = rustix::fs::openat2(
         diff.as_fd(),
         path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // NONBLOCK: a FIFO where a file should be must not hang the open.
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?;
@@ -233,8 +228,17 @@ fn store_object<H: FsVerityHashValue>(
     if !stats.refused.load(Ordering::Relaxed) {
         match rustix::fs::ioctl_ficlone(&object, &*file) {
             Ok(()) => {
-                stats.cloned.fetch_add(size, Ordering::Relaxed);
-                return repo.finalize_object_tmpfile(object, size);
+                // The clone is of the file as it is now: it must still be the size checked.
+                let cloned = object.metadata()?.len();
+                ensure!(
+                    cloned == size,
+                    "the file changed size while it was read ({cloned} bytes)"
+                );
+                let stored = repo.finalize_object_tmpfile(object, size)?;
+                if !matches!(stored.1, ObjectStoreMethod::AlreadyPresent) {
+                    stats.cloned.fetch_add(size, Ordering::Relaxed);
+                }
+                return Ok(stored);
             }
             Err(e) => {
                 if !stats.refused.swap(true, Ordering::Relaxed) {
@@ -249,6 +253,9 @@ fn store_object<H: FsVerityHashValue>(
     file.rewind()?;
     let copied = std::io::copy(&mut (&*file).take(size), &mut object)?;
     ensure!(copied == size, "copied {copied} of {size} bytes");
-    stats.copied.fetch_add(size, Ordering::Relaxed);
-    repo.finalize_object_tmpfile(object, size)
+    let stored = repo.finalize_object_tmpfile(object, size)?;
+    if !matches!(stored.1, ObjectStoreMethod::AlreadyPresent) {
+        stats.copied.fetch_add(size, Ordering::Relaxed);
+    }
+    Ok(stored)
 }

@@ -42,6 +42,7 @@ use skiff_storage::digest::digest_of;
 use crate::blob::{MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, read_bounded};
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::podman::storage_conf;
+use crate::reference::docker::is_image_id;
 use crate::source::{Resolved, ResolvedImage, parse_config, parse_manifest};
 
 /// Rootless podman's graph root below `$XDG_DATA_HOME` (or `~/.local/share`).
@@ -103,12 +104,6 @@ pub(crate) enum ImageSpec {
     Id(String),
 }
 
-fn is_image_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 impl StorageRef {
     pub(crate) fn parse(spec: &str) -> Result<Self> {
         let (driver, root, run_root, image) = match spec.strip_prefix('[') {
@@ -167,12 +162,16 @@ impl StorageRef {
 impl StorageLocation {
     /// The store `reference` and `options` name, as c/storage would find it.
     pub(crate) fn find(reference: &StorageRef, options: &SourceOptions) -> Result<Self> {
-        let conf_text = storage_conf::read_or_default(&storage_conf::active_storage_conf())?;
+        let (conf_text, root_key) = storage_conf_text()?;
         let root = reference
             .root
             .clone()
             .or_else(|| options.storage_root.clone())
-            .or_else(|| storage_conf::storage_value(&conf_text, "graphroot").map(PathBuf::from))
+            .or_else(|| {
+                storage_conf::storage_value(&conf_text, root_key)
+                    .filter(|p| !p.contains('$'))
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(default_graphroot);
         let driver = reference
             .driver
@@ -211,6 +210,27 @@ impl StorageLocation {
             self.run_root.display()
         )
     }
+}
+
+/// The storage.conf c/storage reads, and the key that names the graph root in it: for root
+/// (or with `$CONTAINERS_STORAGE_CONF`) the system's file and `graphroot`; for anyone else
+/// `~/.config/containers/storage.conf` and its `graphroot` when it exists, else the system's
+/// file and its `rootless_storage_path`.
+fn storage_conf_text() -> Result<(String, &'static str)> {
+    let system = || storage_conf::read_or_default(&storage_conf::active_storage_conf());
+    if rustix::process::geteuid().is_root() || std::env::var_os("CONTAINERS_STORAGE_CONF").is_some()
+    {
+        return Ok((system()?, "graphroot"));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")));
+    if let Some(user) = config.map(|c| c.join("containers/storage.conf"))
+        && let Ok(text) = std::fs::read_to_string(&user)
+    {
+        return Ok((text, "graphroot"));
+    }
+    Ok((system()?, "rootless_storage_path"))
 }
 
 fn default_graphroot() -> PathBuf {
@@ -356,18 +376,28 @@ impl ContainersStorageSource {
                 }
             }
         }
+        // In c/storage's order (layers, then images), so that a writer taking both cannot
+        // deadlock with skiff. The layers stay locked for the copy, so that no layer goes away
+        // while it is read: podman's writers (rmi, pull, run) wait until the copy ends.
         let mut locks = Vec::new();
         for store in &stores {
-            locks.push(ReadLock::take(store, "overlay-images/images.lock")?);
             locks.push(ReadLock::take(store, "overlay-layers/layers.lock")?);
+        }
+        let mut image_locks = Vec::new();
+        for store in &stores {
+            image_locks.push(ReadLock::take(store, "overlay-images/images.lock")?);
         }
         let (store_index, record) = find_image(&stores, &reference.image)
             .with_context(|| format!("Reading the images of {}", location.root.display()))?
             .ok_or_else(|| SourceNotFound(format!("containers-storage:{spec}")))?;
         let image = Image::open(&stores[store_index], &record.id)?;
         let manifest_json = read_manifest(&image, &record, &reference.image)?;
-        let config_json = read_big_data(&image, &format!("sha256:{}", record.id), MAX_CONFIG_SIZE)
+        // The config is stored under its digest (the image ID, unless c/image chose another
+        // ID, as for layers pulled by TOC).
+        let config_digest = manifest_config_digest(&manifest_json)?;
+        let config_json = read_big_data(&image, &config_digest, MAX_CONFIG_SIZE)
             .context("Reading the image's config")?;
+        drop(image_locks);
         let layers = image_layers(&stores, &record, &config_json)?;
         Ok(Self {
             reference: format!("containers-storage:{spec}"),
@@ -508,7 +538,7 @@ fn repository_of(name: &str) -> &str {
     }
 }
 
-/// The big data item `key` of `image`: the file `key` when the key is a plain word, else
+/// The big data item `key` of `image`: the file `key` when the key has only `[0-9a-z.]`, else
 /// `=` and the key in base64 (c/storage's naming).
 fn read_big_data(image: &Image, key: &str, max: u64) -> Result<Vec<u8>> {
     let plain = key
@@ -527,6 +557,26 @@ fn read_big_data(image: &Image, key: &str, max: u64) -> Result<Vec<u8>> {
         .open(&file_name)
         .with_context(|| format!("Opening the image's {key:?}"))?;
     read_bounded(file, max).with_context(|| format!("Reading the image's {key:?}"))
+}
+
+/// The config digest a manifest names (read before the manifest is checked in full).
+fn manifest_config_digest(manifest: &[u8]) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Config {
+        digest: String,
+    }
+    #[derive(Deserialize)]
+    struct Manifest {
+        config: Config,
+    }
+    let manifest: Manifest = serde_json::from_slice(manifest)
+        .context("The stored manifest is not an image manifest with a config")?;
+    let digest: OciDigest = manifest
+        .config
+        .digest
+        .parse()
+        .context("The manifest's config digest")?;
+    Ok(digest.to_string())
 }
 
 /// The manifest the image was stored with: the one of the digest the reference pins, else
