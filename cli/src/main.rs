@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skiff: {e:#}");
+            eprintln!("skiff: {}", cli::message(&e));
             ExitCode::from(cli::exit_code(&e))
         }
     }

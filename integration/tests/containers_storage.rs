@@ -70,7 +70,7 @@ fn compute_id(repo: &Path, tag: &str) -> String {
     run(cfsctl(repo).args(["oci", "compute-id", tag])).unwrap()
 }
 
-fn summary_line<'a>(out: &'a Output, prefix: &str) -> String {
+fn summary_line(out: &Output, prefix: &str) -> String {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.trim_start().starts_with(prefix))

@@ -4,6 +4,7 @@
 //! ```text
 //! reference → source → pull (plan, convert, run) → skiff_storage (import, publish)
 //! skiff_storage → push (export: kept or regenerated blobs) → layout, archive, dir, registry
+//! registry, layout → sync (exact manifests, blobs, referrers) → registry, layout
 //! HTTP clients ⇄ serve (the distribution API: reads through push's export, stores pushes
 //!                through pull from a staging layout)
 //! ```
@@ -30,3 +31,4 @@ pub mod push;
 pub mod reference;
 pub mod serve;
 pub mod source;
+pub mod sync;

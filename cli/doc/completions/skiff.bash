@@ -49,6 +49,9 @@ _skiff() {
             skiff,serve)
                 cmd="skiff__subcmd__serve"
                 ;;
+            skiff,sync)
+                cmd="skiff__subcmd__sync"
+                ;;
             skiff__subcmd__delta,create)
                 cmd="skiff__subcmd__delta__subcmd__create"
                 ;;
@@ -93,6 +96,9 @@ _skiff() {
                 ;;
             skiff__subcmd__help,serve)
                 cmd="skiff__subcmd__help__subcmd__serve"
+                ;;
+            skiff__subcmd__help,sync)
+                cmd="skiff__subcmd__help__subcmd__sync"
                 ;;
             skiff__subcmd__help__subcmd__delta,create)
                 cmd="skiff__subcmd__help__subcmd__delta__subcmd__create"
@@ -155,7 +161,7 @@ _skiff() {
 
     case "${cmd}" in
         skiff)
-            opts="-h -V --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help --version copy delta init images inspect rm gc serve podman fsck help"
+            opts="-h -V --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help --version copy delta init images inspect rm gc serve podman sync fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -525,7 +531,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__help)
-            opts="copy delta init images inspect rm gc serve podman fsck help"
+            opts="copy delta init images inspect rm gc serve podman sync fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -763,6 +769,20 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        skiff__subcmd__help__subcmd__sync)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1270,6 +1290,100 @@ _skiff() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-os)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-variant)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        skiff__subcmd__sync)
+            opts="-j -q -h --from-file --src --dest --no-referrers --cosign --force --dry-run --verify --keep-going --json --retry-times --jobs --quiet --src-creds --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src)
+                    COMPREPLY=($(compgen -W "yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --dest)
+                    COMPREPLY=($(compgen -W "docker oci" -- "${cur}"))
+                    return 0
+                    ;;
+                --retry-times)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src-creds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --authfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src-authfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src-tls-verify)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --src-cert-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-creds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-authfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dest-tls-verify)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --dest-cert-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

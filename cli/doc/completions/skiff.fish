@@ -42,6 +42,7 @@ complete -c skiff -n "__fish_skiff_needs_command" -f -a "rm" -d 'Remove an image
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "podman" -d 'Serve the repository\'s layers to podman\'s pulls (an Additional Layer Store)'
+complete -c skiff -n "__fish_skiff_needs_command" -f -a "sync" -d 'Mirror images between registries and OCI layouts with their indexes, referrers (deltas, signatures) and digests unchanged'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "fsck" -d 'Check every object, stream, image and content index'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
@@ -249,6 +250,41 @@ complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subc
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Copy every image podman pulls into the repository as it is pulled, read from podman\'s store (until SIGTERM or SIGINT)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l from-file -d 'Mirror every pair of this list: `SOURCE DESTINATION [key=value ...]` a line, `#` comments (options: referrers=, cosign=, force=, tag-regex=)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src -d '`yaml`: SOURCE is skopeo sync\'s YAML (images, images-by-tag-regex, credentials, tls-verify, cert-dir)' -r -f -a "yaml\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest -d 'With --src yaml: whether DESTINATION is a registry namespace (docker, the default) or a directory of OCI layouts (oci)' -r -f -a "docker\t''
+oci\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l retry-times -d 'Number of times to retry a failed request (network errors, HTTP 429, 502, 503, 504), after 1s, 2s, 4s...' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -s j -l jobs -d 'Blobs copied at once' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l authfile -d 'Path of the authentication file (default: skopeo\'s lookup of auth.json)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-authfile -d 'Path of the authentication file for the source registry (overrides --authfile)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-tls-verify -d 'Require HTTPS and verify certificates when talking to the source registry' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest-authfile -d 'Path of the authentication file for the destination registry (overrides --authfile)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest-tls-verify -d 'Require HTTPS and verify certificates when talking to the destination registry' -r -f -a "true\t''
+false\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l policy -d 'Path to a signature policy file' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l no-referrers -d 'Do not copy referrers (deltas, signatures, SBOMs attached to the images)'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l cosign -d 'Also copy cosign\'s sha256-HEX.sig, .att and .sbom tags'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l force -d 'Move a destination tag that is at another digest than a source pinned by digest'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dry-run -d 'List what would be copied, and copy nothing'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l verify -d 'Afterwards, read every manifest and blob back from the destination and check its digest'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l keep-going -d 'Go on with the other images after one fails (then exit 1)'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l json -d 'Print one JSON object per line'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -s q -l quiet -d 'Print only errors and the summary'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-no-creds -d 'Access the source registry anonymously'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest-no-creds -d 'Access the destination registry anonymously'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l insecure-policy -d 'Run without any policy check'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l debug -d 'Log debug messages'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -s h -l help -d 'Print help'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
@@ -257,17 +293,18 @@ complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l command-timeout -d 
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand fsck" -s h -l help -d 'Print help'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "podman" -d 'Serve the repository\'s layers to podman\'s pulls (an Additional Layer Store)'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
-complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "copy" -d 'Copy an image into composefs storage (skiff copy [flags] SOURCE composefs:PATH:NAME), or out of it (skiff copy [flags] composefs:PATH:NAME DESTINATION)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "delta" -d 'oci-delta artifacts: skiff delta create OLD NEW DESTINATION'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "init" -d 'Create a composefs repository (insecure mode, with a notice, where there is no fs-verity)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "images" -d 'List the images of a repository (default: $SKIFF_REPO, else ~/.var/lib/composefs)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "inspect" -d 'Show an image of a repository, as skopeo inspect does'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "rm" -d 'Remove an image\'s tag; its data goes at the next gc'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "gc" -d 'Remove what no tag reaches and report what was freed'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "serve" -d 'Serve a repository over the OCI distribution API, so that skopeo, podman, crane and oras pull from and push to it'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "podman" -d 'Serve the repository\'s layers to podman\'s pulls (an Additional Layer Store)'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "sync" -d 'Mirror images between registries and OCI layouts with their indexes, referrers (deltas, signatures) and digests unchanged'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "fsck" -d 'Check every object, stream, image and content index'
+complete -c skiff -n "__fish_skiff_using_subcommand help; and not __fish_seen_subcommand_from copy delta init images inspect rm gc serve podman sync fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from delta" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "enable" -d 'Make a directory the Additional Layer Store of a repository and list it in podman\'s storage.conf'
 complete -c skiff -n "__fish_skiff_using_subcommand help; and __fish_seen_subcommand_from podman" -f -a "expose" -d 'Make the layers of a stored image available to podman\'s pulls'

@@ -212,6 +212,29 @@ pub(super) const PODMAN_WATCH: &[Example] = &[
     ),
 ];
 
+pub(super) const SYNC: &[Example] = &[
+    (
+        "Mirror a pinned fixture image with its platforms, deltas and signatures",
+        "skiff sync docker://quay.io/fedora/fedora@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef docker://ghcr.io/me/fixture-fedora:41",
+    ),
+    (
+        "Mirror every pair of a list (SOURCE DESTINATION a line), going on after a failure",
+        "skiff sync --from-file ci/fixture-images.txt --keep-going",
+    ),
+    (
+        "skopeo sync's YAML, each image under mirror.local/ci/REGISTRY/REPOSITORY",
+        "skiff sync --src yaml sync.yml mirror.local/ci",
+    ),
+    (
+        "Show what mirroring every tag of a repository would copy",
+        "skiff sync --dry-run docker://quay.io/app docker://mirror.local/app",
+    ),
+    (
+        "Mirror into an OCI layout, then read every digest back",
+        "skiff sync --verify docker://quay.io/app:v2 oci:./mirror:v2",
+    ),
+];
+
 pub(super) const FSCK: &[Example] = &[
     ("Check /srv/cfs", "skiff fsck /srv/cfs"),
     ("Check the default repository", "skiff fsck"),
@@ -250,7 +273,7 @@ mod tests {
         commands(&Cli::command(), "skiff".into(), &mut all);
         assert_eq!(
             all.len(),
-            17,
+            18,
             "{:?}",
             all.iter().map(|c| &c.0).collect::<Vec<_>>()
         );

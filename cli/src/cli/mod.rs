@@ -8,6 +8,7 @@ mod output;
 mod podman;
 mod serve;
 mod store;
+mod sync;
 mod watch;
 
 use std::path::PathBuf;
@@ -170,6 +171,10 @@ enum Command {
     /// Serve the repository's layers to podman's pulls (an Additional Layer Store).
     #[command(subcommand, after_help = help::examples(help::PODMAN))]
     Podman(podman::PodmanCommand),
+    /// Mirror images between registries and OCI layouts with their indexes, referrers
+    /// (deltas, signatures) and digests unchanged.
+    #[command(after_help = help::examples(help::SYNC))]
+    Sync(Box<sync::SyncArgs>),
     /// Check every object, stream, image and content index.
     #[command(after_help = help::examples(help::FSCK))]
     Fsck {
@@ -243,6 +248,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Command::Gc { path } => blocking(move || store::gc(path)).await,
             Command::Fsck { path } => store::fsck(path).await,
             Command::Serve(args) => serve::run(*args).await,
+            Command::Sync(args) => sync::run(*args, &cli.global).await,
             Command::Podman(podman::PodmanCommand::Watch(args)) => {
                 watch::run(args, &cli.global).await
             }
@@ -299,6 +305,15 @@ fn parse_creds(value: &str, flag: &str) -> Result<(String, String)> {
 /// [`parse_creds`] of a flag that may be absent.
 fn parse_optional_creds(value: Option<&str>, flag: &str) -> Result<Option<(String, String)>> {
     value.map(|v| parse_creds(v, flag)).transpose()
+}
+
+/// What to print of `error`: all of it, unless it only says how many images failed whose
+/// errors were printed as they happened.
+pub fn message(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<sync::SomeFailed>() {
+        Some(failed) => failed.to_string(),
+        None => format!("{error:#}"),
+    }
 }
 
 /// Exit status for an error: 2 when the source image does not exist, as skopeo does.

@@ -33,7 +33,8 @@ pub(super) async fn push(
     }
     let indexed = client
         .push_manifest(&delta.digest, delta.manifest.clone(), MANIFEST_MEDIA_TYPE)
-        .await?;
+        .await?
+        .indexes_subject;
     if let Some(tag) = name.tag() {
         client
             .push_manifest(tag, delta.manifest.clone(), MANIFEST_MEDIA_TYPE)

@@ -11,12 +11,15 @@
 //!
 //! - `GET /v2/`: the ping, which also tells how to authenticate;
 //! - `GET /v2/NAME/blobs/DIGEST` with `Range:` ([`byteranges`]);
-//! - `GET /v2/NAME/manifests/REF`: exact manifest bytes;
+//! - `GET /v2/NAME/blobs/DIGEST`: a whole blob (mirroring);
+//! - `GET /v2/NAME/manifests/REF`: exact manifest bytes; `HEAD` to learn a tag's digest;
+//! - `GET /v2/NAME/tags/list`, following `Link: <...>; rel="next"` pages;
 //! - `GET /v2/NAME/referrers/DIGEST`, else the referrers tag `sha256-HEX` (an image index):
 //!   the artifacts (deltas) whose `subject` is an image;
 //! - pushing: `HEAD /v2/NAME/blobs/DIGEST`, then an upload ([`upload`]: `POST
 //!   /v2/NAME/blobs/uploads/`, `PATCH` chunks, `PUT LOCATION?digest=DIGEST`), and
-//!   `PUT /v2/NAME/manifests/REF`.
+//!   `PUT /v2/NAME/manifests/REF`; a cross-repository mount, `POST
+//!   /v2/NAME/blobs/uploads/?mount=DIGEST&from=OTHER` (`201` when mounted).
 
 pub mod auth;
 pub mod byteranges;
@@ -77,7 +80,45 @@ pub struct Client {
     base: OnceCell<String>,
     /// The `Authorization` value the registry accepted (or asked for).
     authorization: std::sync::Mutex<Option<String>>,
+    /// Other repositories of the registry whose `pull` access tokens also ask for (the
+    /// sources of cross-repository mounts).
+    also_pull: Vec<String>,
+    /// Requests sent, authentication and retries included.
+    requests: std::sync::atomic::AtomicU64,
 }
+
+/// A registry answer of a status the request does not expect.
+#[derive(Debug, thiserror::Error)]
+#[error("the registry answered HTTP {status}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+pub struct UnexpectedStatus {
+    /// The status.
+    pub status: u16,
+    /// The first error of the registry's JSON error body (`CODE: message`), if it sent one.
+    pub detail: Option<String>,
+}
+
+impl UnexpectedStatus {
+    /// Reads what the registry says of its failure from `response`.
+    async fn of(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let detail = read_limited(response, MAX_ERROR_BODY)
+            .await
+            .ok()
+            .and_then(|body| {
+                let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                let first = &value["errors"][0];
+                let code = first["code"].as_str()?;
+                Some(match first["message"].as_str() {
+                    Some(message) => format!("{code}: {message}"),
+                    None => code.to_owned(),
+                })
+            });
+        Self { status, detail }
+    }
+}
+
+/// Largest error body read for its message.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +141,26 @@ impl Client {
             target: target.clone(),
             base: OnceCell::new(),
             authorization: std::sync::Mutex::new(None),
+            also_pull: Vec::new(),
+            requests: Default::default(),
         })
+    }
+
+    /// This client, whose tokens also grant `pull` on `repository` of the same registry (to
+    /// mount blobs from it).
+    pub fn also_pulling(mut self, repository: &str) -> Self {
+        self.also_pull.push(repository.to_owned());
+        self
+    }
+
+    /// The repository this client works on.
+    pub fn target(&self) -> &DockerRef {
+        &self.target
+    }
+
+    /// Requests sent so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A client that may also push to the repository of `target`.
@@ -170,6 +230,8 @@ impl Client {
             if own && let Some(value) = self.authorization.lock().unwrap().clone() {
                 request = request.header(AUTHORIZATION, value);
             }
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let response = request
                 .send()
                 .await
@@ -207,7 +269,14 @@ impl Client {
             "basic" => self
                 .credentials
                 .as_ref()
-                .context("the registry requires credentials (give --src-creds or --authfile)")?
+                .with_context(|| {
+                    let flags = if self.push {
+                        "--dest-creds or --dest-authfile"
+                    } else {
+                        "--src-creds or --authfile"
+                    };
+                    format!("the registry requires credentials (give {flags})")
+                })?
                 .basic(),
             "bearer" => {
                 let realm = challenge
@@ -220,7 +289,13 @@ impl Client {
                 );
                 let access = if self.push { "pull,push" } else { "pull" };
                 let scope = format!("repository:{}:{access}", self.target.repository());
+                let others: Vec<String> = self
+                    .also_pull
+                    .iter()
+                    .map(|r| format!("repository:{r}:pull"))
+                    .collect();
                 let mut query = vec![("scope", scope.as_str())];
+                query.extend(others.iter().map(|s| ("scope", s.as_str())));
                 if let Some(service) = challenge.params.get("service") {
                     query.push(("service", service));
                 }
@@ -317,7 +392,7 @@ impl Client {
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if s.is_success() => {}
-            other => bail!("the registry answered HTTP {other}"),
+            _ => return Err(UnexpectedStatus::of(response).await.into()),
         }
         let media_type = response
             .headers()
@@ -387,15 +462,13 @@ impl Client {
     }
 
     /// Stores manifest `bytes` (of `media_type`) under `reference` (a tag or its digest).
-    /// Returns whether the registry indexed its subject itself (`OCI-Subject`), so that no
-    /// referrers tag is needed.
     #[context("Pushing manifest {reference}")]
     pub async fn push_manifest(
         &self,
         reference: &str,
         bytes: Vec<u8>,
         media_type: &str,
-    ) -> Result<bool> {
+    ) -> Result<PushedManifest> {
         let url = format!(
             "{}/v2/{}/manifests/{reference}",
             self.base().await?,
@@ -411,13 +484,158 @@ impl Client {
                 Some(Bytes::from(bytes)),
             )
             .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "HTTP {}",
-            response.status()
-        );
-        Ok(response.headers().contains_key("oci-subject"))
+        if response.status() != StatusCode::CREATED {
+            return Err(UnexpectedStatus::of(response).await.into());
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(PushedManifest {
+            digest: header("docker-content-digest"),
+            indexes_subject: header("oci-subject").is_some(),
+        })
     }
+
+    /// The digest of the manifest `reference` names (`HEAD`), `None` when there is none.
+    #[context("Looking up manifest {reference} of {}", self.target.repository())]
+    pub async fn manifest_digest(&self, reference: &str) -> Result<Option<String>> {
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base().await?,
+            self.target.repository()
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::ACCEPT, MANIFEST_ACCEPT.parse()?);
+        let response = self
+            .send(reqwest::Method::HEAD, &url, headers, None)
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => match response.headers().get("docker-content-digest") {
+                Some(digest) => Ok(Some(digest.to_str()?.to_owned())),
+                // A registry that does not say: the bytes tell.
+                None => Ok(self
+                    .manifest(reference)
+                    .await?
+                    .map(|(bytes, _)| skiff_storage::digest::digest_of(&bytes).to_string())),
+            },
+            _ => Err(UnexpectedStatus::of(response).await.into()),
+        }
+    }
+
+    /// The whole blob `digest`, streamed as it arrives (unchecked: the reader checks it).
+    #[context("Fetching blob {digest}")]
+    pub async fn blob(&self, digest: &str) -> Result<Option<BlobStream>> {
+        let path = format!("/v2/{}/blobs/{digest}", self.target.repository());
+        let response = self.get(&path, HeaderMap::new()).await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(body_reader(response))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(UnexpectedStatus::of(response).await.into()),
+        }
+    }
+
+    /// Every tag of the repository, in the registry's order.
+    #[context("Listing the tags of {}", self.target.name())]
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let base = self.base().await?.to_owned();
+        let mut next = Some(format!("/v2/{}/tags/list", self.target.repository()));
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            anyhow::ensure!(
+                pages <= MAX_TAG_PAGES,
+                "more than {MAX_TAG_PAGES} pages of tags"
+            );
+            let response = self.get(&path, HeaderMap::new()).await?;
+            if !response.status().is_success() {
+                return Err(UnexpectedStatus::of(response).await.into());
+            }
+            next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page)
+                .map(|link| link.strip_prefix(&base).unwrap_or(&link).to_owned());
+            if let Some(link) = &next {
+                anyhow::ensure!(link.starts_with('/'), "a tag page on another host: {link}");
+            }
+            let body = read_limited(response, crate::blob::MAX_MANIFEST_SIZE).await?;
+            let page: TagList = serde_json::from_slice(&body).context("malformed tag list")?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+
+    /// The referrers of `digest` as the referrers API lists them (every artifact type), or
+    /// `None` when the registry has no such API.
+    #[context("Listing the referrers of {digest}")]
+    pub async fn referrers_listed(&self, digest: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        let path = format!("/v2/{}/referrers/{digest}", self.target.repository());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::ACCEPT,
+            "application/vnd.oci.image.index.v1+json".parse()?,
+        );
+        let response = self.get(&path, headers).await?;
+        let is_index = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/vnd.oci.image.index.v1+json"));
+        if !response.status().is_success() || !is_index {
+            return Ok(None);
+        }
+        let body = read_limited(response, crate::blob::MAX_MANIFEST_SIZE).await?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&body).context("malformed referrers index")?;
+        Ok(Some(
+            index["manifests"].as_array().cloned().unwrap_or_default(),
+        ))
+    }
+}
+
+/// What the registry said of a manifest it stored.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    /// `Docker-Content-Digest`, when sent.
+    pub digest: Option<String>,
+    /// Whether the registry indexed the manifest's `subject` itself (`OCI-Subject`), so that
+    /// no referrers tag is needed.
+    pub indexes_subject: bool,
+}
+
+/// Tag-list pages followed: at the registries' usual 100 to 1000 tags a page, far more tags
+/// than a repository has.
+const MAX_TAG_PAGES: usize = 1000;
+
+/// The target of the `rel="next"` link of a `Link` header.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params
+            .split(';')
+            .any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
 }
 
 /// The media type of the empty config (`{}`) that artifacts such as oci-deltas carry. Some
@@ -468,4 +686,23 @@ fn body_reader(mut response: reqwest::Response) -> BlobStream {
         }
     });
     BlobStream::new(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_page;
+
+    #[test]
+    fn follows_only_the_next_link() {
+        assert_eq!(
+            next_page(r#"</v2/a/tags/list?n=100&last=x>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?n=100&last=x")
+        );
+        assert_eq!(
+            next_page(r#"<http://h/prev>; rel="prev", <http://h/next>; rel=next"#).as_deref(),
+            Some("http://h/next")
+        );
+        assert_eq!(next_page(r#"</x>; rel="prev""#), None);
+        assert_eq!(next_page("garbage"), None);
+    }
 }

@@ -7,6 +7,10 @@
 //!   `Content-Range: START-END` (inclusive) and answered `202` with the next `Location`, then
 //!   an empty `PUT LOCATION?digest=DIGEST`; `201` ends the upload.
 //!
+//! A blob another repository of the same registry holds can be mounted instead: `POST
+//! /v2/NAME/blobs/uploads/?mount=DIGEST&from=OTHER` answers `201` when it did, or `202` with
+//! an upload session when it would not (the session is then cancelled with `DELETE`).
+//!
 //! The bytes are hashed as they are read and checked against the digest and size before the
 //! final `PUT`, so that a source that changed under the upload is named here rather than by
 //! the registry's generic digest error.
@@ -101,6 +105,38 @@ impl Client {
             response.status()
         );
         Ok(())
+    }
+}
+
+impl Client {
+    /// Mounts blob `digest` from repository `from` of the same registry; false when the
+    /// registry would not (it lacks the blob there, or mounts are not allowed).
+    #[context("Mounting blob {digest} from {from}")]
+    pub async fn mount_blob(&self, digest: &str, from: &str) -> Result<bool> {
+        let base = self.base().await?.to_owned();
+        let url = format!(
+            "{base}/v2/{}/blobs/uploads/?mount={digest}&from={from}",
+            self.target.repository()
+        );
+        let response = self
+            .send(reqwest::Method::POST, &url, HeaderMap::new(), None)
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // An upload session was opened instead; it is not wanted.
+                if let Ok(location) = upload_location(&response, &base) {
+                    let cancelled = self
+                        .send(reqwest::Method::DELETE, &location, HeaderMap::new(), None)
+                        .await;
+                    if let Err(e) = cancelled {
+                        log::debug!("cancelling the upload session {location}: {e:#}");
+                    }
+                }
+                Ok(false)
+            }
+            _ => Err(super::UnexpectedStatus::of(response).await.into()),
+        }
     }
 }
 
