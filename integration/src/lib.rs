@@ -10,6 +10,7 @@ pub mod loop_fs;
 pub mod podman;
 pub mod registry;
 pub mod serve;
+pub mod token_server;
 pub mod tools;
 pub mod tree;
 pub mod zstd_chunked_writer;

@@ -1,5 +1,6 @@
 //! Local registry harness, on 127.0.0.1: Debian's `docker-registry` (distribution 2.8), either
-//! plain HTTP or TLS with a test-made CA and htpasswd (bcrypt) authentication; or, plain HTTP,
+//! plain HTTP or TLS with a test-made CA and htpasswd (bcrypt) authentication, or plain HTTP
+//! with Bearer tokens from the harness's [`TokenServer`]; or, plain HTTP,
 //! one of two registries with the OCI 1.1 referrers API that distribution 2.8 lacks:
 //! `ferro-oci-server` (crates.io; answers `OCI-Subject`, applies the `artifactType` filter) and
 //! go-containerregistry's registry (`skiff-peer-registry`; no `OCI-Subject`, lists a referrer's
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::token_server::TokenServer;
 use crate::tools::{require, run, skopeo};
 
 /// How long a registry may take to answer after it was started.
@@ -33,6 +35,19 @@ pub struct Tls {
     pub key: PathBuf,
     /// A directory holding only `ca.crt`.
     pub cert_dir: PathBuf,
+}
+
+/// One line of a registry's access log.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    /// `GET`, `HEAD`, `PUT`...
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// Bytes of the answer's body.
+    pub sent: u64,
 }
 
 /// Which registry program serves.
@@ -73,6 +88,8 @@ pub struct Registry {
     creds: Option<(String, String)>,
     /// The auth.json, written on first use.
     authfile: OnceLock<PathBuf>,
+    /// The token server, when the registry authenticates with Bearer tokens.
+    token: Option<TokenServer>,
 }
 
 impl Registry {
@@ -111,11 +128,43 @@ impl Registry {
         )
     }
 
+    /// Starts a plain-HTTP registry that requires Bearer tokens (`auth: token`) from a token
+    /// server of the test's own ([`TokenServer`]), which gives them to `user`/`password`.
+    pub fn start_token_auth(user: &str, password: &str) -> Result<Registry> {
+        let dir = new_dir()?;
+        let token = TokenServer::start(dir.path(), user, password)?;
+        Self::start_with(
+            Server::Distribution,
+            dir,
+            None,
+            Some((user.to_owned(), password.to_owned())),
+            Some(token),
+        )
+    }
+
+    /// The scopes clients asked the token server for.
+    pub fn token_scopes(&self) -> Vec<String> {
+        self.token
+            .as_ref()
+            .map(TokenServer::scopes)
+            .unwrap_or_default()
+    }
+
     fn start(
         server: Server,
         dir: tempfile::TempDir,
         tls: Option<Tls>,
         creds: Option<(String, String)>,
+    ) -> Result<Registry> {
+        Self::start_with(server, dir, tls, creds, None)
+    }
+
+    fn start_with(
+        server: Server,
+        dir: tempfile::TempDir,
+        tls: Option<Tls>,
+        creds: Option<(String, String)>,
+        token: Option<TokenServer>,
     ) -> Result<Registry> {
         let mut registry = Registry {
             server,
@@ -125,6 +174,7 @@ impl Registry {
             tls,
             creds,
             authfile: OnceLock::new(),
+            token,
         };
         let mut attempt = 1;
         loop {
@@ -158,6 +208,7 @@ impl Registry {
                         self.port,
                         self.tls.as_ref(),
                         self.creds.is_some(),
+                        self.token.as_ref(),
                     )?,
                 )?;
                 cmd.arg("serve").arg(&config);
@@ -215,6 +266,33 @@ impl Registry {
                 let path = request.strip_prefix("GET ")?.split(' ').next()?;
                 let (_, digest) = path.rsplit_once("/blobs/")?;
                 Some((digest.to_owned(), sent))
+            })
+            .collect())
+    }
+
+    /// Every request since the registry started, from its access log (docker-registry only),
+    /// in order.
+    pub fn access_log(&self) -> Result<Vec<LoggedRequest>> {
+        anyhow::ensure!(
+            matches!(self.server, Server::Distribution),
+            "only docker-registry keeps an access log here"
+        );
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log"))?;
+        Ok(log
+            .lines()
+            .filter_map(|line| {
+                let mut quoted = line.split('"');
+                let request = quoted.nth(1)?;
+                let mut status_bytes = quoted.next()?.split_whitespace();
+                let status = status_bytes.next()?.parse().ok()?;
+                let sent = status_bytes.next()?.parse().unwrap_or(0);
+                let (method, rest) = request.split_once(' ')?;
+                Some(LoggedRequest {
+                    method: method.to_owned(),
+                    path: rest.split(' ').next()?.to_owned(),
+                    status,
+                    sent,
+                })
             })
             .collect())
     }
@@ -420,7 +498,13 @@ fn quoted(path: &Path) -> Result<String> {
     Ok(serde_json::to_string(s)?)
 }
 
-fn config_yaml(dir: &Path, port: u16, tls: Option<&Tls>, auth: bool) -> Result<String> {
+fn config_yaml(
+    dir: &Path,
+    port: u16,
+    tls: Option<&Tls>,
+    auth: bool,
+    token: Option<&TokenServer>,
+) -> Result<String> {
     let mut y = format!(
         "version: 0.1\n\
          log:\n  level: error\n  accesslog:\n    disabled: false\n\
@@ -435,7 +519,15 @@ fn config_yaml(dir: &Path, port: u16, tls: Option<&Tls>, auth: bool) -> Result<S
             quoted(&tls.key)?
         );
     }
-    if auth {
+    if let Some(token) = token {
+        y += &format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            token.realm(),
+            crate::token_server::SERVICE,
+            crate::token_server::ISSUER,
+            quoted(&token.certificate)?
+        );
+    } else if auth {
         y += &format!(
             "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
             quoted(&dir.join("htpasswd"))?

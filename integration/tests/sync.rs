@@ -605,3 +605,106 @@ fn through_tls_and_basic_authentication() {
         skiff_integration::fixtures::layout_manifest_digest(&layout, "v1").unwrap()
     );
 }
+
+#[test]
+fn through_bearer_tokens_with_a_mount_scope() {
+    let work = Work::new();
+    let layout = work.path("upstream");
+    write_oci_layout(&layout, "v1", &rich_image(), Compression::Gzip).unwrap();
+    let registry = Registry::start_token_auth("token-user", "token pass").unwrap();
+    let creds = "token-user:token pass";
+    let first = registry.docker_ref("fixtures/app:v1");
+    let source = format!("oci:{}:v1", layout.display());
+    let insecure = ["--src-tls-verify=false", "--dest-tls-verify=false"];
+    // The token server refuses anonymous clients: a clear error, nothing tagged.
+    let out = sync(&[&insecure[..], &["--dest-no-creds", &source, &first]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the token server answered HTTP 401"),
+        "{stderr}"
+    );
+    let out = synced(&[&insecure[..], &["--dest-creds", creds, &source, &first]].concat());
+    assert!(out.contains("Mirrored 1"), "{out}");
+    assert!(
+        registry
+            .token_scopes()
+            .contains(&"repository:fixtures/app:pull,push".to_owned()),
+        "{:?}",
+        registry.token_scopes()
+    );
+    // Registry to registry on the same host: the destination's token also asks to pull from
+    // the source repository, and the blobs are mounted, not copied.
+    let second = registry.docker_ref("mirror/app:v1");
+    let out = synced(
+        &[
+            &insecure[..],
+            &["--src-creds", creds, "--dest-creds", creds, &first, &second],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("0 blobs (0 B) copied, 3 mounted"), "{out}");
+    assert!(
+        registry
+            .token_scopes()
+            .contains(&"repository:fixtures/app:pull".to_owned()),
+        "{:?}",
+        registry.token_scopes()
+    );
+    let back = work.path("back");
+    synced(
+        &[
+            &insecure[..],
+            &[
+                "--src-creds",
+                creds,
+                &second,
+                &format!("oci:{}:v1", back.display()),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        skiff_integration::fixtures::layout_manifest_digest(&back, "v1").unwrap(),
+        skiff_integration::fixtures::layout_manifest_digest(&layout, "v1").unwrap()
+    );
+}
+
+#[test]
+fn a_stored_image_goes_out_with_its_digest_when_its_blobs_are_kept() {
+    let work = Work::new();
+    let layout = work.path("upstream");
+    let written = write_oci_layout(&layout, "v1", &rich_image(), Compression::Gzip).unwrap();
+    let source = format!("oci:{}:v1", layout.display());
+    let kept = work.path("kept");
+    let plain = work.path("plain");
+    copy_summary(&["--keep-blobs"], &source, &composefs_ref(&kept, "app"));
+    copy_summary(&[], &source, &composefs_ref(&plain, "app"));
+    let registry = Registry::start_plain().unwrap();
+    let dest = registry.docker_ref("stored/app");
+    let out = synced(&[
+        "--dest-tls-verify=false",
+        &composefs_ref(&kept, "app"),
+        &dest,
+    ]);
+    assert!(out.contains("Mirrored 1"), "{out}");
+    // The stored tag names the destination's.
+    assert_eq!(
+        remote_digest(&format!("{dest}:app")),
+        written.manifest_digest
+    );
+    // Without the original blobs the digest cannot be kept: refused, nothing tagged.
+    let other = registry.docker_ref("stored/other:app");
+    let out = sync(&[
+        "--dest-tls-verify=false",
+        &composefs_ref(&plain, "app"),
+        &other,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--keep-blobs") || stderr.contains("kept"),
+        "{stderr}"
+    );
+    assert!(!exists(&other));
+}

@@ -26,6 +26,10 @@
 //!   (`skiff podman expose` after skiff's copy), each on an XFS loop filesystem of its own: layer
 //!   bytes the registry sent, disk added, wall time (once each). `SKIFF_BENCH_ONLY=podman` runs
 //!   only this part.
+//! - sync: the fixture set (v1, v2, a delta of v2 and v2's referrers tag) mirrored from one
+//!   docker-registry to another by `skiff sync` and by a `skopeo copy --all` loop over the
+//!   same tags, twice each: bytes and requests, and which digests and referrers survive.
+//!   `SKIFF_BENCH_ONLY=sync` runs only this part.
 //!
 //! Wall time and peak RSS come from GNU time; medians of `SKIFF_BENCH_RUNS` runs (default 3).
 //! `SKIFF_BENCH_BASELINE=PATH` adds a column `skiff-before`: the skiff binary at PATH (a build
@@ -226,6 +230,11 @@ fn main() -> Result<()> {
         let (rows, imports) = podman_figures(&root, &skiff, &src, &ensure_v2(&layout)?, runs)?;
         print_podman(&rows);
         print_imports(&imports);
+        return Ok(());
+    }
+    if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("sync") {
+        let src = format!("oci:{}:large", layout.display());
+        print_sync(&sync_figures(&root, &skiff, &src, &ensure_v2(&layout)?)?);
         return Ok(());
     }
     let cfsctl = require("cfsctl");
@@ -710,7 +719,164 @@ fn main() -> Result<()> {
     }
     print_podman(&podman);
     print_imports(&imports);
+    eprintln!("sync: skiff sync and a skopeo copy --all loop, twice each");
+    print_sync(&sync_figures(&root, &skiff, &src, &src_v2)?);
     Ok(())
+}
+
+/// The mirror comparison: rows per tool and pass, then what each mirror kept.
+struct SyncFigures {
+    rows: Vec<SyncRow>,
+    tags: Vec<String>,
+    /// Per tool: the tags whose digest differs from upstream's, and whether skiff copy of v2
+    /// into a store holding v1 found a delta in that mirror.
+    kept: Vec<(String, Vec<String>, bool)>,
+}
+
+struct SyncRow {
+    what: String,
+    bytes_from_upstream: u64,
+    blob_uploads: u64,
+    requests: usize,
+    seconds: f64,
+}
+
+/// Upstream (docker-registry) gets v1, v2 and a delta of v2 (with its referrers tag); each tool
+/// mirrors every tag to a docker-registry of its own, twice.
+fn sync_figures(root: &Path, skiff: &Path, v1: &str, v2: &str) -> Result<SyncFigures> {
+    let work = fresh(&root.join("sync"))?;
+    let upstream = Registry::start_plain()?;
+    upstream.push(v1, "fixtures/app:v1")?;
+    upstream.push(v2, "fixtures/app:v2")?;
+    let app = upstream.docker_ref("fixtures/app");
+    run_quiet(Command::new(skiff).args([
+        "delta",
+        "create",
+        "--binary-diff=zstd",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("{app}:v1"),
+        &format!("{app}:v2"),
+        &format!("{app}:delta-v1-v2"),
+    ]))?;
+    let mut tags = upstream.tags("fixtures/app")?;
+    tags.sort();
+    let digest_of = |reference: &str| -> Result<String> {
+        let raw = Command::new(require("skopeo"))
+            .args(["inspect", "--raw", "--tls-verify=false", reference])
+            .output()?;
+        anyhow::ensure!(
+            raw.status.success(),
+            "skopeo inspect --raw {reference} failed"
+        );
+        Ok(fixtures::digest(&raw.stdout))
+    };
+    let mut rows = Vec::new();
+    let mut kept = Vec::new();
+    for tool in ["skiff sync", "skopeo copy --all loop"] {
+        let mirror = Registry::start_plain()?;
+        let target = mirror.docker_ref("ci/app");
+        for pass in ["first", "second"] {
+            let (up_before, mirror_before) =
+                (upstream.access_log()?.len(), mirror.access_log()?.len());
+            let started = std::time::Instant::now();
+            if tool == "skiff sync" {
+                run_quiet(Command::new(skiff).args([
+                    "sync",
+                    "--src-tls-verify=false",
+                    "--dest-tls-verify=false",
+                    &app,
+                    &target,
+                ]))?;
+            } else {
+                for tag in &tags {
+                    run_quiet(skopeo().args([
+                        "copy",
+                        "--all",
+                        "--quiet",
+                        "--src-tls-verify=false",
+                        "--dest-tls-verify=false",
+                        &format!("{app}:{tag}"),
+                        &format!("{target}:{tag}"),
+                    ]))?;
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let up = upstream.access_log()?;
+            let down = mirror.access_log()?;
+            rows.push(SyncRow {
+                what: format!("{tool}, {pass}"),
+                bytes_from_upstream: up[up_before..].iter().map(|r| r.sent).sum(),
+                blob_uploads: down[mirror_before..]
+                    .iter()
+                    .filter(|r| r.method == "PUT" || r.method == "PATCH")
+                    .filter(|r| r.path.contains("/blobs/uploads/"))
+                    .count() as u64,
+                requests: up.len() - up_before + down.len() - mirror_before,
+                seconds,
+            });
+        }
+        let mut changed = Vec::new();
+        for tag in &tags {
+            let theirs = digest_of(&format!("{target}:{tag}")).unwrap_or_else(|_| "missing".into());
+            if theirs != digest_of(&format!("{app}:{tag}"))? {
+                changed.push(tag.clone());
+            }
+        }
+        // A store holding v1 copies v2 from the mirror: does it find the delta there?
+        let store = work.join(format!("store-{}", kept.len()));
+        run_quiet(Command::new(skiff).args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("{app}:v1"),
+            &format!("composefs:{}:app", store.display()),
+        ]))?;
+        let out = Command::new(skiff)
+            .args([
+                "copy",
+                "--progress=json",
+                "--src-tls-verify=false",
+                &format!("{target}:v2"),
+                &format!("composefs:{}:app", store.display()),
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "skiff copy from the {tool} mirror failed"
+        );
+        let used_delta = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["event"] == "summary" && v["layers_delta"].as_u64().unwrap_or(0) > 0);
+        kept.push((tool.to_owned(), changed, used_delta));
+    }
+    Ok(SyncFigures { rows, tags, kept })
+}
+
+fn print_sync(figures: &SyncFigures) {
+    println!(
+        "\n| mirror of {} tags ({}) | bytes sent by upstream | blob upload requests to the mirror | requests (both registries) | wall (s) |",
+        figures.tags.len(),
+        figures.tags.join(", ")
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for row in &figures.rows {
+        println!(
+            "| {} | {} | {} | {} | {:.2} |",
+            row.what, row.bytes_from_upstream, row.blob_uploads, row.requests, row.seconds
+        );
+    }
+    for (tool, changed, used_delta) in &figures.kept {
+        println!(
+            "{tool}: tags whose digest differs from upstream's: {}; skiff copy of v2 from this \
+             mirror into a store holding v1 used the mirrored delta: {used_delta}.",
+            if changed.is_empty() {
+                "none".to_owned()
+            } else {
+                changed.join(", ")
+            }
+        );
+    }
 }
 
 /// The v2 image (zstd:chunked), built once; its reference.

@@ -47,6 +47,7 @@ use crate::format::media::INDEX_MEDIA_TYPE;
 use crate::options::{SourceNotFound, SourceOptions};
 use crate::reference::{DockerRef, ImageRef};
 use crate::source::registry::{Client, PushedManifest, referrers_tag};
+use skiff_storage::images::StoredRef;
 
 /// Referrers of referrers followed (a signature of a delta of an image is depth 2): a
 /// bound against cycles and hostile listings, far deeper than real artifact chains.
@@ -81,7 +82,8 @@ pub struct SyncOptions {
 /// A source and where it goes, before its tags are listed.
 #[derive(Debug, Clone)]
 pub struct SyncPair {
-    /// `docker://`, `oci:` (a tag, a digest, or neither for every tag).
+    /// `docker://`, `oci:` (a tag, a digest, or neither for every tag), or `composefs:` (an
+    /// image whose layers' original blobs the store keeps).
     pub source: ImageRef,
     /// `docker://` or `oci:`; with a tag only when the source names one image.
     pub destination: ImageRef,
@@ -121,6 +123,8 @@ pub struct ImageJob {
 enum Endpoint {
     Registry(DockerRef),
     Layout(std::path::PathBuf),
+    /// A repository of composefs storage and an image of it.
+    Stored(std::path::PathBuf, StoredRef),
 }
 
 /// What became of an image.
@@ -213,6 +217,8 @@ pub struct UnsupportedEndpoint(pub String);
 /// along with their subjects).
 #[context("Listing the images of {}", pair.source)]
 pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJob>> {
+    // A stored image is found by its tag but read by its digest; the tag is the mirror's.
+    let mut stored_tag = None;
     let (src, src_reference) = match &pair.source {
         ImageRef::Docker(name) => (
             Endpoint::Registry(name.clone()),
@@ -224,6 +230,17 @@ pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJ
                 .as_deref()
                 .map(|r| r.strip_prefix('@').unwrap_or(r).to_owned()),
         ),
+        ImageRef::Composefs { repo, image } => {
+            let path = crate::reference::repository_path(repo)?;
+            let (path2, image2) = (path.clone(), image.clone());
+            let stored =
+                tokio::task::spawn_blocking(move || repo::Stored::open(&path2, &image2)).await??;
+            stored_tag = match image {
+                StoredRef::Tag(tag) => Some(tag.clone()),
+                StoredRef::Digest(_) => None,
+            };
+            (Endpoint::Stored(path, image.clone()), Some(stored.digest()))
+        }
         other => return Err(UnsupportedEndpoint(other.to_string()).into()),
     };
     let (dst, dst_tag) = match &pair.destination {
@@ -251,9 +268,12 @@ pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJ
         other => return Err(UnsupportedEndpoint(other.to_string()).into()),
     };
     let job = |reference: String, tag: Option<String>| {
-        let pinned = reference.contains(':');
+        let pinned = reference.contains(':') && stored_tag.is_none();
         ImageJob {
-            source: display(&src, &reference),
+            source: match &src {
+                Endpoint::Stored(..) => pair.source.to_string(),
+                _ => display(&src, &reference),
+            },
             destination: match &tag {
                 Some(t) => display(&dst, t),
                 None => display(&dst, &reference),
@@ -266,7 +286,9 @@ pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJ
         }
     };
     if let Some(reference) = src_reference {
-        let tag = dst_tag.or_else(|| (!reference.contains(':')).then(|| reference.clone()));
+        let tag = dst_tag
+            .or_else(|| stored_tag.clone())
+            .or_else(|| (!reference.contains(':')).then(|| reference.clone()));
         return Ok(vec![job(reference, tag)]);
     }
     anyhow::ensure!(
@@ -275,7 +297,9 @@ pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJ
         pair.destination,
         pair.source
     );
-    let repo = open_source(&src, &options.source)?;
+    let (endpoint, source_options) = (src.clone(), options.source.clone());
+    let repo =
+        tokio::task::spawn_blocking(move || open_source(&endpoint, &source_options)).await??;
     let tags = with_retries(options.retry_times, "Listing tags", || repo.tags()).await?;
     let selected: Vec<String> = tags
         .into_iter()
@@ -313,6 +337,7 @@ fn display(endpoint: &Endpoint, reference: &str) -> String {
         Endpoint::Registry(name) => format!("docker://{}{sep}{reference}", name.name()),
         Endpoint::Layout(path) if sep == '@' => format!("oci:{}:@{reference}", path.display()),
         Endpoint::Layout(path) => format!("oci:{}:{reference}", path.display()),
+        Endpoint::Stored(path, _) => format!("composefs:{}@{reference}", path.display()),
     }
 }
 
@@ -321,13 +346,16 @@ fn open_source(endpoint: &Endpoint, options: &SourceOptions) -> Result<Repo> {
     Ok(match endpoint {
         Endpoint::Registry(name) => Repo::Registry(Arc::new(Client::new(name, options)?)),
         Endpoint::Layout(path) => Repo::layout(path),
+        Endpoint::Stored(path, image) => Repo::Stored(Arc::new(repo::Stored::open(path, image)?)),
     })
 }
 
 /// Mirrors one image.
 #[context("Mirroring {} to {}", job.source, job.destination)]
 pub async fn sync_image(job: &ImageJob, options: &SyncOptions) -> Result<ImageReport> {
-    let src = open_source(&job.src, &options.source)?;
+    let (src_endpoint, source_options) = (job.src.clone(), options.source.clone());
+    let src =
+        tokio::task::spawn_blocking(move || open_source(&src_endpoint, &source_options)).await??;
     let mount_from = match (&job.src, &job.dst) {
         (Endpoint::Registry(s), Endpoint::Registry(d))
             if s.host() == d.host() && s.repository() != d.repository() =>
@@ -346,6 +374,7 @@ pub async fn sync_image(job: &ImageJob, options: &SyncOptions) -> Result<ImageRe
             Repo::Registry(Arc::new(client))
         }
         Endpoint::Layout(path) => Repo::layout(path),
+        Endpoint::Stored(..) => return Err(UnsupportedEndpoint(job.destination.clone()).into()),
     };
     let retries = options.retry_times;
     let top = with_retries(retries, "Reading the source manifest", || {

@@ -1,6 +1,8 @@
-//! The two kinds of repository a mirror reads and writes: a repository of a registry (through
+//! The kinds of repository a mirror reads and writes: a repository of a registry (through
 //! [`Client`]) and an OCI layout directory (`oci:PATH`), behind one set of operations on exact
-//! manifest bytes and verified blobs.
+//! manifest bytes and verified blobs; and, as a source only, an image of composefs storage
+//! whose layers' original blobs the store keeps (`composefs:PATH:NAME`), read through the
+//! store's export with its digests preserved.
 //!
 //! A layout plays the registry's part as the image-layout spec allows: blobs in
 //! `blobs/sha256/`, tags as `org.opencontainers.image.ref.name` entries of `index.json`, and
@@ -14,9 +16,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use fn_error_context::context;
 use skiff_storage::digest::HashingWriter;
+use skiff_storage::images::StoredRef;
+use skiff_storage::{HashAlgorithm, Sha256HashValue, Sha512HashValue, Store};
 
 use super::tree::{Manifest, check_digest};
 use crate::blob::{MAX_MANIFEST_SIZE, read_bounded};
+use crate::push::export::{ExportOptions, Outgoing, prepare};
 use crate::push::layout::{LayoutDir, REF_NAME};
 use crate::source::registry::{Client, PushedManifest, referrers_tag};
 
@@ -27,6 +32,71 @@ pub(crate) enum Repo {
     Registry(Arc<Client>),
     /// An OCI layout directory.
     Layout(Arc<Layout>),
+    /// An image of composefs storage (a source only).
+    Stored(Arc<Stored>),
+}
+
+/// An image of composefs storage, its blobs ready to be read: the stored manifest and config
+/// and the kept layer blobs.
+pub(crate) struct Stored {
+    out: Outgoing,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("manifest", &self.out.manifest_digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stored {
+    /// Opens `image` of the repository at `path`; fails when a layer's original blob is not
+    /// kept (the image would go out under another digest).
+    #[context("Opening {image} of {}", path.display())]
+    pub(crate) fn open(path: &Path, image: &StoredRef) -> Result<Self> {
+        let options = ExportOptions {
+            compression: Default::default(),
+            preserve_digests: true,
+            jobs: 1,
+        };
+        let no_staging = || -> Result<PathBuf> {
+            bail!("a layer's original blob is not kept (skiff copy --keep-blobs)")
+        };
+        let out = match skiff_storage::repository::repository_algorithm(path)? {
+            HashAlgorithm::Sha256 => prepare(
+                &Store::<Sha256HashValue>::open(path)?,
+                image,
+                &options,
+                &no_staging,
+            )?,
+            HashAlgorithm::Sha512 => prepare(
+                &Store::<Sha512HashValue>::open(path)?,
+                image,
+                &options,
+                &no_staging,
+            )?,
+        };
+        Ok(Self { out })
+    }
+
+    /// The image's manifest digest.
+    pub(crate) fn digest(&self) -> String {
+        self.out.manifest_digest.to_string()
+    }
+
+    fn manifest(&self, reference: &str) -> Option<Manifest> {
+        (reference == self.out.manifest_digest.as_ref())
+            .then(|| Manifest::new(self.out.manifest_json.clone(), &self.out.media_type))
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<Box<dyn Read + Send>>> {
+        std::iter::once(&self.out.config)
+            .chain(&self.out.layers)
+            .find(|b| b.digest.as_ref() == digest)
+            .map(|b| b.reader())
+            .transpose()
+    }
 }
 
 /// An OCI layout directory (which need not exist yet when it is a destination).
@@ -34,6 +104,13 @@ pub(crate) enum Repo {
 pub(crate) struct Layout {
     path: PathBuf,
 }
+
+/// What a stored image refuses: it is read, never written or listed.
+#[derive(Debug, thiserror::Error)]
+#[error("composefs storage is a source of skiff sync, not a destination")]
+pub(crate) struct SourceOnly;
+
+const SOURCE_ONLY: SourceOnly = SourceOnly;
 
 impl Repo {
     /// The layout at `path`.
@@ -56,6 +133,7 @@ impl Repo {
                 let reference = reference.to_owned();
                 tokio::task::spawn_blocking(move || layout.manifest(&reference)).await?
             }
+            Self::Stored(stored) => Ok(stored.manifest(reference)),
         }
     }
 
@@ -64,6 +142,7 @@ impl Repo {
         match self {
             Self::Registry(client) => client.manifest_digest(tag).await,
             Self::Layout(layout) => Ok(layout.tagged(tag)?.map(|e| e.1)),
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -72,6 +151,7 @@ impl Repo {
         match self {
             Self::Registry(client) => Ok(client.manifest_digest(digest).await?.is_some()),
             Self::Layout(layout) => Ok(layout.blob_path(digest)?.exists()),
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -80,6 +160,7 @@ impl Repo {
         match self {
             Self::Registry(client) => client.has_blob(digest).await,
             Self::Layout(layout) => Ok(layout.blob_path(digest)?.exists()),
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -96,6 +177,7 @@ impl Repo {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e).with_context(|| format!("Opening blob {digest}")),
             },
+            Self::Stored(stored) => stored.blob(digest),
         }
     }
 
@@ -113,6 +195,7 @@ impl Repo {
                 let (layout, digest) = (layout.clone(), digest.to_owned());
                 tokio::task::spawn_blocking(move || layout.put_blob(&digest, size, data)).await?
             }
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -134,6 +217,7 @@ impl Repo {
                 tokio::task::spawn_blocking(move || layout.put_manifest(&reference, &manifest))
                     .await?
             }
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -144,7 +228,7 @@ impl Repo {
     ) -> Result<Option<Vec<serde_json::Value>>> {
         match self {
             Self::Registry(client) => client.referrers_listed(digest).await,
-            Self::Layout(_) => Ok(None),
+            Self::Layout(_) | Self::Stored(_) => Ok(None),
         }
     }
 
@@ -158,6 +242,7 @@ impl Repo {
         match self {
             Self::Registry(client) => client.tags().await,
             Self::Layout(layout) => layout.tags(),
+            Self::Stored(_) => Err(SOURCE_ONLY.into()),
         }
     }
 
@@ -165,7 +250,7 @@ impl Repo {
     pub(crate) fn requests(&self) -> u64 {
         match self {
             Self::Registry(client) => client.requests(),
-            Self::Layout(_) => 0,
+            Self::Layout(_) | Self::Stored(_) => 0,
         }
     }
 }
