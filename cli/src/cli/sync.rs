@@ -14,8 +14,9 @@ use super::{GlobalOptions, parse_optional_creds};
 
 #[derive(Debug, Args)]
 pub(crate) struct SyncArgs {
-    /// The image (docker://NAME:TAG, docker://NAME@DIGEST, oci:PATH:TAG) or repository
-    /// (docker://NAME, oci:PATH: every tag) to mirror; with --src yaml, skopeo sync's YAML file.
+    /// The image (docker://NAME:TAG, docker://NAME@DIGEST, oci:PATH:TAG, composefs:PATH:NAME
+    /// with kept blobs) or repository (docker://NAME, oci:PATH: every tag) to mirror; with
+    /// --src yaml, skopeo sync's YAML file.
     source: Option<String>,
     /// Where it goes: docker://NAME[:TAG] or oci:PATH[:TAG]; with --src yaml, the registry
     /// namespace (HOST/PATH) or, with --dest oci, the directory, each image going to
@@ -216,7 +217,7 @@ impl Printer {
                 "Copying {src} → {dst} ({digest}): {} blobs ({}) copied, {} mounted, {} present; \
                  {} manifests written; {} referrers{}",
                 t.blobs_copied,
-                human_bytes(t.bytes_copied),
+                super::output::human(t.bytes_copied),
                 t.blobs_mounted,
                 t.blobs_present,
                 t.manifests_pushed,
@@ -247,15 +248,6 @@ impl Printer {
         } else {
             eprintln!("skiff: {source} → {destination}: {error:#}");
         }
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
     }
 }
 
@@ -355,7 +347,7 @@ pub(crate) async fn run(args: SyncArgs, global: &GlobalOptions) -> Result<()> {
         }
         line.push_str(&format!(
             " ({} copied, {} requests)",
-            human_bytes(tally.bytes_copied),
+            super::output::human(tally.bytes_copied),
             tally.requests
         ));
         println!("{line}");
