@@ -334,6 +334,42 @@ fn an_index_goes_whole_into_a_layout_and_a_tag_moves_only_when_forced() {
         assert!(blob_path(&out_layout, child["digest"].as_str().unwrap()).exists());
     }
 
+    // One platform makes another index: refused without leave, nothing written.
+    let one_layout = work.path("arm64-only");
+    let one = format!("oci:{}:fixture", one_layout.display());
+    let out = sync(&["--platform", "linux/arm64", &src("multi"), &one]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--allow-digest-change"), "{stderr}");
+    assert!(
+        !one_layout.join("index.json").exists(),
+        "a refused sync wrote a layout"
+    );
+    let out = synced(&[
+        "--platform",
+        "linux/arm64",
+        "--allow-digest-change",
+        &src("multi"),
+        &one,
+    ]);
+    assert!(out.contains(&format!("some platforms of {multi}")), "{out}");
+    let filtered =
+        skiff_integration::fixtures::layout_manifest_digest(&one_layout, "fixture").unwrap();
+    assert_ne!(filtered, multi);
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob_path(&one_layout, &filtered)).unwrap()).unwrap();
+    let kept = kept["manifests"].as_array().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["platform"]["architecture"], "arm64");
+    for child in index["manifests"].as_array().unwrap() {
+        let digest = child["digest"].as_str().unwrap();
+        assert_eq!(
+            blob_path(&one_layout, digest).exists(),
+            child["platform"]["architecture"] == "arm64",
+            "{digest}"
+        );
+    }
+
     // Pinned to another digest: refused, the tag left alone; moved with --force.
     let pinned = format!("oci:{}:@{v2}", layout.display());
     let out = sync(&[&pinned, &dst]);

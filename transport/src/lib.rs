@@ -23,7 +23,7 @@ pub mod format;
 pub mod fuzzing;
 mod io;
 pub mod options;
-pub(crate) mod platform;
+pub mod platform;
 pub mod podman;
 pub(crate) mod policy;
 pub mod pull;

@@ -31,6 +31,34 @@ impl WantedPlatform {
         }
     }
 
+    /// Reads `OS/ARCH[/VARIANT]`, as podman's and crane's `--platform` take it.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut parts = text.split('/');
+        let (Some(os), Some(arch)) = (parts.next(), parts.next()) else {
+            anyhow::bail!("platform {text:?}: give OS/ARCH or OS/ARCH/VARIANT (linux/arm64/v8)");
+        };
+        let variant = parts.next();
+        anyhow::ensure!(
+            parts.next().is_none() && !os.is_empty() && !arch.is_empty() && variant != Some(""),
+            "platform {text:?}: give OS/ARCH or OS/ARCH/VARIANT (linux/arm64/v8)"
+        );
+        Ok(Self {
+            os: os.to_owned(),
+            arch: arch.to_owned(),
+            variant: variant.map(str::to_owned),
+        })
+    }
+
+    /// Whether an index entry's `platform` (a JSON object) is this platform.
+    pub fn matches_json(&self, platform: &serde_json::Value) -> bool {
+        platform["os"].as_str() == Some(self.os.as_str())
+            && platform["architecture"].as_str() == Some(self.arch.as_str())
+            && self
+                .variant
+                .as_deref()
+                .is_none_or(|v| platform["variant"].as_str() == Some(v))
+    }
+
     /// The best matching manifest of `index`: exact variant first, then any variant.
     pub fn choose<'a>(&self, index: &'a ImageIndex) -> Option<&'a Descriptor> {
         let candidates = index.manifests().iter().filter(|d| {
@@ -86,5 +114,34 @@ mod tests {
         assert!(pick("arm", None).unwrap().contains("aaaa"));
         assert!(pick("s390x", None).is_none());
         assert!(pick("arm", Some("v8")).is_none());
+    }
+
+    #[test]
+    fn parses_and_matches_platform_names() {
+        let arm = WantedPlatform::parse("linux/arm/v7").unwrap();
+        assert_eq!(arm.to_string(), "linux/arm/v7");
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert!(arm.matches_json(&json(
+            r#"{"os":"linux","architecture":"arm","variant":"v7"}"#
+        )));
+        assert!(!arm.matches_json(&json(
+            r#"{"os":"linux","architecture":"arm","variant":"v6"}"#
+        )));
+        let amd = WantedPlatform::parse("linux/amd64").unwrap();
+        assert!(amd.matches_json(&json(
+            r#"{"os":"linux","architecture":"amd64","variant":"v3"}"#
+        )));
+        assert!(!amd.matches_json(&json(r#"{"os":"windows","architecture":"amd64"}"#)));
+        assert!(!amd.matches_json(&serde_json::Value::Null));
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/arm/",
+            "linux/arm/v7/x",
+            "",
+        ] {
+            assert!(WantedPlatform::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1321,7 +1321,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__sync)
-            opts="-j -q -h --from-file --src --dest --no-referrers --cosign --force --dry-run --verify --keep-going --json --retry-times --jobs --quiet --src-creds --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-j -q -h --from-file --src --dest --no-referrers --cosign --force --platform --allow-digest-change --dry-run --verify --keep-going --json --retry-times --jobs --quiet --src-creds --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1337,6 +1337,10 @@ _skiff() {
                     ;;
                 --dest)
                     COMPREPLY=($(compgen -W "docker oci" -- "${cur}"))
+                    return 0
+                    ;;
+                --platform)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --retry-times)

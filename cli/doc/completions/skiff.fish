@@ -250,10 +250,11 @@ complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subc
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Withdraw the layers no stored image names and podman does not use (skiff gc does too)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Copy every image podman pulls into the repository as it is pulled, read from podman\'s store (until SIGTERM or SIGINT)'
 complete -c skiff -n "__fish_skiff_using_subcommand podman; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c skiff -n "__fish_skiff_using_subcommand sync" -l from-file -d 'Mirror every pair of this list: `SOURCE DESTINATION [key=value ...]` a line, `#` comments (options: referrers=, cosign=, force=, tag-regex=)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l from-file -d 'Mirror every pair of this list: `SOURCE DESTINATION [key=value ...]` a line, `#` comments (options: referrers=, cosign=, force=, tag-regex=, platforms=, allow-digest-change=)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src -d '`yaml`: SOURCE is skopeo sync\'s YAML (images, images-by-tag-regex, credentials, tls-verify, cert-dir)' -r -f -a "yaml\t''"
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dest -d 'With --src yaml: whether DESTINATION is a registry namespace (docker, the default) or a directory of OCI layouts (oci)' -r -f -a "docker\t''
 oci\t''"
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l platform -d 'Keep only this platform of an index (OS/ARCH[/VARIANT]; repeat for more). The index written is a new one, with another digest: needs --allow-digest-change' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l retry-times -d 'Number of times to retry a failed request (network errors, HTTP 429, 502, 503, 504), after 1s, 2s, 4s...' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -s j -l jobs -d 'Blobs copied at once' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
@@ -275,6 +276,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand sync" -l command-timeout -d 
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l no-referrers -d 'Do not copy referrers (deltas, signatures, SBOMs attached to the images)'
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l cosign -d 'Also copy cosign\'s sha256-HEX.sig, .att and .sbom tags'
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l force -d 'Move a destination tag that is at another digest than a source pinned by digest'
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l allow-digest-change -d 'Let --platform write an index whose digest is not the source\'s'
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l dry-run -d 'List what would be copied, and copy nothing'
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l verify -d 'Afterwards, read every manifest and blob back from the destination and check its digest'
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l keep-going -d 'Go on with the other images after one fails (then exit 1)'

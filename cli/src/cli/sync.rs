@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use skiff_transport::options::SourceOptions;
+use skiff_transport::platform::WantedPlatform;
 use skiff_transport::sync::inputs::{self, DestinationKind, PairSettings};
 use skiff_transport::sync::{self, ImageReport, Status, SyncOptions, SyncPair, TagSelection};
 
@@ -23,7 +24,8 @@ pub(crate) struct SyncArgs {
     /// DESTINATION/REGISTRY/REPOSITORY.
     destination: Option<String>,
     /// Mirror every pair of this list: `SOURCE DESTINATION [key=value ...]` a line, `#`
-    /// comments (options: referrers=, cosign=, force=, tag-regex=).
+    /// comments (options: referrers=, cosign=, force=, tag-regex=, platforms=,
+    /// allow-digest-change=).
     #[arg(long, value_name = "LIST", conflicts_with_all = ["source", "destination", "src"])]
     from_file: Option<PathBuf>,
     /// `yaml`: SOURCE is skopeo sync's YAML (images, images-by-tag-regex, credentials,
@@ -43,6 +45,13 @@ pub(crate) struct SyncArgs {
     /// Move a destination tag that is at another digest than a source pinned by digest.
     #[arg(long)]
     force: bool,
+    /// Keep only this platform of an index (OS/ARCH[/VARIANT]; repeat for more). The index
+    /// written is a new one, with another digest: needs --allow-digest-change.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = WantedPlatform::parse)]
+    platform: Vec<WantedPlatform>,
+    /// Let --platform write an index whose digest is not the source's.
+    #[arg(long)]
+    allow_digest_change: bool,
     /// List what would be copied, and copy nothing.
     #[arg(long)]
     dry_run: bool,
@@ -146,6 +155,8 @@ impl SyncArgs {
             referrers: !self.no_referrers,
             cosign: self.cosign,
             force: self.force,
+            platforms: self.platform.clone(),
+            allow_digest_change: self.allow_digest_change,
             dry_run: self.dry_run,
             verify: self.verify,
             retry_times: self.retry_times,
@@ -210,7 +221,11 @@ impl Printer {
             return;
         }
         let t = &report.transfer;
-        let (src, dst, digest) = (&report.source, &report.destination, &report.digest);
+        let (src, dst) = (&report.source, &report.destination);
+        let digest = match &report.filtered_from {
+            Some(from) => format!("{}, a new index of some platforms of {from}", report.digest),
+            None => report.digest.clone(),
+        };
         match report.status {
             Status::UpToDate => println!("{src} → {dst} ({digest}): up to date"),
             Status::Mirrored => println!(

@@ -2,8 +2,9 @@
 //!
 //! **A list file** (`--from-file`), the format of composefs-rs's `ci/fixture-images.txt`:
 //! one `SOURCE DESTINATION` pair a line, blank lines and `#` comments ignored, then optional
-//! `key=value` columns for that line: `referrers=`, `cosign=` and `force=` (`true` or
-//! `false`), `tag-regex=RE` (for a source named without tag). A reference without a
+//! `key=value` columns for that line: `referrers=`, `cosign=`, `force=` and
+//! `allow-digest-change=` (`true` or `false`), `tag-regex=RE` (for a source named without
+//! tag), `platforms=OS/ARCH[/VARIANT],...`. A reference without a
 //! transport is a registry reference (`docker://`).
 //!
 //! **skopeo sync's YAML** (`--src yaml`): per registry, `images` (repository → tags or
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use fn_error_context::context;
 
 use super::{SyncOptions, SyncPair, TagSelection};
+use crate::platform::WantedPlatform;
 use crate::reference::ImageRef;
 
 /// Largest list or YAML file read: thousands of lines.
@@ -34,6 +36,10 @@ pub struct PairSettings {
     pub cosign: Option<bool>,
     /// `force=`.
     pub force: Option<bool>,
+    /// `platforms=`.
+    pub platforms: Option<Vec<WantedPlatform>>,
+    /// `allow-digest-change=`.
+    pub allow_digest_change: Option<bool>,
     /// YAML `tls-verify`, for the source registry.
     pub source_tls_verify: Option<bool>,
     /// YAML `cert-dir`, for the source registry.
@@ -54,6 +60,12 @@ impl SyncOptions {
         }
         if let Some(v) = settings.force {
             options.force = v;
+        }
+        if let Some(v) = &settings.platforms {
+            options.platforms = v.clone();
+        }
+        if let Some(v) = settings.allow_digest_change {
+            options.allow_digest_change = v;
         }
         if settings.source_tls_verify.is_some() {
             options.source.tls_verify = settings.source_tls_verify;
@@ -137,13 +149,21 @@ pub fn parse_list(text: &str) -> Result<Vec<(SyncPair, PairSettings)>> {
                     "cosign" => settings.cosign = Some(parse_bool(key, value)?),
                     "force" => settings.force = Some(parse_bool(key, value)?),
                     "tag-regex" => tags = TagSelection::Matching(tag_expression(value)?),
-                    "platforms" | "platform" => bail!(
-                        "{option}: skiff sync copies every platform of an index, so that its \
-                         digest stays the source's; a filtered index would be another image"
-                    ),
-                    _ => {
-                        bail!("unknown option {key:?} (known: referrers, cosign, force, tag-regex)")
+                    "allow-digest-change" => {
+                        settings.allow_digest_change = Some(parse_bool(key, value)?)
                     }
+                    "platforms" => {
+                        settings.platforms = Some(
+                            value
+                                .split(',')
+                                .map(WantedPlatform::parse)
+                                .collect::<Result<_>>()?,
+                        )
+                    }
+                    _ => bail!(
+                        "unknown option {key:?} (known: referrers, cosign, force, tag-regex, \
+                         platforms, allow-digest-change)"
+                    ),
                 }
             }
             Ok((
@@ -312,10 +332,11 @@ mod tests {
              \n\
              docker://quay.io/a/b:1 docker://ghcr.io/x/b:1-abc   # pinned later\n\
              quay.io/c/d@{DIGEST} docker://ghcr.io/x/d:2 referrers=false force=true\n\
-             oci:/tmp/layout:v1 oci:/tmp/out tag-regex=^v\n"
+             oci:/tmp/layout:v1 oci:/tmp/out tag-regex=^v\n\
+             x.io/m:1 y.io/m:1 platforms=linux/amd64,linux/arm/v7 allow-digest-change=true\n"
         );
         let pairs = parse_list(&text).unwrap();
-        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs.len(), 4);
         assert_eq!(
             pairs[0].0.destination.to_string(),
             "docker://ghcr.io/x/b:1-abc"
@@ -327,6 +348,11 @@ mod tests {
         assert_eq!(pairs[1].1.referrers, Some(false));
         assert_eq!(pairs[1].1.force, Some(true));
         assert!(matches!(pairs[2].0.tags, TagSelection::Matching(_)));
+        let platforms = pairs[3].1.platforms.as_ref().unwrap();
+        assert_eq!(platforms[1].to_string(), "linux/arm/v7");
+        assert_eq!(pairs[3].1.allow_digest_change, Some(true));
+        let options = SyncOptions::default().with(&pairs[3].1);
+        assert!(options.allow_digest_change && options.platforms.len() == 2);
     }
 
     #[test]
@@ -342,8 +368,8 @@ mod tests {
             ),
             ("x.io/a:1 y.io/b:1 referrers=yes\n", "give true or false"),
             (
-                "x.io/a:1 y.io/b:1 platforms=linux/amd64\n",
-                "copies every platform",
+                "x.io/a:1 y.io/b:1 platforms=linux/amd64,arm64\n",
+                "platform \"arm64\": give OS/ARCH",
             ),
             ("# nothing\n", "the list names no image"),
             ("x.io/a:1 y.io/B:1\n", "line 1"),

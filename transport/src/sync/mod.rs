@@ -45,6 +45,7 @@ use self::retry::with_retries;
 use self::tree::{Content, Desc, Manifest};
 use crate::format::media::INDEX_MEDIA_TYPE;
 use crate::options::{SourceNotFound, SourceOptions};
+use crate::platform::WantedPlatform;
 use crate::reference::{DockerRef, ImageRef};
 use crate::source::registry::{Client, PushedManifest, referrers_tag};
 use skiff_storage::images::StoredRef;
@@ -77,6 +78,10 @@ pub struct SyncOptions {
     pub retry_times: u32,
     /// Blobs copied at once.
     pub jobs: usize,
+    /// Keep only these platforms of an index (empty: every platform, the index unchanged).
+    pub platforms: Vec<WantedPlatform>,
+    /// Allow `platforms` to make a new index, with another digest than the source's.
+    pub allow_digest_change: bool,
 }
 
 /// A source and where it goes, before its tags are listed.
@@ -187,6 +192,9 @@ pub struct ImageReport {
     /// `--verify`: manifests and blobs read back from the destination and found right.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<u64>,
+    /// With platforms chosen: the source index that `digest`, a new index, was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered_from: Option<String>,
 }
 
 /// A destination tag at another digest than the pinned source (fixture tags are meant to
@@ -205,10 +213,27 @@ pub struct TagMoved {
     pub wanted: String,
 }
 
+/// Platforms chosen of an index without leave to change its digest.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{image} is an index ({digest}); keeping only {platforms} makes a new index with another \
+     digest than upstream's: give --allow-digest-change to mirror that, or no --platform to \
+     mirror the index as it is"
+)]
+pub struct DigestWouldChange {
+    /// The source.
+    pub image: String,
+    /// Its index digest.
+    pub digest: String,
+    /// The platforms asked for.
+    pub platforms: String,
+}
+
 /// A source or destination kind `skiff sync` does not handle.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{0}: skiff sync reads docker:// and oci: sources and writes docker:// and oci: destinations"
+    "{0}: skiff sync reads docker://, oci: and composefs: sources and writes docker:// and oci: \
+     destinations"
 )]
 pub struct UnsupportedEndpoint(pub String);
 
@@ -382,6 +407,7 @@ pub async fn sync_image(job: &ImageJob, options: &SyncOptions) -> Result<ImageRe
     })
     .await?
     .ok_or_else(|| SourceNotFound(job.source.clone()))?;
+    let (top, filtered_from) = choose_platforms(top, job, options)?;
     let current = match &job.dst_tag {
         Some(tag) => {
             with_retries(retries, "Reading the destination tag", || {
@@ -440,7 +466,35 @@ pub async fn sync_image(job: &ImageJob, options: &SyncOptions) -> Result<ImageRe
         transfer,
         would_write,
         verified,
+        filtered_from,
     })
+}
+
+/// `top`, or with `options.platforms` and `top` an index, a new index of those platforms and
+/// the digest of the one it was made from.
+fn choose_platforms(
+    top: Manifest,
+    job: &ImageJob,
+    options: &SyncOptions,
+) -> Result<(Manifest, Option<String>)> {
+    if options.platforms.is_empty() || !matches!(tree::content(&top)?, Content::Index(_)) {
+        return Ok((top, None));
+    }
+    if !options.allow_digest_change {
+        return Err(DigestWouldChange {
+            image: job.source.clone(),
+            digest: top.digest,
+            platforms: options
+                .platforms
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
+    }
+    let kept = tree::keep_platforms(&top, &options.platforms)?;
+    Ok((kept, Some(top.digest)))
 }
 
 /// What a mirror has met: manifests (by digest) and blobs (digest and size).

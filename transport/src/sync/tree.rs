@@ -10,6 +10,7 @@
 use anyhow::{Context, Result, bail};
 
 use crate::format::media::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::platform::WantedPlatform;
 
 /// A Docker manifest list.
 pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -165,6 +166,49 @@ pub(crate) fn content(manifest: &Manifest) -> Result<Content> {
     }
 }
 
+/// The annotation by which BuildKit ties an attestation manifest (platform `unknown/unknown`)
+/// to the image it describes.
+const ATTESTATION_OF: &str = "vnd.docker.reference.digest";
+
+/// A new index with only the entries of `index` for one of `platforms` (and the attestations
+/// of those images): new bytes, so a new digest. Every other field is kept as it was.
+pub(crate) fn keep_platforms(index: &Manifest, platforms: &[WantedPlatform]) -> Result<Manifest> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&index.bytes).context("the index is not JSON")?;
+    let entries = value["manifests"]
+        .as_array()
+        .context("the index has no manifests")?;
+    let wanted = |e: &serde_json::Value| platforms.iter().any(|p| p.matches_json(&e["platform"]));
+    let kept_images: Vec<&str> = entries
+        .iter()
+        .filter(|e| wanted(e))
+        .filter_map(|e| e["digest"].as_str())
+        .collect();
+    anyhow::ensure!(
+        !kept_images.is_empty(),
+        "index {} has no image for {}",
+        index.digest,
+        platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let kept: Vec<serde_json::Value> = entries
+        .iter()
+        .filter(|e| {
+            wanted(e)
+                || e["annotations"][ATTESTATION_OF]
+                    .as_str()
+                    .is_some_and(|d| kept_images.contains(&d))
+        })
+        .cloned()
+        .collect();
+    value["manifests"] = kept.into();
+    let bytes = serde_json::to_vec(&value)?;
+    Ok(Manifest::new(bytes, &index.media_type))
+}
+
 /// The `subject` digest of a manifest, if it has one.
 pub(crate) fn subject(manifest: &Manifest) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
@@ -236,6 +280,41 @@ mod tests {
         };
         let digests: Vec<_> = blobs.iter().map(|b| b.digest.as_str()).collect();
         assert_eq!(digests, [D1, D2]);
+    }
+
+    #[test]
+    fn platforms_kept_with_their_attestations() {
+        let d3 = D1.replace('1', "3");
+        let att = D1.replace('1', "4");
+        let index = manifest(
+            &format!(
+                r#"{{"schemaVersion":2,"annotations":{{"a":"b"}},"manifests":[
+                {{"mediaType":"m","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+                {{"mediaType":"m","digest":"{D2}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+                {{"mediaType":"m","digest":"{d3}","size":1,"platform":{{"os":"linux","architecture":"s390x"}}}},
+                {{"mediaType":"m","digest":"{att}","size":1,"platform":{{"os":"unknown","architecture":"unknown"}},
+                  "annotations":{{"vnd.docker.reference.digest":"{D2}"}}}}]}}"#
+            ),
+            INDEX_MEDIA_TYPE,
+        );
+        let wanted = [
+            WantedPlatform::parse("linux/arm64").unwrap(),
+            WantedPlatform::parse("linux/s390x").unwrap(),
+        ];
+        let kept = keep_platforms(&index, &wanted).unwrap();
+        assert_ne!(kept.digest, index.digest);
+        assert_eq!(kept.media_type, INDEX_MEDIA_TYPE);
+        let value: serde_json::Value = serde_json::from_slice(&kept.bytes).unwrap();
+        let digests: Vec<_> = value["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["digest"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(digests, [D2.to_owned(), d3, att]);
+        assert_eq!(value["annotations"]["a"], "b");
+        let none = keep_platforms(&index, &[WantedPlatform::parse("windows/amd64").unwrap()]);
+        assert!(format!("{:#}", none.unwrap_err()).contains("no image for windows/amd64"));
     }
 
     #[test]
