@@ -195,25 +195,13 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__copy)
-            opts="-q -j -h --src-creds --src-username --src-password --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --keep-blobs --expose --storage-root --run-root --dest-creds --dest-authfile --dest-no-creds --dest-tls-verify --dest-cert-dir --dest-compress-format --preserve-digests --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-q -j -h --src-creds --src-no-creds --src-authfile --src-tls-verify --src-cert-dir --src-username --src-password --authfile --retry-times --quiet --digestfile --no-delta --jobs --progress --require-verity --remove-signatures --multi-arch --keep-blobs --expose --storage-root --run-root --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --dest-compress-format --preserve-digests --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --src-creds)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --src-username)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --src-password)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --authfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -226,6 +214,18 @@ _skiff() {
                     return 0
                     ;;
                 --src-cert-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --src-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --authfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -343,7 +343,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__delta__subcmd__create)
-            opts="-j -h --binary-diff --jobs --json --dest-creds --dest-authfile --dest-tls-verify --dest-cert-dir --src-creds --src-authfile --src-tls-verify --src-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-j -h --binary-diff --jobs --json --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --src-creds --src-no-creds --src-authfile --src-tls-verify --src-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1321,7 +1321,7 @@ _skiff() {
             return 0
             ;;
         skiff__subcmd__sync)
-            opts="-j -q -h --from-file --src --dest --no-referrers --cosign --force --platform --allow-digest-change --dry-run --verify --keep-going --json --retry-times --jobs --quiet --src-creds --src-no-creds --authfile --src-authfile --src-tls-verify --src-cert-dir --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
+            opts="-j -q -h --from-file --src --dest --no-referrers --cosign --force --platform --allow-digest-change --dry-run --verify --keep-going --json --retry-times --jobs --quiet --authfile --src-creds --src-no-creds --src-authfile --src-tls-verify --src-cert-dir --dest-creds --dest-no-creds --dest-authfile --dest-tls-verify --dest-cert-dir --override-arch --override-os --override-variant --policy --insecure-policy --debug --command-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1355,11 +1355,11 @@ _skiff() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --src-creds)
+                --authfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --authfile)
+                --src-creds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

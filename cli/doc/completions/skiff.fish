@@ -46,13 +46,13 @@ complete -c skiff -n "__fish_skiff_needs_command" -f -a "sync" -d 'Mirror images
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "fsck" -d 'Check every object, stream, image and content index'
 complete -c skiff -n "__fish_skiff_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
-complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-username -d 'User name for the source registry' -r
-complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-password -d 'Password for the source registry' -r
-complete -c skiff -n "__fish_skiff_using_subcommand copy" -l authfile -d 'Path of the authentication file (default: skopeo\'s lookup of auth.json)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-authfile -d 'Path of the authentication file for the source registry (overrides --authfile)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-tls-verify -d 'Require HTTPS and verify certificates when talking to the source registry' -r -f -a "true\t''
 false\t''"
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-username -d 'User name for the source registry' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l src-password -d 'Password for the source registry' -r
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l authfile -d 'Path of the authentication file (default: skopeo\'s lookup of auth.json)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l retry-times -d 'Number of times to retry a failed layer fetch' -r
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l digestfile -d 'Write the digest of the stored manifest to PATH' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -s j -l jobs -d 'Layers fetched and imported at once (default: number of CPUs)' -r
@@ -64,7 +64,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand copy" -l multi-arch -d 'Only
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l storage-root -d 'The graph root of containers-storage: sources (default: storage.conf\'s graphroot, else /var/lib/containers/storage); a [driver@root+runroot] in the reference wins' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l run-root -d 'The run root of containers-storage: sources (default: storage.conf\'s runroot)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
-complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-authfile -d 'Path of the authentication file for the destination registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-authfile -d 'Path of the authentication file for the destination registry (overrides --authfile)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-tls-verify -d 'Require HTTPS and verify certificates when talking to the destination registry' -r -f -a "true\t''
 false\t''"
 complete -c skiff -n "__fish_skiff_using_subcommand copy" -l dest-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry' -r -F
@@ -98,22 +98,24 @@ complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_s
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l binary-diff -d 'How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as dictionary, tardf2) or auto (zstd where sizes allow, else bsdiff; tardf2)' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -s j -l jobs -d 'Layers diffed at once (default: number of CPUs)' -r
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-creds -d 'Credentials (USER[:PASSWORD]) for a docker:// destination' -r
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-authfile -d 'auth.json for a docker:// destination (else the default lookup)' -r -F
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-tls-verify -d 'Require HTTPS and verify certificates when pushing to a docker:// destination' -r -f -a "true\t''
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-authfile -d 'Path of the authentication file for the destination registry (overrides --authfile)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-tls-verify -d 'Require HTTPS and verify certificates when talking to the destination registry' -r -f -a "true\t''
 false\t''"
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-cert-dir -d 'Certificates (*.crt, *.cert, *.key) for a docker:// destination' -r -F
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-creds -d 'Credentials (USER[:PASSWORD]) for OLD and NEW in a registry' -r
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-authfile -d 'auth.json for OLD and NEW in a registry' -r -F
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-tls-verify -d 'Require HTTPS and verify certificates when reading OLD and NEW from a registry' -r -f -a "true\t''
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-authfile -d 'Path of the authentication file for the source registry (overrides --authfile)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-tls-verify -d 'Require HTTPS and verify certificates when talking to the source registry' -r -f -a "true\t''
 false\t''"
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-cert-dir -d 'Certificates (*.crt, *.cert, *.key) for OLD and NEW in a registry' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-cert-dir -d 'Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-arch -d 'Use ARCH instead of the machine\'s architecture when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-os -d 'Use OS instead of the machine\'s OS when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l override-variant -d 'Use VARIANT instead of the machine\'s architecture variant when choosing an image' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l policy -d 'Path to a signature policy file' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l command-timeout -d 'Give up on a command after this long (for example 90s, 5m, 1h)' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l json -d 'Print the summary as JSON'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-no-creds -d 'Access the destination registry anonymously'
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l src-no-creds -d 'Access the source registry anonymously'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l insecure-policy -d 'Run without any policy check'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l debug -d 'Log debug messages'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
@@ -257,8 +259,8 @@ oci\t''"
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l platform -d 'Keep only this platform of an index (OS/ARCH[/VARIANT]; repeat for more). The index written is a new one, with another digest: needs --allow-digest-change' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l retry-times -d 'Number of times to retry a failed request (network errors, HTTP 429, 502, 503, 504), after 1s, 2s, 4s...' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -s j -l jobs -d 'Blobs copied at once' -r
-complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l authfile -d 'Path of the authentication file (default: skopeo\'s lookup of auth.json)' -r -F
+complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-creds -d 'Credentials for the source registry, USERNAME[:PASSWORD]' -r
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-authfile -d 'Path of the authentication file for the source registry (overrides --authfile)' -r -F
 complete -c skiff -n "__fish_skiff_using_subcommand sync" -l src-tls-verify -d 'Require HTTPS and verify certificates when talking to the source registry' -r -f -a "true\t''
 false\t''"

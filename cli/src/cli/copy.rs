@@ -17,6 +17,7 @@ use skiff_transport::source::Source;
 
 use super::GlobalOptions;
 use super::output::{Output, ProgressMode};
+use super::registry_flags::{DestRegistryFlags, SrcRegistryFlags};
 
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
@@ -27,30 +28,17 @@ pub(crate) struct CopyArgs {
     /// oci:, oci-archive:, dir:, docker:// or containers-storage:.
     destination: String,
 
-    /// Credentials for the source registry, USERNAME[:PASSWORD].
-    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
-    src_creds: Option<String>,
+    #[command(flatten)]
+    src: SrcRegistryFlags,
     /// User name for the source registry.
     #[arg(long)]
     src_username: Option<String>,
     /// Password for the source registry.
     #[arg(long)]
     src_password: Option<String>,
-    /// Access the source registry anonymously.
-    #[arg(long)]
-    src_no_creds: bool,
     /// Path of the authentication file (default: skopeo's lookup of auth.json).
     #[arg(long, value_name = "PATH")]
     authfile: Option<PathBuf>,
-    /// Path of the authentication file for the source registry (overrides --authfile).
-    #[arg(long, value_name = "PATH")]
-    src_authfile: Option<PathBuf>,
-    /// Require HTTPS and verify certificates when talking to the source registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    src_tls_verify: Option<bool>,
-    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry.
-    #[arg(long, value_name = "PATH")]
-    src_cert_dir: Option<PathBuf>,
     /// Number of times to retry a failed layer fetch.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retry_times: u32,
@@ -106,21 +94,8 @@ pub(crate) struct CopyArgs {
 /// storage).
 #[derive(Debug, Args)]
 struct DestFlags {
-    /// Credentials for the destination registry, USERNAME[:PASSWORD].
-    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
-    dest_creds: Option<String>,
-    /// Path of the authentication file for the destination registry.
-    #[arg(long, value_name = "PATH")]
-    dest_authfile: Option<PathBuf>,
-    /// Access the destination registry anonymously.
-    #[arg(long)]
-    dest_no_creds: bool,
-    /// Require HTTPS and verify certificates when talking to the destination registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    dest_tls_verify: Option<bool>,
-    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry.
-    #[arg(long, value_name = "PATH")]
-    dest_cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    registry: DestRegistryFlags,
     /// How to compress layers whose original blob the store does not keep: gzip (default) or
     /// zstd. The manifest digest then changes.
     #[arg(long, value_name = "FORMAT")]
@@ -134,20 +109,17 @@ struct DestFlags {
 impl DestFlags {
     /// The first given flag, spelled as on the command line.
     fn first_given(&self) -> Option<&'static str> {
-        [
-            (self.dest_creds.is_some(), "--dest-creds"),
-            (self.dest_authfile.is_some(), "--dest-authfile"),
-            (self.dest_no_creds, "--dest-no-creds"),
-            (self.dest_tls_verify.is_some(), "--dest-tls-verify"),
-            (self.dest_cert_dir.is_some(), "--dest-cert-dir"),
-            (
-                self.dest_compress_format.is_some(),
-                "--dest-compress-format",
-            ),
-            (self.preserve_digests, "--preserve-digests"),
-        ]
-        .into_iter()
-        .find_map(|(given, name)| given.then_some(name))
+        self.registry.first_given().or_else(|| {
+            [
+                (
+                    self.dest_compress_format.is_some(),
+                    "--dest-compress-format",
+                ),
+                (self.preserve_digests, "--preserve-digests"),
+            ]
+            .into_iter()
+            .find_map(|(given, name)| given.then_some(name))
+        })
     }
 
     /// `authfile`: the global `--authfile`, used when `--dest-authfile` is not given.
@@ -156,10 +128,6 @@ impl DestFlags {
         global: &GlobalOptions,
         authfile: Option<&PathBuf>,
     ) -> Result<CopyOutOptions> {
-        let creds = super::parse_optional_creds(self.dest_creds.as_deref(), "--dest-creds")?;
-        if self.dest_no_creds && creds.is_some() {
-            bail!("--dest-no-creds and --dest-creds cannot be used together");
-        }
         Ok(CopyOutOptions {
             compression: match &self.dest_compress_format {
                 Some(format) => format.parse()?,
@@ -167,19 +135,7 @@ impl DestFlags {
             },
             preserve_digests: self.preserve_digests,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            destination: SourceOptions {
-                creds,
-                no_creds: self.dest_no_creds,
-                authfile: self.dest_authfile.clone().or_else(|| authfile.cloned()),
-                tls_verify: self.dest_tls_verify,
-                cert_dir: self.dest_cert_dir.clone(),
-                arch: global.override_arch.clone(),
-                os: global.override_os.clone(),
-                variant: global.override_variant.clone(),
-                policy: global.policy.clone(),
-                insecure_policy: global.insecure_policy,
-                ..Default::default()
-            },
+            destination: self.registry.options(global, authfile)?,
         })
     }
 }
@@ -287,32 +243,21 @@ impl RejectedFlags {
 
 impl CopyArgs {
     fn source_options(&self, global: &GlobalOptions) -> Result<SourceOptions> {
-        let creds = match (&self.src_creds, &self.src_username, &self.src_password) {
+        let mut options = self.src.options(global, self.authfile.as_ref())?;
+        match (&options.creds, &self.src_username, &self.src_password) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 bail!("--src-creds and --src-username/--src-password cannot be used together")
             }
-            (Some(c), None, None) => Some(super::parse_creds(c, "--src-creds")?),
-            (None, Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
+            (None, Some(_), _) if options.no_creds => {
+                bail!("--src-no-creds and --src-username cannot be used together")
+            }
+            (None, Some(u), p) => options.creds = Some((u.clone(), p.clone().unwrap_or_default())),
             (None, None, Some(_)) => bail!("--src-password needs --src-username"),
-            (None, None, None) => None,
-        };
-        if self.src_no_creds && creds.is_some() {
-            bail!("--src-no-creds and --src-creds cannot be used together");
+            _ => {}
         }
-        Ok(SourceOptions {
-            creds,
-            no_creds: self.src_no_creds,
-            authfile: self.src_authfile.clone().or_else(|| self.authfile.clone()),
-            tls_verify: self.src_tls_verify,
-            cert_dir: self.src_cert_dir.clone(),
-            arch: global.override_arch.clone(),
-            os: global.override_os.clone(),
-            variant: global.override_variant.clone(),
-            policy: global.policy.clone(),
-            insecure_policy: global.insecure_policy,
-            storage_root: self.storage_root.clone(),
-            run_root: self.run_root.clone(),
-        })
+        options.storage_root = self.storage_root.clone();
+        options.run_root = self.run_root.clone();
+        Ok(options)
     }
 }
 
@@ -439,14 +384,12 @@ async fn copy_out(
     repo: &Option<PathBuf>,
     image: &StoredRef,
 ) -> Result<()> {
+    if let Some(flag) = args.src.first_given() {
+        bail!("{flag} has no meaning when the source is composefs storage");
+    }
     for (given, flag) in [
-        (args.src_creds.is_some(), "--src-creds"),
         (args.src_username.is_some(), "--src-username"),
         (args.src_password.is_some(), "--src-password"),
-        (args.src_no_creds, "--src-no-creds"),
-        (args.src_authfile.is_some(), "--src-authfile"),
-        (args.src_tls_verify.is_some(), "--src-tls-verify"),
-        (args.src_cert_dir.is_some(), "--src-cert-dir"),
         (args.keep_blobs, "--keep-blobs"),
         (args.no_delta, "--no-delta"),
         (args.require_verity, "--require-verity"),

@@ -18,9 +18,10 @@ use skiff_transport::source::Source;
 use skiff_transport::source::layout::LayoutSource;
 use skiff_transport::source::skopeo::copy_to_layout;
 
+use super::GlobalOptions;
 use super::output::human;
+use super::registry_flags::{DestRegistryFlags, SrcRegistryFlags};
 use super::with_repo_hash;
-use super::{GlobalOptions, parse_optional_creds};
 
 /// `skiff delta create [flags] OLD NEW DESTINATION`.
 #[derive(Debug, Args)]
@@ -35,30 +36,11 @@ pub(crate) struct CreateArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Credentials (USER[:PASSWORD]) for a docker:// destination.
-    #[arg(long, value_name = "USER[:PASSWORD]")]
-    dest_creds: Option<String>,
-    /// auth.json for a docker:// destination (else the default lookup).
-    #[arg(long, value_name = "PATH")]
-    dest_authfile: Option<PathBuf>,
-    /// Require HTTPS and verify certificates when pushing to a docker:// destination.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    dest_tls_verify: Option<bool>,
-    /// Certificates (*.crt, *.cert, *.key) for a docker:// destination.
-    #[arg(long, value_name = "PATH")]
-    dest_cert_dir: Option<PathBuf>,
-    /// Credentials (USER[:PASSWORD]) for OLD and NEW in a registry.
-    #[arg(long, value_name = "USER[:PASSWORD]")]
-    src_creds: Option<String>,
-    /// auth.json for OLD and NEW in a registry.
-    #[arg(long, value_name = "PATH")]
-    src_authfile: Option<PathBuf>,
-    /// Require HTTPS and verify certificates when reading OLD and NEW from a registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    src_tls_verify: Option<bool>,
-    /// Certificates (*.crt, *.cert, *.key) for OLD and NEW in a registry.
-    #[arg(long, value_name = "PATH")]
-    src_cert_dir: Option<PathBuf>,
+    // --dest-* for a docker:// destination, --src-* for OLD and NEW in a registry.
+    #[command(flatten)]
+    dest_registry: DestRegistryFlags,
+    #[command(flatten)]
+    src_registry: SrcRegistryFlags,
     /// The image the receiver has: composefs:PATH:NAME, or any source skiff reads.
     old: String,
     /// The image the delta rebuilds: composefs:PATH:NAME, or any source skopeo reads (oci: and
@@ -75,25 +57,8 @@ pub(crate) async fn create(args: CreateArgs, global: &GlobalOptions) -> Result<(
     let new: ImageRef = args.new.parse()?;
     let dest: ImageRef = args.destination.parse()?;
     check_destination(&dest)?;
-    let dest_options = SourceOptions {
-        creds: parse_optional_creds(args.dest_creds.as_deref(), "--dest-creds")?,
-        authfile: args.dest_authfile.clone(),
-        tls_verify: args.dest_tls_verify,
-        cert_dir: args.dest_cert_dir.clone(),
-        ..Default::default()
-    };
-    let options = SourceOptions {
-        creds: parse_optional_creds(args.src_creds.as_deref(), "--src-creds")?,
-        authfile: args.src_authfile.clone(),
-        tls_verify: args.src_tls_verify,
-        cert_dir: args.src_cert_dir.clone(),
-        os: global.override_os.clone(),
-        arch: global.override_arch.clone(),
-        variant: global.override_variant.clone(),
-        policy: global.policy.clone(),
-        insecure_policy: global.insecure_policy,
-        ..Default::default()
-    };
+    let dest_options = args.dest_registry.options(global, None)?;
+    let options = args.src_registry.options(global, None)?;
     let (new_image, _new_scratch) = load_new(&new, &options).await?;
     let create = CreateOptions {
         binary_diff: args.binary_diff,

@@ -6,6 +6,7 @@ pub mod help;
 pub mod logger;
 mod output;
 mod podman;
+mod registry_flags;
 mod serve;
 mod store;
 mod sync;

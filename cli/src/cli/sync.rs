@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use skiff_transport::options::SourceOptions;
 use skiff_transport::platform::WantedPlatform;
 use skiff_transport::sync::inputs::{self, DestinationKind, PairSettings};
 use skiff_transport::sync::{self, ImageReport, Status, SyncOptions, SyncPair, TagSelection};
 
-use super::{GlobalOptions, parse_optional_creds};
+use super::GlobalOptions;
+use super::registry_flags::{DestRegistryFlags, SrcRegistryFlags};
 
 #[derive(Debug, Args)]
 pub(crate) struct SyncArgs {
@@ -75,39 +75,13 @@ pub(crate) struct SyncArgs {
     #[arg(short, long)]
     quiet: bool,
 
-    /// Credentials for the source registry, USERNAME[:PASSWORD].
-    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
-    src_creds: Option<String>,
-    /// Access the source registry anonymously.
-    #[arg(long)]
-    src_no_creds: bool,
     /// Path of the authentication file (default: skopeo's lookup of auth.json).
     #[arg(long, value_name = "PATH")]
     authfile: Option<PathBuf>,
-    /// Path of the authentication file for the source registry (overrides --authfile).
-    #[arg(long, value_name = "PATH")]
-    src_authfile: Option<PathBuf>,
-    /// Require HTTPS and verify certificates when talking to the source registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    src_tls_verify: Option<bool>,
-    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the source registry.
-    #[arg(long, value_name = "PATH")]
-    src_cert_dir: Option<PathBuf>,
-    /// Credentials for the destination registry, USERNAME[:PASSWORD].
-    #[arg(long, value_name = "USERNAME[:PASSWORD]")]
-    dest_creds: Option<String>,
-    /// Access the destination registry anonymously.
-    #[arg(long)]
-    dest_no_creds: bool,
-    /// Path of the authentication file for the destination registry (overrides --authfile).
-    #[arg(long, value_name = "PATH")]
-    dest_authfile: Option<PathBuf>,
-    /// Require HTTPS and verify certificates when talking to the destination registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    dest_tls_verify: Option<bool>,
-    /// Use certificates at PATH (*.crt, *.cert, *.key) to connect to the destination registry.
-    #[arg(long, value_name = "PATH")]
-    dest_cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    src_registry: SrcRegistryFlags,
+    #[command(flatten)]
+    dest_registry: DestRegistryFlags,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,31 +97,8 @@ enum DestKind {
 
 impl SyncArgs {
     fn options(&self, global: &GlobalOptions) -> Result<SyncOptions> {
-        let registry = |creds: Option<&str>, flag, no_creds: bool| -> Result<SourceOptions> {
-            let creds = parse_optional_creds(creds, flag)?;
-            if no_creds && creds.is_some() {
-                bail!("{flag} cannot be used with its --*-no-creds");
-            }
-            Ok(SourceOptions {
-                creds,
-                no_creds,
-                policy: global.policy.clone(),
-                insecure_policy: global.insecure_policy,
-                ..Default::default()
-            })
-        };
-        let mut source = registry(self.src_creds.as_deref(), "--src-creds", self.src_no_creds)?;
-        source.authfile = self.src_authfile.clone().or_else(|| self.authfile.clone());
-        source.tls_verify = self.src_tls_verify;
-        source.cert_dir = self.src_cert_dir.clone();
-        let mut destination = registry(
-            self.dest_creds.as_deref(),
-            "--dest-creds",
-            self.dest_no_creds,
-        )?;
-        destination.authfile = self.dest_authfile.clone().or_else(|| self.authfile.clone());
-        destination.tls_verify = self.dest_tls_verify;
-        destination.cert_dir = self.dest_cert_dir.clone();
+        let source = self.src_registry.options(global, self.authfile.as_ref())?;
+        let destination = self.dest_registry.options(global, self.authfile.as_ref())?;
         anyhow::ensure!(self.jobs > 0, "--jobs must be at least 1");
         Ok(SyncOptions {
             source,
