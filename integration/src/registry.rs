@@ -246,26 +246,13 @@ impl Registry {
     /// The blobs fetched (`GET .../blobs/DIGEST`) since the registry started, with the bytes
     /// sent for each, from its access log (docker-registry only), in order.
     pub fn blob_gets_sized(&self) -> Result<Vec<(String, u64)>> {
-        anyhow::ensure!(
-            matches!(self.server, Server::Distribution),
-            "only docker-registry keeps an access log here"
-        );
-        let log = std::fs::read_to_string(self.dir.path().join("registry.log"))?;
-        // Combined log format: HOST - - [TIME] "GET PATH HTTP/1.1" STATUS BYTES "REF" "AGENT"
-        Ok(log
-            .lines()
-            .filter_map(|line| {
-                let mut quoted = line.split('"');
-                let request = quoted.nth(1)?;
-                let sent = quoted
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .unwrap_or(0);
-                let path = request.strip_prefix("GET ")?.split(' ').next()?;
-                let (_, digest) = path.rsplit_once("/blobs/")?;
-                Some((digest.to_owned(), sent))
+        Ok(self
+            .access_log()?
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .filter_map(|r| {
+                let (_, digest) = r.path.rsplit_once("/blobs/")?;
+                Some((digest.to_owned(), r.sent))
             })
             .collect())
     }
@@ -278,6 +265,7 @@ impl Registry {
             "only docker-registry keeps an access log here"
         );
         let log = std::fs::read_to_string(self.dir.path().join("registry.log"))?;
+        // Combined log format: HOST - - [TIME] "GET PATH HTTP/1.1" STATUS BYTES "REF" "AGENT"
         Ok(log
             .lines()
             .filter_map(|line| {
