@@ -255,6 +255,11 @@ fn parse_digest(digest: &str) -> Result<String, String> {
     Ok(digest.to_owned())
 }
 
+/// Whether `tag` may be a registry tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
+pub(crate) fn is_valid_tag(tag: &str) -> bool {
+    check_tag(tag).is_ok()
+}
+
 fn check_tag(tag: &str) -> Result<(), String> {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let ok = tag.len() <= MAX_TAG_LEN

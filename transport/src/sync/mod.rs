@@ -328,6 +328,18 @@ pub async fn expand(pair: &SyncPair, options: &SyncOptions) -> Result<Vec<ImageJ
     let tags = with_retries(options.retry_times, "Listing tags", || repo.tags()).await?;
     let selected: Vec<String> = tags
         .into_iter()
+        .filter(|t| {
+            // A layout's ref names may hold what a registry tag may not (`:`, `/`), and a
+            // listing is the source's word: such names are left out, never put in a path.
+            let valid = crate::reference::docker::is_valid_tag(t);
+            if !valid {
+                log::warn!(
+                    "{}: {t:?} is not a tag a registry takes; left out",
+                    pair.source
+                );
+            }
+            valid
+        })
         .filter(|t| !is_artifact_tag(t, options))
         .filter(|t| match &pair.tags {
             TagSelection::All => true,
@@ -440,16 +452,26 @@ pub async fn sync_image(job: &ImageJob, options: &SyncOptions) -> Result<ImageRe
         limit: Arc::new(Semaphore::new(options.jobs.max(1))),
     });
     copier.clone().copy_node(top.clone(), 0).await?;
+    // What the tag will name is read back before the tag moves, so that a failed check leaves
+    // the tag where it was; then only the tag itself is.
+    let verified = if options.verify && !options.dry_run {
+        Some(copier.verify().await?)
+    } else {
+        None
+    };
     if let Some(tag) = &job.dst_tag
         && current.as_deref() != Some(top.digest.as_str())
     {
         copier.put_manifest(tag, &top, "the image's tag").await?;
     }
-    let verified = if options.verify && !options.dry_run {
-        Some(copier.verify(&top, job.dst_tag.as_deref()).await?)
-    } else {
-        None
-    };
+    if let (Some(tag), Some(_)) = (&job.dst_tag, verified) {
+        let at = copier.dst.tag_digest(tag).await?;
+        anyhow::ensure!(
+            at.as_deref() == Some(top.digest.as_str()),
+            "tag {tag} is at {at:?}, not {}",
+            top.digest
+        );
+    }
     let mut transfer = copier.transfer.lock().unwrap().clone();
     transfer.requests = copier.src.requests() + copier.dst.requests();
     let would_write = std::mem::take(&mut *copier.planned.lock().unwrap());
@@ -480,6 +502,11 @@ fn choose_platforms(
     if options.platforms.is_empty() || !matches!(tree::content(&top)?, Content::Index(_)) {
         return Ok((top, None));
     }
+    let kept = tree::keep_platforms(&top, &options.platforms)?;
+    if kept.digest == top.digest {
+        // Every entry is for a platform asked for: the index as it is.
+        return Ok((top, None));
+    }
     if !options.allow_digest_change {
         return Err(DigestWouldChange {
             image: job.source.clone(),
@@ -493,7 +520,6 @@ fn choose_platforms(
         }
         .into());
     }
-    let kept = tree::keep_platforms(&top, &options.platforms)?;
     Ok((kept, Some(top.digest)))
 }
 
@@ -559,6 +585,7 @@ impl Copier {
                             )
                         })?;
                         found.check(&child)?;
+                        let found = found.typed_as(&child);
                         self.clone().copy_node(found, depth).await?;
                     }
                 }
@@ -808,6 +835,10 @@ impl Copier {
 
     /// Copies cosign's tags of `digest` that the source has.
     async fn copy_cosign_tags(self: Arc<Self>, digest: &str, depth: usize) -> Result<()> {
+        if depth >= MAX_REFERRER_DEPTH {
+            log::warn!("{digest}: cosign tags deeper than {MAX_REFERRER_DEPTH} are not followed");
+            return Ok(());
+        }
         let retries = self.options.retry_times;
         for suffix in COSIGN_SUFFIXES {
             let tag = format!("{}.{suffix}", referrers_tag(digest));
@@ -828,18 +859,10 @@ impl Copier {
         Ok(())
     }
 
-    /// Reads back every manifest and blob met from the destination, and its tag; returns how
-    /// many were checked.
+    /// Reads back every manifest and blob met from the destination; returns how many were
+    /// checked.
     #[context("Verifying the destination")]
-    async fn verify(&self, top: &Manifest, tag: Option<&str>) -> Result<u64> {
-        if let Some(tag) = tag {
-            let at = self.dst.tag_digest(tag).await?;
-            anyhow::ensure!(
-                at.as_deref() == Some(top.digest.as_str()),
-                "tag {tag} is at {at:?}, not {}",
-                top.digest
-            );
-        }
+    async fn verify(&self) -> Result<u64> {
         let (manifests, blobs) = {
             let seen = self.seen.lock().unwrap();
             (seen.manifests.clone(), seen.blobs.clone())

@@ -59,6 +59,12 @@ pub(crate) fn retryable(error: &anyhow::Error) -> bool {
         }
         if let Some(e) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
+            // A body stream's failure comes wrapped in an io::Error of kind Other.
+            if let Some(inner) = e.get_ref()
+                && let Some(e) = inner.downcast_ref::<reqwest::Error>()
+            {
+                return !e.is_status() && !e.is_builder() && !e.is_redirect() && !e.is_decode();
+            }
             return matches!(
                 e.kind(),
                 ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | UnexpectedEof

@@ -48,6 +48,15 @@ impl Manifest {
         }
     }
 
+    /// This manifest with `desc`'s media type when it was served with none (a layout's
+    /// manifest by digest whose body names no `mediaType`, as image-spec 1.0 allowed).
+    pub(crate) fn typed_as(mut self, desc: &Desc) -> Self {
+        if self.media_type.is_empty() {
+            self.media_type = desc.media_type.clone();
+        }
+        self
+    }
+
     /// Checks that these are the bytes `desc` names.
     pub(crate) fn check(&self, desc: &Desc) -> Result<()> {
         anyhow::ensure!(
@@ -171,7 +180,8 @@ pub(crate) fn content(manifest: &Manifest) -> Result<Content> {
 const ATTESTATION_OF: &str = "vnd.docker.reference.digest";
 
 /// A new index with only the entries of `index` for one of `platforms` (and the attestations
-/// of those images): new bytes, so a new digest. Every other field is kept as it was.
+/// of those images): new bytes, so a new digest, with every other field kept as it was; or
+/// `index` itself when every entry is kept.
 pub(crate) fn keep_platforms(index: &Manifest, platforms: &[WantedPlatform]) -> Result<Manifest> {
     let mut value: serde_json::Value =
         serde_json::from_slice(&index.bytes).context("the index is not JSON")?;
@@ -204,6 +214,9 @@ pub(crate) fn keep_platforms(index: &Manifest, platforms: &[WantedPlatform]) -> 
         })
         .cloned()
         .collect();
+    if kept.len() == entries.len() {
+        return Ok(index.clone());
+    }
     value["manifests"] = kept.into();
     let bytes = serde_json::to_vec(&value)?;
     Ok(Manifest::new(bytes, &index.media_type))
@@ -313,6 +326,12 @@ mod tests {
             .collect();
         assert_eq!(digests, [D2.to_owned(), d3, att]);
         assert_eq!(value["annotations"]["a"], "b");
+        let all = [
+            WantedPlatform::parse("linux/amd64").unwrap(),
+            WantedPlatform::parse("linux/arm64").unwrap(),
+            WantedPlatform::parse("linux/s390x").unwrap(),
+        ];
+        assert_eq!(keep_platforms(&index, &all).unwrap().bytes, index.bytes);
         let none = keep_platforms(&index, &[WantedPlatform::parse("windows/amd64").unwrap()]);
         assert!(format!("{:#}", none.unwrap_err()).contains("no image for windows/amd64"));
     }

@@ -592,8 +592,13 @@ impl Client {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("application/vnd.oci.image.index.v1+json"));
-        if !response.status().is_success() || !is_index {
-            return Ok(None);
+        match response.status().as_u16() {
+            200 if is_index => {}
+            // No referrers API: the endpoint is unknown (404; 400, 405 or 406 from some
+            // registries), or answered as something other than an index.
+            200 | 400 | 404 | 405 | 406 => return Ok(None),
+            // Refused, rate-limited or failing: an error, never "no referrers".
+            _ => return Err(UnexpectedStatus::of(response).await.into()),
         }
         let body = read_limited(response, crate::blob::MAX_MANIFEST_SIZE).await?;
         let index: serde_json::Value =

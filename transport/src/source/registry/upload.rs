@@ -48,11 +48,9 @@ impl Client {
         let response = self
             .send(reqwest::Method::POST, &url, HeaderMap::new(), None)
             .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::ACCEPTED,
-            "starting the upload: HTTP {}",
-            response.status()
-        );
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(refused(response, "Starting the upload".into()).await);
+        }
         let mut location = upload_location(&response, &base)?;
         let mut reader = ChunkReader::new(data);
         let mut sent = 0u64;
@@ -77,11 +75,9 @@ impl Client {
             let response = self
                 .send(reqwest::Method::PATCH, &location, headers, Some(chunk))
                 .await?;
-            anyhow::ensure!(
-                response.status() == StatusCode::ACCEPTED,
-                "sending bytes {sent}-{end}: HTTP {}",
-                response.status()
-            );
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(refused(response, format!("Sending bytes {sent}-{end}")).await);
+            }
             location = upload_location(&response, &base)?;
             sent = end;
         };
@@ -99,13 +95,17 @@ impl Client {
                 Some(last),
             )
             .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "finishing the upload: HTTP {}",
-            response.status()
-        );
+        if response.status() != StatusCode::CREATED {
+            return Err(refused(response, "Finishing the upload".into()).await);
+        }
         Ok(())
     }
+}
+
+/// The registry's answer to an upload step it refused, as an [`super::UnexpectedStatus`] (so
+/// that a retry can tell a busy registry from a refusal), with the step.
+async fn refused(response: reqwest::Response, step: String) -> anyhow::Error {
+    anyhow::Error::new(super::UnexpectedStatus::of(response).await).context(step)
 }
 
 impl Client {
