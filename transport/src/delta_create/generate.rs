@@ -26,8 +26,8 @@ use skiff_storage::{FsVerityHashValue, Store};
 
 use crate::format::oci_delta::clean_path;
 use crate::format::oci_delta::tar_diff::{
-    BinaryDiff, MAX_BSDIFF_SIZE, MAX_ZSTD_DIFF_SIZE, OpWriter, write_bsdiff, write_copy,
-    write_rollsum, write_zstd, zstd_patch,
+    BinaryDiff, BsdiffPatch, MAX_BSDIFF_SIZE, MAX_ZSTD_DIFF_SIZE, OpWriter, write_bsdiff,
+    write_copy, write_rollsum, write_zstd, zstd_patch,
 };
 
 /// Largest file diffed, in NEW and in OLD: the content of both is held in memory for the diff.
@@ -387,21 +387,91 @@ fn encode_changed<W: Write>(
     new: &[u8],
 ) -> Result<bool> {
     let (old_size, new_size) = (old.len() as u64, new.len() as u64);
-    if matches!(method, BinaryDiff::Zstd | BinaryDiff::Auto)
-        && old_size < MAX_ZSTD_DIFF_SIZE
-        && new_size < MAX_ZSTD_DIFF_SIZE
-    {
+    let zstd_fits = old_size < MAX_ZSTD_DIFF_SIZE && new_size < MAX_ZSTD_DIFF_SIZE;
+    let bsdiff_fits = old_size < MAX_BSDIFF_SIZE && new_size < MAX_BSDIFF_SIZE;
+    let zstd = matches!(method, BinaryDiff::Zstd | BinaryDiff::Auto) && zstd_fits;
+    let bsdiff = matches!(method, BinaryDiff::Bsdiff | BinaryDiff::Auto) && bsdiff_fits;
+    if zstd && bsdiff {
+        // Auto: both, and the smaller one goes in (a frame is stored as it is, so its length
+        // is what it adds; bsdiff's ops are measured compressed as the stream compresses them).
+        let patch = BsdiffPatch::new(old, new)?;
+        let patch_size = patch.encoded_size(source_path)?;
+        return match zstd_patch(old, new)? {
+            Some(frame) if (frame.len() as u64) < patch_size => {
+                write_zstd(w, source_path, &frame).map(|()| true)
+            }
+            _ if patch_size < new_size => patch.write(w, source_path).map(|()| true),
+            _ => Ok(false),
+        };
+    }
+    if zstd {
         return match zstd_patch(old, new)? {
             Some(frame) => write_zstd(w, source_path, &frame).map(|()| true),
             None => Ok(false),
         };
     }
-    if matches!(method, BinaryDiff::Bsdiff | BinaryDiff::Auto)
-        && old_size < MAX_BSDIFF_SIZE
-        && new_size < MAX_BSDIFF_SIZE
-    {
+    if bsdiff {
         write_bsdiff(w, source_path, old, new)?;
         return Ok(true);
     }
     write_rollsum(w, source_path, old, new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tar-diff of one changed file with `method`.
+    fn diffed(method: BinaryDiff, old: &[u8], new: &[u8]) -> usize {
+        let mut w = OpWriter::new(Vec::new(), method.v2()).unwrap();
+        assert!(encode_changed(&mut w, method, "usr/lib/f", old, new).unwrap());
+        w.finish().unwrap().len()
+    }
+
+    /// Bytes from a seed, the same on every run.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_takes_the_smaller_of_bsdiff_and_zstd() {
+        let old = noise(256 * 1024, 7);
+        // One byte of every 16 changed (addresses shifted in code): bsdiff's differences are
+        // nearly all zeros, zstd's matches break every 15 bytes.
+        let shifted: Vec<u8> = old
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if i % 16 == 0 { b.wrapping_add(1) } else { *b })
+            .collect();
+        // Text with one digit replaced everywhere it occurs: zstd's matches restart at each
+        // edit for the price of a repeat offset, bsdiff pays for a control triple per run.
+        let text: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| format!("w{} ", (i * 7919) % 3000).into_bytes())
+            .collect();
+        let edited: Vec<u8> = text
+            .iter()
+            .map(|b| if *b == b'7' { b'8' } else { *b })
+            .collect();
+        let mut winners = Vec::new();
+        for (old, new) in [(&old, &shifted), (&text, &edited)] {
+            let bsdiff = diffed(BinaryDiff::Bsdiff, old, new);
+            let zstd = diffed(BinaryDiff::Zstd, old, new);
+            let auto = diffed(BinaryDiff::Auto, old, new);
+            // The v2 header and the ops' own framing aside, auto is the smaller one.
+            assert!(
+                auto <= bsdiff.min(zstd) + 64,
+                "auto {auto}, bsdiff {bsdiff}, zstd {zstd}"
+            );
+            winners.push(bsdiff < zstd);
+        }
+        assert_eq!(winners, [true, false], "each method wins one of the cases");
+    }
 }

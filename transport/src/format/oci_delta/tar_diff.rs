@@ -186,7 +186,8 @@ pub enum BinaryDiff {
     Bsdiff,
     /// A zstd frame with the source file as dictionary (ZSTD_DICT); `tardf2`.
     Zstd,
-    /// zstd where the sizes allow it, else bsdiff; `tardf2`.
+    /// Per file the smaller of the two where the sizes allow both, else the one they allow;
+    /// `tardf2`.
     Auto,
 }
 
@@ -224,38 +225,62 @@ pub fn write_copy<W: Write>(w: &mut OpWriter<W>, source_path: &str, size: u64) -
     w.copy(size)
 }
 
-/// Writes `new` as a bsdiff of `old` (tar-diff's bsdiff variant: bsdiff's control triples as
-/// ADD_DATA, DATA and SEEK ops).
+/// A bsdiff of one file, as the bsdiff crate writes it: per step, 3 × i64 (sign and
+/// magnitude, little endian) of control (add length, extra length, seek), then the add bytes
+/// (new − old), then the extra bytes.
+#[derive(Debug)]
+pub struct BsdiffPatch(Vec<u8>);
+
+impl BsdiffPatch {
+    /// The bsdiff of `new` against `old`.
+    pub fn new(old: &[u8], new: &[u8]) -> Result<Self> {
+        let mut patch = Vec::new();
+        bsdiff::diff(old, new, &mut patch).context("bsdiff")?;
+        Ok(Self(patch))
+    }
+
+    /// Writes the patch against `source_path` as tar-diff's bsdiff variant: each step's
+    /// control triple as ADD_DATA, DATA and SEEK ops.
+    pub fn write<W: Write>(&self, w: &mut OpWriter<W>, source_path: &str) -> Result<()> {
+        w.set_current_file(source_path)?;
+        w.seek(0)?;
+        let mut p = &self.0[..];
+        let int = |b: &[u8]| -> i64 {
+            let v = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            let magnitude = (v & !(1 << 63)) as i64;
+            if v >> 63 == 1 { -magnitude } else { magnitude }
+        };
+        while !p.is_empty() {
+            anyhow::ensure!(p.len() >= 24, "truncated bsdiff control");
+            let (add, extra, seek) = (int(&p[..8]), int(&p[8..16]), int(&p[16..24]));
+            p = &p[24..];
+            let (add, extra) = (usize::try_from(add)?, usize::try_from(extra)?);
+            anyhow::ensure!(p.len() >= add + extra, "truncated bsdiff step");
+            w.add(&p[..add])?;
+            w.literal(&p[add..add + extra])?;
+            w.seek_forward(seek)?;
+            p = &p[add + extra..];
+        }
+        Ok(())
+    }
+
+    /// About what the patch adds to a tar-diff: its ops compressed on their own, as the
+    /// tar-diff's stream compresses them.
+    pub fn encoded_size(&self, source_path: &str) -> Result<u64> {
+        let mut scratch = OpWriter::new(Vec::new(), true)?;
+        self.write(&mut scratch, source_path)?;
+        Ok((scratch.finish()?.len() - MAGIC_V2.len()) as u64)
+    }
+}
+
+/// Writes `new` as a bsdiff of `old` (tar-diff's bsdiff variant).
 pub fn write_bsdiff<W: Write>(
     w: &mut OpWriter<W>,
     source_path: &str,
     old: &[u8],
     new: &[u8],
 ) -> Result<()> {
-    let mut patch = Vec::new();
-    bsdiff::diff(old, new, &mut patch).context("bsdiff")?;
-    w.set_current_file(source_path)?;
-    w.seek(0)?;
-    // The bsdiff crate writes, per step: 3 × i64 (sign and magnitude, little endian) control
-    // (add length, extra length, seek), then the add bytes (new − old), then the extra bytes.
-    let mut p = &patch[..];
-    let int = |b: &[u8]| -> i64 {
-        let v = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        let magnitude = (v & !(1 << 63)) as i64;
-        if v >> 63 == 1 { -magnitude } else { magnitude }
-    };
-    while !p.is_empty() {
-        anyhow::ensure!(p.len() >= 24, "truncated bsdiff control");
-        let (add, extra, seek) = (int(&p[..8]), int(&p[8..16]), int(&p[16..24]));
-        p = &p[24..];
-        let (add, extra) = (usize::try_from(add)?, usize::try_from(extra)?);
-        anyhow::ensure!(p.len() >= add + extra, "truncated bsdiff step");
-        w.add(&p[..add])?;
-        w.literal(&p[add..add + extra])?;
-        w.seek_forward(seek)?;
-        p = &p[add + extra..];
-    }
-    Ok(())
+    BsdiffPatch::new(old, new)?.write(w, source_path)
 }
 
 /// A zstd frame of `new` with `old` as raw-content dictionary, if smaller than `new`.
