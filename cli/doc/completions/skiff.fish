@@ -96,7 +96,7 @@ complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_s
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -s h -l help -d 'Print help'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -f -a "create" -d 'Make the delta that rebuilds NEW from OLD (apply it with skiff copy DELTA composefs:...)'
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and not __fish_seen_subcommand_from create help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l binary-diff -d 'How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as dictionary, tardf2) or auto (zstd where sizes allow, else bsdiff; tardf2)' -r
+complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l binary-diff -d 'How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as dictionary, tardf2) or auto (per file the smaller of the two; tardf2)' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -s j -l jobs -d 'Layers diffed at once (default: number of CPUs)' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-creds -d 'Credentials for the destination registry, USERNAME[:PASSWORD]' -r
 complete -c skiff -n "__fish_skiff_using_subcommand delta; and __fish_seen_subcommand_from create" -l dest-authfile -d 'Path of the authentication file for the destination registry (overrides --authfile)' -r -F

@@ -27,7 +27,7 @@ use super::with_repo_hash;
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
     /// How changed files are diffed: bsdiff (tardf1), zstd (a zstd frame with the old file as
-    /// dictionary, tardf2) or auto (zstd where sizes allow, else bsdiff; tardf2).
+    /// dictionary, tardf2) or auto (per file the smaller of the two; tardf2).
     #[arg(long, value_name = "METHOD", default_value = "bsdiff")]
     binary_diff: BinaryDiff,
     /// Layers diffed at once (default: number of CPUs).
