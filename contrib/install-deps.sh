@@ -9,8 +9,9 @@ set -euo pipefail
 # time (peak memory in benchmarks), make, man-db (renders the man pages in the `make install`
 # test), zsh and fish (load the installed completions in that test; bash is always there),
 # podman and runc (podman pulls from, runs and pushes to `skiff serve`), busybox-static (the one
-# static program the test images carry, so that podman has something to run).
-packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish podman runc busybox-static)
+# static program the test images carry, so that podman has something to run), debootstrap (the
+# Debian base layer of `make bench`'s realistic image).
+packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish podman runc busybox-static debootstrap)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod loop_fs;
 pub mod podman;
+pub mod realistic;
 pub mod registry;
 pub mod serve;
 pub mod token_server;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use skiff_integration::fixtures::{self, Compression, Layer, file};
-use skiff_integration::loop_fs::LoopXfs;
+use skiff_integration::loop_fs::LoopFs;
 use skiff_integration::podman::Podman;
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{cfsctl, composefs_ref, copy, expect_success, run, skiff};
@@ -86,7 +86,7 @@ fn summary_line(out: &Output, prefix: &str) -> String {
 #[test]
 fn podman_images_come_in_natively_as_they_would_from_the_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let xfs = LoopXfs::new(dir.path(), 1024).unwrap();
+    let xfs = LoopFs::xfs(dir.path(), 1024).unwrap();
     let base = xfs.path();
     let (registry, podman, name) = pulled(dir.path(), base);
     let repo = base.join("repo");

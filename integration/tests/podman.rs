@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use skiff_integration::fixtures::{self, Compression, Layer, file};
-use skiff_integration::loop_fs::LoopXfs;
+use skiff_integration::loop_fs::LoopFs;
 use skiff_integration::podman::Podman;
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{copy, expect_success, output, run, skiff};
@@ -122,7 +122,7 @@ fn push(registry: &Registry, dir: &Path, layers: &[Layer], tag: &str, c: Compres
 #[test]
 fn podman_pulls_exposed_layers_without_downloading_them() {
     let dir = tempfile::tempdir().unwrap();
-    let xfs = LoopXfs::new(dir.path(), 1024).unwrap();
+    let xfs = LoopFs::xfs(dir.path(), 1024).unwrap();
     let base = xfs.path();
     let registry = Registry::start_plain().unwrap();
     let v1 = image_with_payload(24, 100);

@@ -1,6 +1,10 @@
 //! `make bench`: skiff against its peers on the same images in the same run.
 //!
 //! Scenarios (each tool on a fresh repository or directory per run unless "warm"):
+//! - `realistic …` (realistic.rs): cold pulls of a real Debian + Python image of about 460 MB,
+//!   gzip, zstd and zstd:chunked, from the OCI layout and the registry, against cfsctl and
+//!   skopeo; and peak RSS from 100 MB to 2 GB. `SKIFF_BENCH_ONLY=realistic` runs only the cold
+//!   pulls (`SKIFF_BENCH_RSS=1` adds the memory table);
 //! - `oci-layout cold`: `skiff copy oci:...` vs `cfsctl oci pull oci:...`;
 //! - `registry cold`: `skiff copy docker://...` vs `cfsctl oci pull docker://...` vs
 //!   `skopeo copy docker://... oci:DIR`, from a local docker-registry on 127.0.0.1;
@@ -41,165 +45,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use skiff_integration::chunked;
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::registry::Registry;
 use skiff_integration::serve::SkiffServer;
 use skiff_integration::tools::{require, skiff_bin, skopeo};
 
-struct Sample {
-    seconds: f64,
-    rss_kib: u64,
-}
+mod realistic;
+mod runner;
 
-fn measure(cmd: &mut Command) -> Result<Sample> {
-    let report = tempfile::NamedTempFile::new()?;
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("%e %M")
-        .arg("-o")
-        .arg(report.path())
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
-        };
-    }
-    let out = timed.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = std::fs::read_to_string(report.path())?;
-    let mut parts = text.split_whitespace();
-    let seconds = parts.next().context("time output")?.parse()?;
-    let rss_kib = parts.next().context("time output")?.parse()?;
-    Ok(Sample { seconds, rss_kib })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-struct Row {
-    scenario: &'static str,
-    tool: &'static str,
-    seconds: f64,
-    rss_mib: f64,
-}
-
-/// A tool of a scenario: its name and how to make the command of run `i` (preparing any
-/// fresh state first).
-type Tool<'a> = (&'static str, Box<dyn FnMut(usize) -> Result<Command> + 'a>);
-
-/// The skiff binary to compare against, from `SKIFF_BENCH_BASELINE` (for example a build of
-/// an earlier commit): every scenario then also runs it, as `skiff-before`, with the same
-/// arguments and fresh state, interleaved with the others.
-fn baseline() -> Option<PathBuf> {
-    std::env::var_os("SKIFF_BENCH_BASELINE").map(PathBuf::from)
-}
-
-/// `cmd` with its program replaced by `program` (same arguments and environment).
-fn with_program(cmd: &Command, program: &Path) -> Command {
-    let mut other = Command::new(program);
-    other.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => other.env(k, v),
-            None => other.env_remove(k),
-        };
-    }
-    other
-}
-
-/// Runs every tool of a scenario `runs` times, interleaved (A B C A B C ...) so that the
-/// machine's drift hits all alike, with a `sync` before each run so that one run's writeback
-/// does not land in the next. With a [`baseline`], skiff's runs are each followed by one of
-/// the baseline.
-fn run_scenario(
-    rows: &mut Vec<Row>,
-    runs: usize,
-    scenario: &'static str,
-    mut tools: Vec<Tool<'_>>,
-) -> Result<()> {
-    let baseline = baseline();
-    // (tool index, run by the baseline binary)
-    let mut columns: Vec<(usize, bool)> = Vec::new();
-    for (i, (name, _)) in tools.iter().enumerate() {
-        columns.push((i, false));
-        if *name == "skiff" && baseline.is_some() {
-            columns.push((i, true));
-        }
-    }
-    let mut samples: Vec<(Vec<f64>, Vec<f64>)> =
-        columns.iter().map(|_| (Vec::new(), Vec::new())).collect();
-    for i in 0..runs {
-        for (&(tool, before), (secs, rss)) in columns.iter().zip(samples.iter_mut()) {
-            let (name, prepare) = &mut tools[tool];
-            let mut cmd = prepare(i)?;
-            let name = match &baseline {
-                Some(program) if before => {
-                    cmd = with_program(&cmd, program);
-                    "skiff-before"
-                }
-                _ => *name,
-            };
-            Command::new("sync").status()?;
-            let s = measure(&mut cmd)?;
-            eprintln!(
-                "  {scenario:16} {name:12} run {}: {:.2}s, {} MiB",
-                i + 1,
-                s.seconds,
-                s.rss_kib / 1024
-            );
-            secs.push(s.seconds);
-            rss.push(s.rss_kib as f64 / 1024.0);
-        }
-    }
-    for (&(tool, before), (secs, rss)) in columns.iter().zip(samples) {
-        rows.push(Row {
-            scenario,
-            tool: if before {
-                "skiff-before"
-            } else {
-                tools[tool].0
-            },
-            seconds: median(secs),
-            rss_mib: median(rss),
-        });
-    }
-    Ok(())
-}
-
-fn fresh(dir: &Path) -> Result<PathBuf> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.parent().expect("has a parent"))?;
-    Ok(dir.to_owned())
-}
-
-fn cfsctl_repo(path: &Path) -> Result<()> {
-    fresh(path)?;
-    let ok = Command::new(require("cfsctl"))
-        .arg("init")
-        .arg("--insecure")
-        .arg(path)
-        .output()?
-        .status
-        .success();
-    if !ok {
-        bail!("cfsctl init {} failed", path.display());
-    }
-    Ok(())
-}
+use runner::{
+    cfsctl_repo, copy_dir, disk_usage, fresh, insecure_registry_home, median, print_table,
+    run_quiet, run_scenario,
+};
 
 fn main() -> Result<()> {
     let runs: usize = std::env::var("SKIFF_BENCH_RUNS")
@@ -230,6 +89,17 @@ fn main() -> Result<()> {
         let (rows, imports) = podman_figures(&root, &skiff, &src, &ensure_v2(&layout)?, runs)?;
         print_podman(&rows);
         print_imports(&imports);
+        return Ok(());
+    }
+    if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("realistic") {
+        let images = realistic::images(&root)?;
+        let mut rows = Vec::new();
+        realistic::cold_pulls(&mut rows, &root, &skiff, &images, runs)?;
+        print_table(&rows);
+        realistic::describe(&images);
+        if std::env::var_os("SKIFF_BENCH_RSS").is_some() {
+            realistic::print_rss(&realistic::rss_by_size(&root, &skiff)?);
+        }
         return Ok(());
     }
     if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("sync") {
@@ -276,6 +146,10 @@ fn main() -> Result<()> {
             ),
         ],
     )?;
+
+    let realistic_images = realistic::images(&root)?;
+    realistic::cold_pulls(&mut rows, &root, &skiff, &realistic_images, runs)?;
+    let rss_rows = realistic::rss_by_size(&root, &skiff)?;
 
     // Copy out: the image stored with its blobs kept (its digest comes back) and without (its
     // layers compressed again), against skopeo copying the layout itself.
@@ -643,28 +517,11 @@ fn main() -> Result<()> {
     eprintln!("podman pull with and without skiff's layer store (once each)");
     let (podman, imports) = podman_figures(&root, &skiff, &src, &src_v2, runs)?;
 
-    println!();
+    print_table(&rows);
+    realistic::describe(&realistic_images);
+    realistic::print_rss(&rss_rows);
     println!(
-        "| scenario | tool | median wall (s) | median peak RSS (MiB) | time vs skiff | RSS vs skiff |"
-    );
-    println!("|---|---|---:|---:|---:|---:|");
-    for row in &rows {
-        let base = rows
-            .iter()
-            .find(|r| r.scenario == row.scenario && r.tool == "skiff")
-            .expect("skiff row");
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2}x | {:.2}x |",
-            row.scenario,
-            row.tool,
-            row.seconds,
-            row.rss_mib,
-            row.seconds / base.seconds,
-            row.rss_mib / base.rss_mib
-        );
-    }
-    println!(
-        "\n{runs} runs each; image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
+        "\n{runs} runs each; other scenarios' image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
     );
     println!(
         "delta v1 -> v2: {} bytes of layer blobs ({} tar-diff, {} whole, {} reused) for {} \
@@ -929,7 +786,7 @@ fn podman_figures(
     src_v2: &str,
     runs: usize,
 ) -> Result<(Vec<PodmanRow>, Vec<ImportRow>)> {
-    use skiff_integration::loop_fs::LoopXfs;
+    use skiff_integration::loop_fs::LoopFs;
     use skiff_integration::podman::Podman;
     let registry = Registry::start_plain()?;
     registry.push(src, "bench/app:v1")?;
@@ -959,7 +816,7 @@ fn podman_figures(
     let mut rows = Vec::new();
     let imports;
     {
-        let xfs = LoopXfs::new(&dir.join("plain"), 4096)?;
+        let xfs = LoopFs::xfs(&dir.join("plain"), 4096)?;
         let podman = Podman::new(&xfs.path().join("podman"))?;
         for tag in ["v1", "v2"] {
             let since = registry.blob_gets()?.len();
@@ -975,7 +832,7 @@ fn podman_figures(
         let name = format!("{}/bench/app:v1", registry.host());
         imports = containers_storage_figures(&xfs, &podman, &name, skiff, runs)?;
     }
-    let xfs = LoopXfs::new(&dir.join("als"), 4096)?;
+    let xfs = LoopFs::xfs(&dir.join("als"), 4096)?;
     let podman = Podman::new(&xfs.path().join("podman"))?;
     let repo = xfs.path().join("repo");
     let als = xfs.path().join("als");
@@ -1031,7 +888,7 @@ struct ImportRow {
 /// layout then skiff from it (the path before the native one), and cfsctl through skopeo's
 /// proxy (`--local-fetch disabled`, what skiff would otherwise do).
 fn containers_storage_figures(
-    xfs: &skiff_integration::loop_fs::LoopXfs,
+    xfs: &skiff_integration::loop_fs::LoopFs,
     podman: &skiff_integration::podman::Podman,
     image: &str,
     skiff: &Path,
@@ -1169,51 +1026,6 @@ fn print_imports(rows: &[ImportRow]) {
         "(on the XFS filesystem of podman's store, a new repository each run; disk added \
          includes what a layout in between takes.)"
     );
-}
-
-/// A home directory whose registries.conf marks the local registry insecure (plain HTTP), for
-/// tools that have no TLS flag (skopeo 1.9.3 ignores CONTAINERS_REGISTRIES_CONF, but reads
-/// `$HOME/.config/containers/registries.conf` before the system's).
-fn insecure_registry_home(root: &Path, host: &str) -> Result<PathBuf> {
-    let home = root.join("home");
-    let dir = home.join(".config/containers");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("registries.conf"),
-        format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
-    )?;
-    Ok(home)
-}
-
-fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// Bytes of disk a directory tree takes (`du`).
-fn disk_usage(dir: &Path) -> Result<u64> {
-    let out = Command::new("du").arg("-s").arg("-B1").arg(dir).output()?;
-    anyhow::ensure!(out.status.success(), "du {} failed", dir.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .context("du output")?
-        .parse()
-        .context("du output")
-}
-
-/// Replaces `to` by a copy of the directory `from` (reflinks where the filesystem has them).
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    let _ = std::fs::remove_dir_all(to);
-    run_quiet(
-        Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(from)
-            .arg(to),
-    )
 }
 
 struct UpdateBytes {

@@ -1,0 +1,225 @@
+//! Cold pulls of the realistic image ([`skiff_integration::realistic`]: Debian minbase plus a
+//! Python data-science site-packages, about 460 MB in two layers), gzip, zstd and zstd:chunked
+//! (the latter two written by containers/image), from the OCI layout and from a local
+//! docker-registry: skiff, cfsctl 0.9.4 and skopeo on the same images, runs interleaved; and
+//! the peak RSS of skiff and cfsctl from 100 MB to 2 GB images, to show it flat.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use skiff_integration::fixtures::{self, Compression};
+use skiff_integration::loop_fs::LoopFs;
+use skiff_integration::realistic::{self, RealisticImages};
+use skiff_integration::registry::Registry;
+use skiff_integration::tools::{require, skopeo};
+
+use crate::runner::{Row, cfsctl_repo, insecure_registry_home, measure, run_scenario};
+
+/// The compressed forms pulled cold: (scenario suffix, tag in the realistic layout).
+const FORMATS: [(&str, &str); 3] = [
+    ("gzip", "v1"),
+    ("zstd", "v1-zstd"),
+    ("zstd:chunked", "v1-chunked"),
+];
+
+/// Scenario names, `&'static` as the table wants them.
+const OCI_SCENARIOS: [&str; 3] = [
+    "realistic oci: gzip",
+    "realistic oci: zstd",
+    "realistic oci: zstd:chunked",
+];
+const REGISTRY_SCENARIOS: [&str; 3] = [
+    "realistic registry gzip",
+    "realistic registry zstd",
+    "realistic registry zstd:chunked",
+];
+
+/// The realistic images, built once under `root/realistic` (or `SKIFF_BENCH_CACHE`).
+pub(crate) fn images(root: &Path) -> Result<RealisticImages> {
+    let cache = std::env::var_os("SKIFF_BENCH_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("realistic"));
+    realistic::ensure(&cache)
+}
+
+/// A new ext4 for each scenario, and a new directory in it for each run, nothing deleted until
+/// the scenario ends: on a filesystem where thousands of files were just deleted, creating
+/// files costs several times more (see [`LoopFs`]), which would measure the benchmark's own
+/// clean-up rather than the tools.
+struct ScenarioArea {
+    fs: LoopFs,
+}
+
+impl ScenarioArea {
+    fn new(root: &Path, runs: usize) -> Result<Self> {
+        let dir = root.join("work-realistic");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        // Three tools, under 1 GiB each a run (the image is about 460 MB).
+        let size_mib = 1024 + 3 * 1024 * runs as u64;
+        Ok(Self {
+            fs: LoopFs::ext4(&dir, size_mib)?,
+        })
+    }
+
+    /// The directory of `tool`'s run `i` (not created).
+    fn dir(&self, tool: &str, i: usize) -> std::path::PathBuf {
+        self.fs.path().join(format!("{tool}-{i}"))
+    }
+}
+
+/// Cold pulls of every form of v1, from the layout and from the registry.
+pub(crate) fn cold_pulls(
+    rows: &mut Vec<Row>,
+    root: &Path,
+    skiff: &Path,
+    images: &RealisticImages,
+    runs: usize,
+) -> Result<()> {
+    let cfsctl = require("cfsctl");
+    let skiff_copy = |area: &ScenarioArea, i, source: &str, extra: &[&str]| {
+        let mut c = Command::new(skiff);
+        c.args(["copy", "--quiet"])
+            .args(extra)
+            .arg(source)
+            .arg(format!("composefs:{}:v1", area.dir("skiff", i).display()));
+        c
+    };
+    let cfsctl_pull = |area: &ScenarioArea, i, source: &str, home: Option<&Path>| {
+        let repo = area.dir("cfsctl", i);
+        cfsctl_repo(&repo)?;
+        let mut c = Command::new(&cfsctl);
+        c.arg("--repo")
+            .arg(&repo)
+            .args(["oci", "pull", source, "v1"]);
+        if let Some(home) = home {
+            c.env("HOME", home);
+        }
+        Ok(c)
+    };
+    for ((_, tag), scenario) in FORMATS.iter().zip(OCI_SCENARIOS) {
+        let source = images.oci_ref(tag);
+        let area = ScenarioArea::new(root, runs)?;
+        eprintln!("{scenario} ({runs} runs each)");
+        run_scenario(
+            rows,
+            runs,
+            scenario,
+            vec![
+                (
+                    "skiff",
+                    Box::new(|i| Ok(skiff_copy(&area, i, &source, &[]))),
+                ),
+                ("cfsctl", Box::new(|i| cfsctl_pull(&area, i, &source, None))),
+            ],
+        )?;
+    }
+
+    let registry = Registry::start_plain()?;
+    let home = insecure_registry_home(root, &registry.host())?;
+    for ((_, tag), scenario) in FORMATS.iter().zip(REGISTRY_SCENARIOS) {
+        let remote = registry.push(&images.oci_ref(tag), &format!("bench/realistic:{tag}"))?;
+        let area = ScenarioArea::new(root, runs)?;
+        eprintln!("{scenario} ({runs} runs each), {remote}");
+        run_scenario(
+            rows,
+            runs,
+            scenario,
+            vec![
+                (
+                    "skiff",
+                    Box::new(|i| Ok(skiff_copy(&area, i, &remote, &["--src-tls-verify=false"]))),
+                ),
+                (
+                    "cfsctl",
+                    Box::new(|i| cfsctl_pull(&area, i, &remote, Some(&home))),
+                ),
+                (
+                    "skopeo",
+                    Box::new(|i| {
+                        let mut c = skopeo();
+                        c.args(["copy", "--quiet", "--src-tls-verify=false", &remote])
+                            .arg(format!("oci:{}:v1", area.dir("skopeo", i).display()));
+                        Ok(c)
+                    }),
+                ),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Uncompressed sizes of the synthetic images whose peak RSS is compared.
+const RSS_SIZES_MB: [u64; 3] = [100, 500, 2000];
+
+/// One row of the memory table: an image size and each tool's peak RSS (MiB).
+pub(crate) struct RssRow {
+    pub(crate) mb: u64,
+    pub(crate) skiff_mib: f64,
+    pub(crate) cfsctl_mib: f64,
+}
+
+/// Peak RSS of a cold pull (one run each) of synthetic gzip images of 100 MB, 500 MB and 2 GB
+/// (four layers, 2,000 files plus one of 65 MiB where the size allows), built once.
+pub(crate) fn rss_by_size(root: &Path, skiff: &Path) -> Result<Vec<RssRow>> {
+    let cfsctl = require("cfsctl");
+    let area = ScenarioArea::new(root, 3)?;
+    let mut rows = Vec::new();
+    for mb in RSS_SIZES_MB {
+        let layout = root.join(format!("rss-{mb}"));
+        if !layout.join("index.json").exists() {
+            eprintln!("building the {mb} MB image (once)");
+            let layers = fixtures::large_image(4, 2000, mb * 1_000_000, mb);
+            fixtures::write_oci_layout(&layout, "img", &layers, Compression::Gzip)?;
+        }
+        let source = format!("oci:{}:img", layout.display());
+        let repo = area.dir(&format!("skiff-{mb}"), 0);
+        let skiff_sample = measure(
+            Command::new(skiff)
+                .args(["copy", "--quiet", &source])
+                .arg(format!("composefs:{}:img", repo.display())),
+        )?;
+        let repo = area.dir(&format!("cfsctl-{mb}"), 0);
+        cfsctl_repo(&repo)?;
+        let cfsctl_sample = measure(
+            Command::new(&cfsctl)
+                .arg("--repo")
+                .arg(&repo)
+                .args(["oci", "pull", &source, "img"]),
+        )?;
+        eprintln!(
+            "  rss {mb} MB: skiff {} MiB, cfsctl {} MiB",
+            skiff_sample.rss_kib / 1024,
+            cfsctl_sample.rss_kib / 1024
+        );
+        rows.push(RssRow {
+            mb,
+            skiff_mib: skiff_sample.rss_kib as f64 / 1024.0,
+            cfsctl_mib: cfsctl_sample.rss_kib as f64 / 1024.0,
+        });
+    }
+    Ok(rows)
+}
+
+pub(crate) fn print_rss(rows: &[RssRow]) {
+    println!(
+        "\n| cold pull, synthetic gzip image | skiff peak RSS (MiB) | cfsctl peak RSS (MiB) |"
+    );
+    println!("|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} MB | {:.0} | {:.0} |",
+            row.mb, row.skiff_mib, row.cfsctl_mib
+        );
+    }
+}
+
+pub(crate) fn describe(images: &RealisticImages) {
+    println!(
+        "\nrealistic image: Debian bookworm minbase + Python data-science site-packages, \
+         {} bytes uncompressed, {} regular files, 2 layers; zstd and zstd:chunked forms \
+         written by containers/image (skiff-peer-copy).",
+        images.v1_tar_bytes, images.v1_files
+    );
+}
