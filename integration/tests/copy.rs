@@ -569,7 +569,7 @@ fn bad_layers_fail_clearly_and_leave_the_store_as_it_was() {
                 zst[..zst.len() - 100].to_vec(),
                 &diff_id,
             ),
-            vec!["trunc-zst", "zstd stream did not finish"],
+            vec!["trunc-zst", "the zstd stream ends inside a frame"],
         ),
         (
             raw_image(

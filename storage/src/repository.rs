@@ -266,6 +266,12 @@ impl<H: FsVerityHashValue> Clone for Store<H> {
     }
 }
 
+/// Objects written at once per layer job. A writer spends much of its time in system calls
+/// (creating, linking and re-reading the object) and waiting for the next file, so two per job
+/// keep the cores busy where one leaves gaps: a cold copy of a 455 MB, 12k-file image used 1.6
+/// cores with two and about 1.3 with one, on two cores.
+pub const OBJECT_WRITERS_PER_JOB: usize = 2;
+
 impl<H: FsVerityHashValue> Store<H> {
     /// Opens an existing repository (taking composefs' shared lock on it, so that a garbage
     /// collection in another process waits until this store is dropped).
@@ -290,13 +296,14 @@ impl<H: FsVerityHashValue> Store<H> {
         Ok(store)
     }
 
-    /// Limits how many objects are written at once across all layers. Must be called before
-    /// the store is cloned or written to.
+    /// Limits how many objects are written at once across all layers, for `jobs` layers
+    /// imported at once ([`OBJECT_WRITERS_PER_JOB`] each). Must be called before the store is
+    /// cloned or written to.
     pub fn set_write_concurrency(&mut self, jobs: usize) -> Result<()> {
         let repo = Arc::get_mut(&mut self.repo).ok_or_else(|| {
             anyhow::anyhow!("write concurrency must be set before the store is shared")
         })?;
-        repo.set_write_concurrency(jobs.max(1));
+        repo.set_write_concurrency(jobs.max(1) * OBJECT_WRITERS_PER_JOB);
         Ok(())
     }
 

@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod blob;
+mod decompress;
 pub mod delta_create;
 pub mod format;
 #[cfg(feature = "fuzzing")]

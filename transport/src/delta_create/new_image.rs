@@ -27,11 +27,8 @@ impl NewLayers for LayoutSource {
     fn tar(&self, layer: &Descriptor, _diff_id: &str) -> Result<Box<dyn Read + Send>> {
         let mut blob = std::io::BufReader::with_capacity(128 * 1024, self.blob_reader(layer)?);
         let head = std::io::BufRead::fill_buf(&mut blob)?;
-        Ok(match Compression::sniff(head) {
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob)?),
-            Compression::None => Box::new(blob),
-        })
+        let compression = Compression::sniff(head);
+        Ok(crate::decompress::reader(compression, blob)?)
     }
 
     fn blob(&self, layer: &Descriptor) -> Result<Option<Box<dyn Read + Send>>> {

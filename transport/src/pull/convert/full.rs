@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use anyhow::Result;
-use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
 use skiff_storage::digest::HashingReader;
@@ -21,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader,
 
 use crate::blob::check_read;
 use crate::format::media::Compression;
+use crate::io;
 
 /// Counts bytes read, for progress.
 struct Counting<R> {
@@ -98,25 +98,54 @@ async fn import_blob_as<H: FsVerityHashValue>(
         }
         let compression = Compression::sniff(&head[..filled]);
         let whole = std::io::Cursor::new(head[..filled].to_vec()).chain(&mut hashed);
-        let buffered = BufReader::with_capacity(BLOB_BUFFER, whole);
         match compression {
-            Compression::None => split(store, expected, buffered).await?,
-            Compression::Gzip => {
-                let mut d = GzipDecoder::new(buffered);
-                d.multiple_members(true);
-                split(store, expected, d).await?
+            Compression::None => {
+                split(
+                    store,
+                    expected,
+                    BufReader::with_capacity(BLOB_BUFFER, whole),
+                )
+                .await?
             }
-            Compression::Zstd => {
-                let mut d = ZstdDecoder::new(buffered);
-                d.multiple_members(true);
-                split(store, expected, d).await?
-            }
+            compressed => split_decompressed(store, expected, whole, compressed).await?,
         }
     };
     // Whatever follows the compressed data still counts in the blob digest.
     tokio::io::copy(&mut hashed, &mut tokio::io::sink()).await?;
     check_read(&mut hashed, desc)?;
     Ok(pending)
+}
+
+/// Splits the tar that `blob` decompresses to, the decompression on a thread of its own: the
+/// blob is read (and hashed) here and sent to it, the tar it yields comes back to the split
+/// here, so that one large layer keeps two cores busy (decompressing; hashing, cutting and
+/// writing objects). An error of either side ends both, the first cause reported.
+async fn split_decompressed<H: FsVerityHashValue>(
+    store: &Store<H>,
+    expected: Option<&OciDigest>,
+    blob: impl AsyncRead + Unpin,
+    compression: Compression,
+) -> Result<PendingLayer<H>> {
+    let (compressed_tx, compressed) = io::channel();
+    let (tar_tx, tar) = io::channel();
+    let inflater = tokio::task::spawn_blocking(move || {
+        match crate::decompress::reader(compression, compressed) {
+            Ok(decoder) => {
+                io::pump_blocking(decoder, &tar_tx);
+            }
+            Err(e) => {
+                let _ = tar_tx.blocking_send(Err(e));
+            }
+        }
+    });
+    let send = async move {
+        // Dropped at the end, so that the decompressor sees the end of the blob.
+        let tx = compressed_tx;
+        io::pump(blob, &tx).await
+    };
+    let (_, pending) = tokio::join!(send, split(store, expected, tar));
+    inflater.await?;
+    pending
 }
 
 async fn split<H: FsVerityHashValue>(
