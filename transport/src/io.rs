@@ -137,23 +137,37 @@ pub(crate) async fn pump(mut reader: impl AsyncRead + Unpin, tx: &ChunkSender) -
     }
 }
 
-/// [`pump`] for a blocking reader (a file of an OCI layout), on a blocking thread.
+/// [`pump`] for a blocking reader (a file of an OCI layout, a decompressor), on a blocking
+/// thread. Each chunk is filled before it is sent: decompressors return a block (under
+/// 128 KiB) a read, and a chunk zeroed whole for each of them costs more than the reading.
 pub(crate) fn pump_blocking(mut reader: impl std::io::Read, tx: &ChunkSender) -> bool {
     loop {
         let mut chunk = vec![0u8; CHUNK];
-        match reader.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(n) => {
-                chunk.truncate(n);
-                if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                    return false;
+        let mut filled = 0;
+        let mut failed = None;
+        while filled < CHUNK {
+            match reader.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return true;
+        }
+        if filled > 0 {
+            chunk.truncate(filled);
+            if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return false;
             }
+        }
+        if let Some(e) = failed {
+            let _ = tx.blocking_send(Err(e));
+            return true;
+        }
+        if filled < CHUNK {
+            return true;
         }
     }
 }
@@ -211,11 +225,30 @@ impl<'a> ChannelWriter<'a> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.send_now(Bytes::from(chunk))
+    }
+
+    fn send_now(&self, chunk: Bytes) -> std::io::Result<()> {
         self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
+            .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::other(ImportStopped))
     }
+
+    /// Writes `data`, which the caller already holds as [`Bytes`]: a piece of at least
+    /// [`PASS_THROUGH`] bytes goes on as it is (after what was gathered before it), a smaller
+    /// one is gathered like any write, so that a stream of headers and small files costs a
+    /// channel message (and a wake-up of the reader) per [`CHUNK`], not per piece.
+    pub(crate) fn write_bytes(&mut self, data: Bytes) -> std::io::Result<()> {
+        if data.len() < PASS_THROUGH {
+            return std::io::Write::write_all(self, &data);
+        }
+        self.send()?;
+        self.send_now(data)
+    }
 }
+
+/// Pieces at least this large are sent without being copied by [`ChannelWriter::write_bytes`].
+const PASS_THROUGH: usize = 64 * 1024;
 
 impl std::io::Write for ChannelWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::format::zstd_chunked::toc::TocFile;
 use crate::format::zstd_chunked::{Crc64Iso, Metadata, TarSplitEntry};
-use crate::io::{ImportStopped, produced_and_imported};
+use crate::io::{ChannelWriter, produced_and_imported};
 use crate::pull::convert::full::import_blob;
 use crate::pull::plan::ChunkedLayout;
 use crate::source::BlobStream;
@@ -326,15 +326,13 @@ fn replay<H: FsVerityHashValue>(
     stats: &PartialStats,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<()> {
-    let send = |data: Bytes| {
-        tx.blocking_send(Ok(data))
-            .map_err(|_| anyhow::Error::new(ImportStopped))
-    };
+    let mut out = ChannelWriter::new(tx);
+    let mut decompressor = zstd::bulk::Decompressor::new()?;
     let mut planned = plan.files.iter();
     for entry in &meta.tar_split.entries {
         let (name, crc64) = match entry {
             TarSplitEntry::Segment(bytes) => {
-                send(Bytes::copy_from_slice(bytes))?;
+                std::io::Write::write_all(&mut out, bytes)?;
                 continue;
             }
             TarSplitEntry::File { size: 0, .. } => continue,
@@ -345,17 +343,18 @@ fn replay<H: FsVerityHashValue>(
         let mut check = FileCheck::default();
         let mut emit = |data: Bytes| -> Result<()> {
             check.update(&data);
-            send(data)
+            Ok(out.write_bytes(data)?)
         };
         match found {
             Some(object) => {
                 emit_stored(repo, object, file.size, name, &mut emit)?;
                 stats.reused.fetch_add(file.size, Ordering::Relaxed);
             }
-            None => emit_fetched(file, cursor, name, &mut emit)?,
+            None => emit_fetched(file, cursor, &mut decompressor, name, &mut emit)?,
         }
         check.verify(file, *crc64, name)?;
     }
+    std::io::Write::flush(&mut out)?;
     Ok(())
 }
 
@@ -383,11 +382,14 @@ fn emit_stored<H: FsVerityHashValue>(
     Ok(())
 }
 
-/// Sends a file's content from its fetched chunks (zeros for holes), decompressed in blocks:
-/// a chunk's declared size is not trusted with an allocation.
+/// Sends a file's content from its fetched chunks (zeros for holes). A chunk of at most
+/// [`OBJECT_READ_CHUNK`] bytes (most are: containers/storage cuts files at about 64 KiB) is
+/// decompressed whole by `decompressor`, a context reused for every chunk; a larger one in
+/// blocks, since its declared size is not trusted with an allocation.
 fn emit_fetched(
     file: &TocFile,
     cursor: &mut SpanCursor,
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
     name: &[u8],
     emit: &mut dyn FnMut(Bytes) -> Result<()>,
 ) -> Result<()> {
@@ -402,10 +404,32 @@ fn emit_fetched(
             continue;
         }
         let frames = cursor.take(chunk.compressed.clone())?;
+        if chunk.size <= OBJECT_READ_CHUNK as u64 {
+            let data = decompressor
+                .decompress(&frames, chunk.size as usize)
+                .with_context(|| {
+                    format!(
+                        "Decompressing {:?} (a chunk the TOC says is {} bytes)",
+                        shown_path(name),
+                        chunk.size
+                    )
+                })?;
+            ensure!(
+                data.len() as u64 == chunk.size,
+                "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
+                shown_path(name),
+                data.len(),
+                chunk.size
+            );
+            emit(Bytes::from(data))?;
+            continue;
+        }
         let mut decoder = zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
         let mut total = 0u64;
         loop {
-            let mut block = vec![0u8; OBJECT_READ_CHUNK];
+            // No more than the chunk can still hold (plus the byte that shows an overrun).
+            let want = (chunk.size + 1 - total).min(OBJECT_READ_CHUNK as u64) as usize;
+            let mut block = vec![0u8; want];
             let n = decoder
                 .read(&mut block)
                 .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
