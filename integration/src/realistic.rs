@@ -107,7 +107,7 @@ impl RealisticImages {
 /// Builds what is missing of the realistic images under `cache` and returns them.
 pub fn ensure(cache: &Path) -> Result<RealisticImages> {
     std::fs::create_dir_all(cache)?;
-    let base = cached_dir(cache, "base-root", |dir| debootstrap(dir))?;
+    let base = cached_dir(cache, "base-root", debootstrap)?;
     let base_tar = cached_file(cache, "base.tar", |out| layer_tar(&base, out))?;
     let mut site_tars = Vec::new();
     for version in [1u8, 2] {

@@ -338,15 +338,6 @@ async fn copy_inline<H: FsVerityHashValue>(
     consume(buf, tar, len, |piece| split.inline(piece)).await
 }
 
-/// Starts writing `file`'s pages to disk without waiting (`POSIX_FADV_DONTNEED` on dirty pages
-/// queues their writeback; pages stay cached until written), so that the disk works while the
-/// import goes on and the sync before a layer is named finds little left to write. Without it
-/// the kernel starts writeback only past its dirty threshold (10% of memory) or after 30 s,
-/// and every byte of a copy waits for the one sync. Advice only: failure changes nothing.
-fn start_writeback(file: &File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
-}
-
 /// Receives one file's content, writes it to an object and records it in the content index.
 fn write_object<H: FsVerityHashValue>(
     mut rx: mpsc::Receiver<Bytes>,
@@ -367,7 +358,6 @@ fn write_object<H: FsVerityHashValue>(
         bail!("file content ended after {received} of {size} bytes");
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    start_writeback(&file);
     let (id, method) = repo.finalize_object_tmpfile(file, size)?;
     // The receiver only goes away when the import has already failed.
     let _ = index.send(IndexEntry {

@@ -49,6 +49,8 @@ pub(crate) fn images(root: &Path) -> Result<RealisticImages> {
 /// clean-up rather than the tools.
 struct ScenarioArea {
     fs: LoopFs,
+    /// Directories handed out so far (each call of [`Self::dir`] gets a new one).
+    used: std::cell::Cell<usize>,
 }
 
 impl ScenarioArea {
@@ -56,16 +58,21 @@ impl ScenarioArea {
         let dir = root.join("work-realistic");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        // Three tools, under 1 GiB each a run (the image is about 460 MB).
-        let size_mib = 1024 + 3 * 1024 * runs as u64;
+        // Four runs a round (three tools and a baseline), under 1 GiB each (the image is about
+        // 460 MB).
+        let size_mib = 1024 + 4 * 1024 * runs as u64;
         Ok(Self {
             fs: LoopFs::ext4(&dir, size_mib)?,
+            used: Default::default(),
         })
     }
 
-    /// The directory of `tool`'s run `i` (not created).
+    /// A new directory (not created) for `tool`'s run `i`: each call gets its own, since a
+    /// baseline binary runs with the same arguments right after.
     fn dir(&self, tool: &str, i: usize) -> std::path::PathBuf {
-        self.fs.path().join(format!("{tool}-{i}"))
+        let n = self.used.get();
+        self.used.set(n + 1);
+        self.fs.path().join(format!("{tool}-{i}-{n}"))
     }
 }
 
