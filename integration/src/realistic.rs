@@ -23,6 +23,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::fixtures::{self, Compression};
+use crate::tools::{require, run};
 
 /// The Debian suite of the base layer.
 const SUITE: &str = "bookworm";
@@ -93,15 +94,6 @@ impl RealisticImages {
     pub fn oci_ref(&self, tag: &str) -> String {
         format!("oci:{}:{tag}", self.layout.display())
     }
-
-    /// The uncompressed layer tars of `version` (1 or 2), base first.
-    pub fn layer_tars(&self, version: u8) -> [PathBuf; 2] {
-        let cache = self.layout.parent().expect("the layout is in the cache");
-        [
-            cache.join("base.tar"),
-            cache.join(format!("site-v{version}.tar")),
-        ]
-    }
 }
 
 /// Builds what is missing of the realistic images under `cache` and returns them.
@@ -134,14 +126,10 @@ pub fn ensure(cache: &Path) -> Result<RealisticImages> {
             ("v2", "v2-chunked", "zstd:chunked"),
         ] {
             eprintln!("realistic image: {to} ({format}, by containers/image)");
-            let status = crate::tools::peer_copy()
+            run(crate::tools::peer_copy()
                 .args(["--dest-compress-format", format])
                 .arg(format!("oci:{}:{from}", layout.display()))
-                .arg(format!("oci:{}:{to}", layout.display()))
-                .status()?;
-            if !status.success() {
-                bail!("skiff-peer-copy to {to} failed");
-            }
+                .arg(format!("oci:{}:{to}", layout.display())))?;
         }
         std::fs::write(&done, b"")?;
     }
@@ -181,22 +169,10 @@ fn cached_file(
     Ok(file)
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// A bookworm minbase tree in `dir`, without apt's caches and package lists (as images are
 /// published).
 fn debootstrap(dir: &Path) -> Result<()> {
-    run(Command::new(crate::tools::require("debootstrap"))
+    run(Command::new(require("debootstrap"))
         .args(["--variant=minbase", SUITE])
         .arg(dir)
         .arg(MIRROR))?;
@@ -249,7 +225,8 @@ fn pip_install(dir: &Path, wheels: &[&str]) -> Result<()> {
             "--target",
         ])
         .arg(&target)
-        .args(wheels))
+        .args(wheels))?;
+    Ok(())
 }
 
 /// The tar of the tree `root` (its entries, not `root` itself), as GNU tar writes it with
@@ -274,7 +251,8 @@ fn layer_tar(root: &Path, out: &Path) -> Result<()> {
         ])
         .arg(out)
         .arg("--")
-        .args(&top))
+        .args(&top))?;
+    Ok(())
 }
 
 /// Writes the image of the layer tars `tars` (gzip-compressed by `gzip -n`, default level, as

@@ -209,7 +209,6 @@ mod tests {
     fn input_arriving_a_byte_at_a_time_is_decompressed_whole() {
         let data = sample(100_000);
         let blob = gzip(&data);
-        let trickle = std::io::Read::chain(&blob[..1], &blob[1..]).take(u64::MAX);
         // A reader that yields one byte per read.
         struct OneByte<R>(R);
         impl<R: Read> Read for OneByte<R> {
@@ -218,7 +217,7 @@ mod tests {
                 self.0.read(&mut buf[..n])
             }
         }
-        let out = read_all(GzipReader::new(OneByte(trickle)), 4096).unwrap();
+        let out = read_all(GzipReader::new(OneByte(&blob[..])), 4096).unwrap();
         assert_eq!(out, data);
     }
 
