@@ -10,8 +10,9 @@ set -euo pipefail
 # test), zsh and fish (load the installed completions in that test; bash is always there),
 # podman and runc (podman pulls from, runs and pushes to `skiff serve`), busybox-static (the one
 # static program the test images carry, so that podman has something to run), debootstrap (the
-# Debian base layer of `make bench`'s realistic image).
-packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish podman runc busybox-static debootstrap)
+# Debian base layer of `make bench`'s realistic image), sqlite3 (the rpm-style database of its
+# update scenario).
+packages=(skopeo docker-registry libssl-dev pkg-config zstd xfsprogs erofs-utils openssl apache2-utils ca-certificates time make man-db zsh fish podman runc busybox-static debootstrap sqlite3)
 
 missing=()
 for p in "${packages[@]}"; do

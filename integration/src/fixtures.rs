@@ -513,6 +513,44 @@ pub fn text(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Page size of [`page_database`].
+pub const DB_PAGE: usize = 4096;
+
+/// A database-like file of `pages` pages of [`DB_PAGE`] bytes, as a B-tree store lays them out:
+/// each page a small header, then records of text, then free space of zeros (10 to 40% of
+/// the page).
+pub fn page_database(seed: u64, pages: usize) -> Vec<u8> {
+    (0..pages)
+        .flat_map(|n| database_page(seed, n as u64, 0))
+        .collect()
+}
+
+/// One page of [`page_database`]: `generation` tells versions of the same page apart.
+fn database_page(seed: u64, page: u64, generation: u64) -> Vec<u8> {
+    let mix = seed ^ page.wrapping_mul(0x9E37_79B9) ^ generation.wrapping_mul(0x85EB_CA6B);
+    let free = DB_PAGE * (10 + (noise(mix, 1)[0] as usize % 31)) / 100;
+    let mut out = Vec::with_capacity(DB_PAGE);
+    out.extend_from_slice(&page.to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend(text(mix, DB_PAGE - free - out.len()));
+    out.resize(DB_PAGE, 0);
+    out
+}
+
+/// `db` with `count` of its pages (chosen from `seed`, spread over the file) rewritten, as a
+/// transaction that updates records in place leaves it.
+pub fn rewrite_pages(db: &[u8], seed: u64, count: usize) -> Vec<u8> {
+    let pages = db.len() / DB_PAGE;
+    let mut out = db.to_vec();
+    let picks = noise(seed ^ 0x5EED, count * 8);
+    for pick in picks.chunks(8) {
+        let page = u64::from_le_bytes(pick.try_into().expect("8 bytes")) % pages as u64;
+        let at = page as usize * DB_PAGE;
+        out[at..at + DB_PAGE].copy_from_slice(&database_page(seed, page, 1));
+    }
+    out
+}
+
 /// The feature-rich two-layer image: every kind of entry skiff must store faithfully.
 pub fn rich_image() -> Vec<Layer> {
     let mut base = Layer::default();

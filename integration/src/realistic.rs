@@ -296,3 +296,140 @@ fn tar_figures(tars: &[&Path]) -> Result<(u64, u64)> {
     }
     Ok((bytes, files))
 }
+
+/// The database update images: one layer holding an rpm-style SQLite database
+/// (`var/lib/rpm/rpmdb.sqlite`, [`DB_BYTES`]), v2 the same database after a transaction that
+/// rewrote rows on about 1% of its pages, as an OS update does to the rpm database.
+#[derive(Debug)]
+pub struct DatabaseImages {
+    /// The layout. Tags: `v1` and `v2` (gzip), `v1-chunked` and `v2-chunked` (by
+    /// containers/image).
+    pub layout: PathBuf,
+    /// The database file of each version.
+    pub db: [Vec<u8>; 2],
+    /// Pages of the database, and pages that differ between the versions.
+    pub pages: (usize, usize),
+}
+
+/// Size the database grows to (64 MiB).
+const DB_BYTES: u64 = 64 << 20;
+/// Path of the database in the image.
+pub const DB_PATH: &str = "var/lib/rpm/rpmdb.sqlite";
+
+/// Builds (once, under `cache/database`) the database update images with the `sqlite3` CLI.
+pub fn ensure_database(cache: &Path) -> Result<DatabaseImages> {
+    let dir = cache.join("database");
+    std::fs::create_dir_all(&dir)?;
+    let v1 = cached_file(&dir, "v1.sqlite", |out| sqlite(out, &database_rows().0))?;
+    let v2 = cached_file(&dir, "v2.sqlite", |out| {
+        std::fs::copy(&v1, out)?;
+        sqlite(out, &database_update(std::fs::metadata(&v1)?.len()))
+    })?;
+    let db = [std::fs::read(&v1)?, std::fs::read(&v2)?];
+    let page = 4096;
+    let pages = db[0].len() / page;
+    let changed = db[0]
+        .chunks(page)
+        .zip(db[1].chunks(page))
+        .filter(|(a, b)| a != b)
+        .count()
+        + db[1].len().saturating_sub(db[0].len()) / page;
+    let layout = dir.join("layout");
+    let done = dir.join("layout.done");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&layout);
+        for (i, content) in db.iter().enumerate() {
+            let mut layer = fixtures::Layer::default();
+            layer
+                .add("var/", fixtures::dir())
+                .add("var/lib/", fixtures::dir())
+                .add("var/lib/rpm/", fixtures::dir())
+                .add(DB_PATH, fixtures::file(content.clone()));
+            fixtures::write_oci_layout(
+                &layout,
+                &format!("v{}", i + 1),
+                &[layer],
+                Compression::Gzip,
+            )?;
+        }
+        for (from, to) in [("v1", "v1-chunked"), ("v2", "v2-chunked")] {
+            run(crate::tools::peer_copy()
+                .args(["--dest-compress-format", "zstd:chunked"])
+                .arg(format!("oci:{}:{from}", layout.display()))
+                .arg(format!("oci:{}:{to}", layout.display())))?;
+        }
+        std::fs::write(&done, b"")?;
+    }
+    Ok(DatabaseImages {
+        layout,
+        db,
+        pages: (pages, changed),
+    })
+}
+
+/// Runs the SQL `script` on the database `db` with the `sqlite3` CLI.
+fn sqlite(db: &Path, script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(require("sqlite3"))
+        .arg(db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("sqlite3 stdin")?
+        .write_all(script.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("sqlite3 {} failed: {status}", db.display());
+    }
+    Ok(())
+}
+
+/// A package header of `len` bytes: text, as rpm's file lists and descriptions mostly are.
+fn header_text(seed: u64, len: usize) -> String {
+    String::from_utf8(fixtures::text(seed, len)).expect("fixtures text is ASCII")
+}
+
+/// Rows of an rpm-like database: a Packages table of headers (1 to 3 KiB) and a Name index,
+/// up to [`DB_BYTES`]; and the number of rows.
+fn database_rows() -> (String, u64) {
+    let mut sql = String::from(
+        "PRAGMA page_size=4096;\nBEGIN;\nCREATE TABLE Packages (hnum INTEGER PRIMARY KEY, \
+         name TEXT, header TEXT);\nCREATE INDEX Name ON Packages(name);\n",
+    );
+    let mut total = 0u64;
+    let mut n = 0u64;
+    while total < DB_BYTES * 9 / 10 {
+        n += 1;
+        let len = 1024 + (fixtures::noise(n, 2)[0] as usize * 8);
+        total += len as u64 + 40;
+        sql.push_str(&format!(
+            "INSERT INTO Packages VALUES ({n}, 'package-{n:06}', '{}');\n",
+            header_text(n, len)
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    (sql, n)
+}
+
+/// The update: rows spread over the database rewritten in place (same sizes), one per 100
+/// pages of a database of `bytes`.
+fn database_update(bytes: u64) -> String {
+    let pages = bytes / 4096;
+    let rows = database_rows().1;
+    let mut sql = String::from("BEGIN;\n");
+    for (i, pick) in fixtures::noise(0xDB, (pages / 100) as usize * 8)
+        .chunks(8)
+        .enumerate()
+    {
+        let row = u64::from_le_bytes(pick.try_into().expect("8 bytes")) % rows + 1;
+        let len = 1024 + (fixtures::noise(row, 2)[0] as usize * 8);
+        sql.push_str(&format!(
+            "UPDATE Packages SET header = '{}' WHERE hnum = {row};\n",
+            header_text(row ^ (0xF00D + i as u64), len)
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}

@@ -17,7 +17,7 @@ use skiff_storage::tar_header::{MAX_HEADER_BYTES, tar_parser};
 use tar_core::HEADER_SIZE;
 use tar_core::parse::ParseEvent;
 
-use skiff_transport::format::zstd_chunked::chunking::chunk_boundaries;
+use skiff_storage::content_chunks::chunk_boundaries;
 use skiff_transport::format::zstd_chunked::{
     FOOTER_MAGIC, MANIFEST_CHECKSUM, MANIFEST_POSITION, SKIPPABLE_MAGIC, TARSPLIT_POSITION,
     crc64_iso,

@@ -492,3 +492,110 @@ fn a_registry_that_refuses_ranges_gets_a_full_pull() {
             .assert_same(&expected, &format!("v2 after HTTP {status}"));
     }
 }
+
+/// The object file under `repo` whose content is `content`.
+fn object_holding(repo: &Path, content: &[u8]) -> std::path::PathBuf {
+    object_files(repo)
+        .into_iter()
+        .find(|o| {
+            std::fs::metadata(o).unwrap().len() == content.len() as u64
+                && std::fs::read(o).unwrap() == content
+        })
+        .expect("the store holds the content as an object")
+}
+
+/// A changed file is rebuilt from the chunks of the stored version it shares (found by the
+/// `chunkDigest`s of the TOC in the content index that the import of a gzip layer recorded),
+/// and only its other chunks are fetched: within 5% of the chunk-level floor, computed from the
+/// TOCs alone. A stored object that is gone or no longer holds the chunk its index names costs a
+/// fetch, never a failure or a wrong file.
+#[test]
+fn changed_files_take_their_unchanged_chunks_from_stored_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    // 8 MiB in 2048 pages, 1% of them rewritten.
+    let db_v1 = fixtures::page_database(11, 2048);
+    let db_v2 = fixtures::rewrite_pages(&db_v1, 12, 20);
+    assert_ne!(db_v1, db_v2);
+    let image = |db: &[u8]| {
+        let mut layer = fixtures::Layer::default();
+        layer
+            .add("var/", fixtures::dir())
+            .add("var/lib/", fixtures::dir())
+            .add("var/lib/packages.db", fixtures::file(db.to_vec()))
+            .add("etc-release", fixtures::file(fixtures::text(5, 900)));
+        vec![layer]
+    };
+    let (v1, v2) = (image(&db_v1), image(&db_v2));
+    fixtures::write_oci_layout(&layout, "v1", &v1, Compression::Gzip).unwrap();
+    fixtures::write_oci_layout(&layout, "v1-chunked", &v1, Compression::ZstdChunked).unwrap();
+    fixtures::write_oci_layout(&layout, "v2", &v2, Compression::ZstdChunked).unwrap();
+    let expected = Tree::from_layers(&fixtures::layer_tars(&v2).unwrap()).unwrap();
+    let held = skiff_integration::chunked::toc_digests(&layout, "v1-chunked").unwrap();
+    let cost = skiff_integration::chunked::chunk_update_cost(&layout, "v2", &held).unwrap();
+    let db_compressed =
+        skiff_integration::chunked::compressed_file_size(&layout, "v2", &fixtures::digest(&db_v2))
+            .unwrap();
+    let source = format!("oci:{}:v2", layout.display());
+    let stored_v1 = |name: &str| {
+        let repo = dir.path().join(name);
+        let v1 = format!("oci:{}:v1", layout.display());
+        assert!(
+            copy(&[], &v1, &format!("composefs:{}:v1", repo.display()))
+                .status
+                .success()
+        );
+        repo
+    };
+    let pull = |repo: &Path| {
+        let s = copy_summary(&[], &source, &format!("composefs:{}:v2", repo.display()));
+        Tree::from_stored_image(repo, "v2")
+            .unwrap()
+            .assert_same(&expected, "v2 rebuilt from stored chunks");
+        s
+    };
+
+    let repo = stored_v1("chunks");
+    let s = pull(&repo);
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+    run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+    assert_eq!(s["layers_partial"], 1, "{s}");
+    let fetched = s["bytes_fetched"].as_u64().unwrap();
+    let from_chunks = s["bytes_from_stored_chunks"].as_u64().unwrap();
+    assert!(
+        from_chunks > db_v2.len() as u64 / 2,
+        "only {from_chunks} of {} bytes from stored chunks: {s}",
+        db_v2.len()
+    );
+    assert!(
+        fetched * 100 <= cost.floor * 105,
+        "fetched {fetched}, the chunk-level floor is {}: {s}",
+        cost.floor
+    );
+    assert!(
+        fetched * 4 < db_compressed,
+        "fetched {fetched} for a file of {db_compressed} compressed bytes: {s}"
+    );
+
+    // The stored version of the file removed (by hand, or a gc that does not take skiff's
+    // lock): fetched whole.
+    let removed = stored_v1("removed");
+    std::fs::remove_file(object_holding(&removed, &db_v1)).unwrap();
+    let s = pull(&removed);
+    assert_eq!(s["bytes_from_stored_chunks"], 0, "{s}");
+    assert!(s["bytes_fetched"].as_u64().unwrap() > fetched, "{s}");
+
+    // The stored version changed behind the store's back (insecure mode, by hand): the chunks
+    // that no longer match are fetched, the others still come from it.
+    let changed = stored_v1("changed");
+    let object = object_holding(&changed, &db_v1);
+    let mut bytes = db_v1.clone();
+    for at in (0..bytes.len()).step_by(fixtures::DB_PAGE * 16) {
+        bytes[at + 20] ^= 0xff;
+    }
+    std::fs::write(&object, &bytes).unwrap();
+    let s = pull(&changed);
+    let partly = s["bytes_from_stored_chunks"].as_u64().unwrap();
+    assert!(partly < from_chunks, "{partly} of {from_chunks}: {s}");
+    assert!(s["bytes_fetched"].as_u64().unwrap() > fetched, "{s}");
+}

@@ -1,25 +1,32 @@
 //! The content index of a layer: for each regular file stored as an object, the sha256 of its
-//! content, the object's id and the file's size.
+//! content, the object's id, the file's size, and the sha256 of each of its content-defined
+//! chunks ([`crate::content_chunks`]).
 //!
-//! It lets a zstd:chunked pull find the files the store already holds by their TOC digest
-//! without reading any object. It is produced while a layer is imported, from the same bytes
-//! that are written into the objects (no second read).
+//! It lets a zstd:chunked pull find what the store already holds by the digests its TOC names,
+//! whole files and single chunks alike, without reading any object. It is produced while a
+//! layer is imported, from the same bytes that are written into the objects (no second read),
+//! whatever the layer's compression.
 //!
 //! # Format
 //!
 //! The index is a composefs splitstream of content type `skiffcix` whose payload is inline:
 //!
 //! ```text
-//! magic      8 bytes   "SKFCIX01"
+//! magic      8 bytes   "SKFCIX02" ("SKFCIX01": no chunk count and no chunk records)
 //! id_len     u8        length of an object id: 32 (sha256 repositories) or 64 (sha512)
 //! reserved   7 bytes   zero
-//! count      u64 LE    number of records
-//! records    count × (sha256 [32 bytes] | object id [id_len bytes] | size u64 LE),
+//! count      u64 LE    number of file records
+//! chunks     u64 LE    number of chunk records
+//! files      count × (sha256 [32 bytes] | object id [id_len bytes] | size u64 LE),
 //!            sorted by sha256, one record per sha256 (equal content has one object)
+//! chunks     chunks × (sha256 [32 bytes] | file u32 LE | offset u64 LE | size u64 LE):
+//!            the data chunks of the file record numbered `file`, in order of offset, each
+//!            inside the file; grouped by file, files in record order
 //! ```
 //!
-//! Files of at most 64 bytes are stored inline in the layer splitstream, have no object, and are
-//! not indexed.
+//! A file of one chunk has no chunk records (that chunk's digest is the file's); holes (runs
+//! of zeros) have none either. Files of at most 64 bytes are stored inline in the layer
+//! splitstream, have no object, and are not indexed.
 //!
 //! # Lifetime
 //!
@@ -33,7 +40,9 @@
 //! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
 //! treated as having none.)
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use composefs::fsverity::FsVerityHashValue;
@@ -46,13 +55,49 @@ pub const CONTENT_INDEX_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"skiffcix");
 /// Name of the named reference from a layer splitstream to its content index.
 pub const CONTENT_INDEX_REF: &str = "skiff-content-index";
 
-const MAGIC: &[u8; 8] = b"SKFCIX01";
-const HEADER_LEN: usize = 24;
+const MAGIC: &[u8; 8] = b"SKFCIX02";
+/// The first format: file records only.
+const MAGIC_V1: &[u8; 8] = b"SKFCIX01";
+const HEADER_LEN: usize = 32;
+const HEADER_LEN_V1: usize = 24;
+/// Bytes of a chunk record.
+const CHUNK_RECORD_LEN: usize = 32 + 4 + 8 + 8;
 
 /// An index can never need more records than this: a layer tar needs at least 1 KiB (header
 /// plus one data block) per external file, and layers are far below 2^40 bytes. Bounds the
 /// allocation made from a stored count.
 const MAX_RECORDS: u64 = 1 << 30;
+
+/// A data chunk of an indexed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexedChunk {
+    /// sha256 of the chunk's bytes (as in a zstd:chunked TOC's `chunkDigest`).
+    pub sha256: [u8; 32],
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length.
+    pub size: u64,
+}
+
+impl IndexedChunk {
+    /// The data chunks worth recording for a file cut into `chunks`: none when the file is one
+    /// chunk (its digest is the file's).
+    pub fn of_file(chunks: &[crate::content_chunks::ContentChunk]) -> Vec<Self> {
+        if chunks.len() < 2 {
+            return Vec::new();
+        }
+        chunks
+            .iter()
+            .filter_map(|c| {
+                c.sha256.map(|sha256| Self {
+                    sha256,
+                    offset: c.offset,
+                    size: c.size,
+                })
+            })
+            .collect()
+    }
+}
 
 /// One indexed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +108,8 @@ pub struct IndexEntry<H> {
     pub object: H,
     /// Size of the content in bytes.
     pub size: u64,
+    /// Its data chunks, in order (empty for a file of one chunk, or when not known).
+    pub chunks: Vec<IndexedChunk>,
 }
 
 /// The content index of one layer.
@@ -98,27 +145,53 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     /// Serialises the index (see the module documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
         let id_len = id_len::<H>();
-        let mut out = Vec::with_capacity(HEADER_LEN + self.entries.len() * (40 + id_len));
+        let chunk_count: usize = self.entries.iter().map(|e| e.chunks.len()).sum();
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + self.entries.len() * (40 + id_len) + chunk_count * CHUNK_RECORD_LEN,
+        );
         out.extend_from_slice(MAGIC);
         out.push(id_len as u8);
         out.extend_from_slice(&[0u8; 7]);
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(chunk_count as u64).to_le_bytes());
         for e in &self.entries {
             out.extend_from_slice(&e.sha256);
             out.extend_from_slice(&hex::decode(e.object.to_hex()).expect("to_hex gives hex"));
             out.extend_from_slice(&e.size.to_le_bytes());
         }
+        for (file, e) in self.entries.iter().enumerate() {
+            for c in &e.chunks {
+                out.extend_from_slice(&c.sha256);
+                out.extend_from_slice(&(file as u32).to_le_bytes());
+                out.extend_from_slice(&c.offset.to_le_bytes());
+                out.extend_from_slice(&c.size.to_le_bytes());
+            }
+        }
         out
     }
 
-    /// Parses a serialised index, checking every field.
+    /// Parses a serialised index (either format), checking every field.
     pub fn from_bytes(data: &[u8]) -> Result<Self> {
         ensure!(
-            data.len() >= HEADER_LEN,
+            data.len() >= HEADER_LEN_V1,
             "content index truncated ({} bytes)",
             data.len()
         );
-        ensure!(&data[..8] == MAGIC, "content index has a bad magic");
+        let with_chunks = match &data[..8] {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V1 => false,
+            _ => bail!("content index has a bad magic"),
+        };
+        let header_len = if with_chunks {
+            HEADER_LEN
+        } else {
+            HEADER_LEN_V1
+        };
+        ensure!(
+            data.len() >= header_len,
+            "content index truncated ({} bytes)",
+            data.len()
+        );
         let id_len = data[8] as usize;
         ensure!(
             id_len == self::id_len::<H>(),
@@ -129,17 +202,24 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
             data[9..16].iter().all(|&b| b == 0),
             "content index reserved bytes are not zero"
         );
-        let count = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
-        ensure!(count <= MAX_RECORDS, "content index claims {count} records");
-        let record = 32 + id_len + 8;
-        let body = &data[HEADER_LEN..];
+        let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let count = u64_at(16);
+        let chunk_count = if with_chunks { u64_at(24) } else { 0 };
         ensure!(
-            body.len() as u64 == count * record as u64,
-            "content index holds {} bytes for {count} records",
+            count <= MAX_RECORDS && chunk_count <= MAX_RECORDS,
+            "content index claims {count} files and {chunk_count} chunks"
+        );
+        let record = 32 + id_len + 8;
+        let body = &data[header_len..];
+        let files_len = count * record as u64;
+        ensure!(
+            body.len() as u64 == files_len + chunk_count * CHUNK_RECORD_LEN as u64,
+            "content index holds {} bytes for {count} files and {chunk_count} chunks",
             body.len()
         );
+        let (files, chunks) = body.split_at(files_len as usize);
         let mut entries = Vec::with_capacity(count as usize);
-        for chunk in body.chunks_exact(record) {
+        for chunk in files.chunks_exact(record) {
             let sha256: [u8; 32] = chunk[..32].try_into().expect("32 bytes");
             let object = H::from_hex(hex::encode(&chunk[32..32 + id_len]))
                 .map_err(|_| anyhow::anyhow!("content index holds a malformed object id"))?;
@@ -148,10 +228,39 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
                 sha256,
                 object,
                 size,
+                chunks: Vec::new(),
             });
         }
         if !entries.is_sorted_by(|a, b| a.sha256 < b.sha256) {
             bail!("content index records are not sorted by digest and unique");
+        }
+        let mut last_file = 0usize;
+        for r in chunks.chunks_exact(CHUNK_RECORD_LEN) {
+            let file = u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")) as usize;
+            let offset = u64::from_le_bytes(r[36..44].try_into().expect("8 bytes"));
+            let size = u64::from_le_bytes(r[44..52].try_into().expect("8 bytes"));
+            ensure!(
+                file >= last_file && file < entries.len(),
+                "content index chunk of file record {file} is out of order or out of range"
+            );
+            last_file = file;
+            let entry = &mut entries[file];
+            let from = entry.chunks.last().map_or(0, |c| c.offset + c.size);
+            ensure!(
+                size > 0
+                    && offset >= from
+                    && offset
+                        .checked_add(size)
+                        .is_some_and(|end| end <= entry.size),
+                "content index chunk {offset}+{size} of a {}-byte file is out of order or out \
+                 of range",
+                entry.size
+            );
+            entry.chunks.push(IndexedChunk {
+                sha256: r[..32].try_into().expect("32 bytes"),
+                offset,
+                size,
+            });
         }
         Ok(Self { entries })
     }
@@ -188,17 +297,216 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     }
 }
 
+/// A file the store holds as an object.
+#[derive(Debug, Clone)]
+pub struct StoredFile<H> {
+    /// The object.
+    pub object: H,
+    /// Its size.
+    pub size: u64,
+    /// Its data chunks, when a content index lists them.
+    pub chunks: Arc<[IndexedChunk]>,
+}
+
+/// Where the store holds a chunk: `size` bytes at `offset` of `object`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk<H> {
+    /// The object holding the chunk.
+    pub object: H,
+    /// Offset of the chunk in the object.
+    pub offset: u64,
+    /// Length of the chunk.
+    pub size: u64,
+}
+
+/// Every file the store holds as an object, by the sha256 of its content, and every chunk of
+/// those files by the sha256 of the chunk: the union of the content indexes of all stored
+/// layers.
+#[derive(Debug)]
+pub struct StoredFiles<H> {
+    by_sha256: HashMap<[u8; 32], StoredFile<H>>,
+    /// Chunk digest to (digest of the file holding it, offset, size).
+    by_chunk: HashMap<[u8; 32], ([u8; 32], u64, u64)>,
+}
+
+impl<H> Default for StoredFiles<H> {
+    fn default() -> Self {
+        Self {
+            by_sha256: HashMap::new(),
+            by_chunk: HashMap::new(),
+        }
+    }
+}
+
+impl<H: FsVerityHashValue> StoredFiles<H> {
+    /// Reads the index of every layer splitstream in the store. Layers without an index (imported
+    /// by other tools) add nothing.
+    #[context("Reading the content indexes of the store")]
+    pub fn load(store: &crate::Store<H>) -> Result<Self> {
+        let mut stored = Self::default();
+        let streams = match std::fs::read_dir(store.path().join("streams")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stored),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in streams {
+            let name = entry?.file_name();
+            let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix("oci-layer-")) else {
+                continue;
+            };
+            let Ok(diff_id) = diff_id.parse() else {
+                continue;
+            };
+            // An index that cannot be read (its objects removed by hand, or by a gc that does
+            // not take skiff's lock) costs reuse, not the copy.
+            match ContentIndex::<H>::read_for_layer(store.repo(), &diff_id) {
+                Ok(Some(index)) => stored.add(index),
+                Ok(None) => {}
+                Err(e) => log::warn!("layer {diff_id}: its content index is not used: {e:#}"),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Adds the files of one layer's index. A file known with its chunks keeps them when
+    /// another index lists it without.
+    pub fn add(&mut self, index: ContentIndex<H>) {
+        for e in index.entries {
+            for c in &e.chunks {
+                self.by_chunk
+                    .entry(c.sha256)
+                    .or_insert((e.sha256, c.offset, c.size));
+            }
+            let known = self
+                .by_sha256
+                .entry(e.sha256)
+                .or_insert_with(|| StoredFile {
+                    object: e.object,
+                    size: e.size,
+                    chunks: Arc::from([]),
+                });
+            if known.chunks.is_empty() && !e.chunks.is_empty() {
+                known.chunks = e.chunks.into();
+            }
+        }
+    }
+
+    /// The file holding content with this sha256 and size, if the store has one.
+    pub fn find_file(&self, sha256: &[u8; 32], size: u64) -> Option<&StoredFile<H>> {
+        self.by_sha256.get(sha256).filter(|f| f.size == size)
+    }
+
+    /// The object holding content with this sha256 and size, if the store has one.
+    pub fn find(&self, sha256: &[u8; 32], size: u64) -> Option<&H> {
+        self.find_file(sha256, size).map(|f| &f.object)
+    }
+
+    /// Where the store holds a chunk with this sha256 and size, if it does.
+    pub fn find_chunk(&self, sha256: &[u8; 32], size: u64) -> Option<StoredChunk<H>> {
+        let (file, offset, chunk_size) = self.by_chunk.get(sha256)?;
+        if *chunk_size != size {
+            return None;
+        }
+        let file = self.by_sha256.get(file)?;
+        Some(StoredChunk {
+            object: file.object.clone(),
+            offset: *offset,
+            size,
+        })
+    }
+
+    /// Number of files known.
+    pub fn len(&self) -> usize {
+        self.by_sha256.len()
+    }
+
+    /// Number of chunks known.
+    pub fn chunk_count(&self) -> usize {
+        self.by_chunk.len()
+    }
+
+    /// True when nothing is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_sha256.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use composefs::fsverity::{Sha256HashValue, Sha512HashValue, compute_verity};
 
+    /// File `n`: `n` thousand bytes, in `n % 3` chunks of 100 bytes when that is 2.
     fn entry<H: FsVerityHashValue>(n: u8) -> IndexEntry<H> {
+        let chunks = if n % 3 == 2 {
+            vec![
+                IndexedChunk {
+                    sha256: [n + 100; 32],
+                    offset: 0,
+                    size: 100,
+                },
+                IndexedChunk {
+                    sha256: [n + 150; 32],
+                    offset: 300,
+                    size: 100,
+                },
+            ]
+        } else {
+            Vec::new()
+        };
         IndexEntry {
             sha256: [n; 32],
             object: compute_verity::<H>(&[n]),
             size: n as u64 * 1000,
+            chunks,
         }
+    }
+
+    /// The first format, as an older skiff wrote it.
+    fn v1_bytes<H: FsVerityHashValue>(entries: &[IndexEntry<H>]) -> Vec<u8> {
+        let mut out = MAGIC_V1.to_vec();
+        out.push(id_len::<H>() as u8);
+        out.extend_from_slice(&[0u8; 7]);
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for e in entries {
+            out.extend_from_slice(&e.sha256);
+            out.extend_from_slice(&hex::decode(e.object.to_hex()).unwrap());
+            out.extend_from_slice(&e.size.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn the_first_format_still_reads() {
+        let plain: Vec<_> = [1u8, 3, 4]
+            .iter()
+            .map(|&n| entry::<Sha256HashValue>(n))
+            .collect();
+        let parsed = ContentIndex::<Sha256HashValue>::from_bytes(&v1_bytes(&plain)).unwrap();
+        assert_eq!(parsed, ContentIndex::new(plain));
+    }
+
+    #[test]
+    fn stored_files_find_chunks() {
+        let mut stored = StoredFiles::default();
+        stored.add(ContentIndex::new(vec![
+            entry::<Sha256HashValue>(2),
+            entry(3),
+        ]));
+        assert_eq!(stored.chunk_count(), 2);
+        let found = stored.find_chunk(&[152; 32], 100).unwrap();
+        assert_eq!(found.object, entry::<Sha256HashValue>(2).object);
+        assert_eq!(found.offset, 300);
+        assert!(stored.find_chunk(&[152; 32], 99).is_none(), "size differs");
+        assert!(
+            stored.find_chunk(&[3; 32], 3000).is_none(),
+            "a file is not a chunk"
+        );
+        // Listed again without chunks (reused whole by a later layer): the chunks stay.
+        let mut bare = entry::<Sha256HashValue>(2);
+        bare.chunks.clear();
+        stored.add(ContentIndex::new(vec![bare]));
+        assert_eq!(stored.find_file(&[2; 32], 2000).unwrap().chunks.len(), 2);
     }
 
     #[test]
@@ -235,22 +543,70 @@ mod tests {
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(ContentIndex::<Sha256HashValue>::from_bytes(&huge).is_err());
+        let mut huge_chunks = good.clone();
+        huge_chunks[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(ContentIndex::<Sha256HashValue>::from_bytes(&huge_chunks).is_err());
         // Swap the two records: unsorted.
         let rec = 32 + 32 + 8;
         let mut unsorted = good[..HEADER_LEN].to_vec();
         unsorted.extend_from_slice(&good[HEADER_LEN + rec..]);
         unsorted.extend_from_slice(&good[HEADER_LEN..HEADER_LEN + rec]);
         assert!(ContentIndex::<Sha256HashValue>::from_bytes(&unsorted).is_err());
+        // Chunk records: file 1 (entry 2) has two, at the end.
+        let second_chunk = good.len() - CHUNK_RECORD_LEN;
+        let set = |at: usize, value: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + value.len()].copy_from_slice(value);
+            ContentIndex::<Sha256HashValue>::from_bytes(&b)
+        };
+        ContentIndex::<Sha256HashValue>::from_bytes(&good).unwrap();
+        assert!(
+            set(second_chunk + 32, &2u32.to_le_bytes()).is_err(),
+            "no file 2"
+        );
+        assert!(
+            set(second_chunk + 32, &0u32.to_le_bytes()).is_err(),
+            "file order"
+        );
+        assert!(
+            set(second_chunk + 36, &50u64.to_le_bytes()).is_err(),
+            "overlaps"
+        );
+        assert!(
+            set(second_chunk + 44, &0u64.to_le_bytes()).is_err(),
+            "empty"
+        );
+        assert!(
+            set(second_chunk + 44, &1701u64.to_le_bytes()).is_err(),
+            "past the end"
+        );
+        assert!(
+            set(second_chunk + 44, &u64::MAX.to_le_bytes()).is_err(),
+            "overflow"
+        );
     }
 
     use proptest::prelude::*;
 
     fn entries_strategy() -> impl Strategy<Value = Vec<IndexEntry<Sha512HashValue>>> {
         proptest::collection::vec(
-            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(sha256, size)| IndexEntry {
-                sha256,
-                object: compute_verity::<Sha512HashValue>(&sha256),
-                size,
+            (any::<[u8; 32]>(), any::<u64>(), 0usize..4).prop_map(|(sha256, size, n)| {
+                // n chunks tiling the first n × (size / 4) bytes.
+                let step = size / 4;
+                let chunks = (0..n as u64)
+                    .filter(|_| step > 0)
+                    .map(|i| IndexedChunk {
+                        sha256: [i as u8; 32],
+                        offset: i * step,
+                        size: step,
+                    })
+                    .collect();
+                IndexEntry {
+                    sha256,
+                    object: compute_verity::<Sha512HashValue>(&sha256),
+                    size,
+                    chunks,
+                }
             }),
             0..50,
         )
@@ -279,73 +635,5 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = ContentIndex::<Sha256HashValue>::from_bytes(&bytes);
         }
-    }
-}
-
-/// Every file the store holds as an object, by the sha256 of its content: the union of the
-/// content indexes of all stored layers.
-#[derive(Debug)]
-pub struct StoredFiles<H> {
-    by_sha256: std::collections::HashMap<[u8; 32], (H, u64)>,
-}
-
-impl<H> Default for StoredFiles<H> {
-    fn default() -> Self {
-        Self {
-            by_sha256: std::collections::HashMap::new(),
-        }
-    }
-}
-
-impl<H: FsVerityHashValue> StoredFiles<H> {
-    /// Reads the index of every layer splitstream in the store. Layers without an index (imported
-    /// by other tools) add nothing.
-    #[context("Reading the content indexes of the store")]
-    pub fn load(store: &crate::Store<H>) -> Result<Self> {
-        let mut by_sha256 = std::collections::HashMap::new();
-        let streams = match std::fs::read_dir(store.path().join("streams")) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { by_sha256 }),
-            Err(e) => return Err(e.into()),
-        };
-        for entry in streams {
-            let name = entry?.file_name();
-            let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix("oci-layer-")) else {
-                continue;
-            };
-            let Ok(diff_id) = diff_id.parse() else {
-                continue;
-            };
-            // An index that cannot be read (its objects removed by hand, or by a gc that does
-            // not take skiff's lock) costs reuse, not the copy.
-            match ContentIndex::<H>::read_for_layer(store.repo(), &diff_id) {
-                Ok(Some(index)) => {
-                    for e in index.entries {
-                        by_sha256.entry(e.sha256).or_insert((e.object, e.size));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => log::warn!("layer {diff_id}: its content index is not used: {e:#}"),
-            }
-        }
-        Ok(Self { by_sha256 })
-    }
-
-    /// The object holding content with this sha256 and size, if the store has one.
-    pub fn find(&self, sha256: &[u8; 32], size: u64) -> Option<&H> {
-        self.by_sha256
-            .get(sha256)
-            .filter(|(_, s)| *s == size)
-            .map(|(id, _)| id)
-    }
-
-    /// Number of files known.
-    pub fn len(&self) -> usize {
-        self.by_sha256.len()
-    }
-
-    /// True when nothing is known.
-    pub fn is_empty(&self) -> bool {
-        self.by_sha256.is_empty()
     }
 }

@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod artifacts;
+pub mod content_chunks;
 pub mod content_index;
 pub mod digest;
 pub mod images;

@@ -338,7 +338,11 @@ async fn hinted_objects_without_a_digest_are_indexed_by_the_bytes_that_pass() {
         tx.send(ObjectHint {
             offset,
             size: content.len() as u64,
-            object: Some(HintedObject { id, sha256: None }),
+            object: Some(HintedObject {
+                id,
+                sha256: None,
+                chunks: Vec::new(),
+            }),
         })
         .unwrap();
     }

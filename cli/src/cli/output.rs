@@ -111,6 +111,13 @@ impl Output {
             "  layers    {} skipped, {} full, {} partial, {} delta",
             s.layers_skipped, s.layers_full, s.layers_partial, s.layers_delta
         );
+        if s.bytes_from_stored_chunks > 0 {
+            let _ = writeln!(
+                out,
+                "  chunks    {} of changed files taken from stored files",
+                human(s.bytes_from_stored_chunks)
+            );
+        }
         if let Some(delta) = &s.delta {
             let _ = writeln!(out, "  delta     {delta} (saved {})", human(s.bytes_saved));
         }

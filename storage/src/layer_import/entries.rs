@@ -20,7 +20,8 @@ use super::{
     FILE_CHANNEL_DEPTH, HintedObject, IO_BUF_CAPACITY, Known, LayerError, MAX_TRAILING_BYTES,
     PRECHECK_MAX, Split, malformed,
 };
-use crate::content_index::IndexEntry;
+use crate::content_chunks::Chunker;
+use crate::content_index::{IndexEntry, IndexedChunk};
 use crate::digest::HashingReader;
 use crate::tar_header::{EntryHeader, HeaderEvent, HeaderReader, MAX_HEADER_BYTES};
 use crate::tree_path::{normalize_entry_path, shown_path};
@@ -176,22 +177,23 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         let mut from_memory = None;
         let mut stored = None;
         if let Some(found) = hinted {
-            let sha256 = match found.sha256 {
+            let (sha256, chunks) = match found.sha256 {
                 Some(sha256) => {
                     skip_bytes(&mut self.buf, self.tar, size).await?;
-                    sha256
+                    (sha256, found.chunks)
                 }
                 None => {
-                    let mut sha = openssl::sha::Sha256::new();
+                    let mut chunker = Chunker::new();
                     consume(&mut self.buf, self.tar, size, |piece| {
-                        sha.update(piece);
+                        chunker.update(piece);
                         Ok(())
                     })
                     .await?;
-                    sha.finish()
+                    let (sha256, chunks) = chunker.finish();
+                    (sha256, IndexedChunk::of_file(&chunks))
                 }
             };
-            stored = Some((found.id, sha256));
+            stored = Some((found.id, sha256, chunks));
         }
         if let Some(Known::Index(index_of_store)) = &self.known
             && size <= PRECHECK_MAX
@@ -204,17 +206,18 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
             }
             let sha256 = openssl::sha::sha256(&content);
             stored = index_of_store
-                .find(&sha256, size as u64)
-                .map(|id| (id.clone(), sha256));
+                .find_file(&sha256, size as u64)
+                .map(|f| (f.object.clone(), sha256, f.chunks.to_vec()));
             from_memory = Some(content.freeze());
         }
-        if let Some((object, sha256)) = stored {
+        if let Some((object, sha256, chunks)) = stored {
             let id = object.clone();
             let ready = tokio::spawn(async move { Ok((id, ObjectStoreMethod::AlreadyPresent)) });
             let _ = self.index.send(IndexEntry {
                 sha256,
                 object,
                 size: size as u64,
+                chunks,
             });
             self.split.builder.push_external(ready, size as u64);
             return Ok(());
@@ -338,7 +341,8 @@ async fn copy_inline<H: FsVerityHashValue>(
     consume(buf, tar, len, |piece| split.inline(piece)).await
 }
 
-/// Receives one file's content, writes it to an object and records it in the content index.
+/// Receives one file's content, writes it to an object and records it, with its chunks, in the
+/// content index.
 fn write_object<H: FsVerityHashValue>(
     mut rx: mpsc::Receiver<Bytes>,
     size: u64,
@@ -347,10 +351,10 @@ fn write_object<H: FsVerityHashValue>(
 ) -> Result<(H, ObjectStoreMethod)> {
     let tmpfile = repo.create_object_tmpfile()?;
     let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, File::from(tmpfile));
-    let mut sha = openssl::sha::Sha256::new();
+    let mut chunker = Chunker::new();
     let mut received = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
-        sha.update(&chunk);
+        chunker.update(&chunk);
         received += chunk.len() as u64;
         out.write_all(&chunk)?;
     }
@@ -359,11 +363,13 @@ fn write_object<H: FsVerityHashValue>(
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     let (id, method) = repo.finalize_object_tmpfile(file, size)?;
+    let (sha256, chunks) = chunker.finish();
     // The receiver only goes away when the import has already failed.
     let _ = index.send(IndexEntry {
-        sha256: sha.finish(),
+        sha256,
         object: id.clone(),
         size,
+        chunks: IndexedChunk::of_file(&chunks),
     });
     Ok((id, method))
 }

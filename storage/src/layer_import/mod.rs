@@ -201,6 +201,8 @@ pub struct HintedObject<H> {
     /// The content's sha256 when the caller knows it; else the importer hashes the bytes as they
     /// pass, for the content index.
     pub sha256: Option<[u8; 32]>,
+    /// The content's data chunks, for the content index, when the caller knows them.
+    pub chunks: Vec<crate::content_index::IndexedChunk>,
 }
 
 /// [`split_layer`], told by `hints` (one per file stored as an object, `None` for files to

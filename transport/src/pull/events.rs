@@ -109,6 +109,9 @@ pub struct CopySummary {
     pub bytes_reused: u64,
     /// Objects found in the store.
     pub objects_reused: u64,
+    /// Content bytes of new files taken from chunks of stored files (zstd:chunked partial
+    /// pulls), not fetched.
+    pub bytes_from_stored_chunks: u64,
     /// Layers the store already held.
     pub layers_skipped: usize,
     /// Layers fetched whole.
@@ -150,9 +153,9 @@ pub(crate) struct LayerOutcome {
 pub(crate) enum LayerKind {
     /// Its blob, streamed whole.
     Full,
-    /// Rebuilt from stored files and fetched ranges; `reused` content bytes came from the
-    /// store.
-    Partial { reused: u64 },
+    /// Rebuilt from stored files and fetched ranges; `reused` content bytes came from files
+    /// the store holds, `from_chunks` from chunks of stored files.
+    Partial { reused: u64, from_chunks: u64 },
     /// Rebuilt by a tar-diff of a delta.
     Delta,
     /// Replayed from containers-storage.
@@ -163,8 +166,12 @@ impl CopySummary {
     /// Counts a layer that was brought in.
     pub(crate) fn add_layer(&mut self, outcome: LayerOutcome) {
         match outcome.kind {
-            LayerKind::Partial { reused } => {
+            LayerKind::Partial {
+                reused,
+                from_chunks,
+            } => {
                 self.layers_partial += 1;
+                self.bytes_from_stored_chunks += from_chunks;
                 // Content taken from the store is written as no new object: the stats count
                 // it as reused already, unless the import found it otherwise. Count it once.
                 self.bytes_reused += reused.max(outcome.stats.bytes_reused);

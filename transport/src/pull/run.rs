@@ -302,7 +302,10 @@ impl<H: FsVerityHashValue> Runner<H> {
         });
         Some(LayerOutcome {
             kind: if partial {
-                LayerKind::Partial { reused }
+                LayerKind::Partial {
+                    reused,
+                    from_chunks: stats.reused_chunks.load(Ordering::Relaxed),
+                }
             } else {
                 LayerKind::Full
             },

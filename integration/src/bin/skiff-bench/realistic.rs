@@ -8,13 +8,14 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
+use skiff_integration::chunked;
 use skiff_integration::fixtures::{self, Compression};
 use skiff_integration::loop_fs::LoopFs;
 use skiff_integration::realistic::{self, RealisticImages};
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{require, skopeo};
 
-use crate::runner::{Row, cfsctl_repo, insecure_registry_home, measure, run_scenario};
+use crate::runner::{Row, baseline, cfsctl_repo, insecure_registry_home, measure, run_scenario};
 
 /// The forms of v1 pulled cold (tags of the realistic layout): gzip, zstd, zstd:chunked.
 const TAGS: [&str; 3] = ["v1", "v1-zstd", "v1-chunked"];
@@ -225,4 +226,155 @@ pub(crate) fn describe(images: &RealisticImages) {
          written by containers/image (skiff-peer-copy).",
         images.v1_tar_bytes, images.v1_files
     );
+}
+
+/// Bytes of one update: v2 (zstd:chunked, written by containers/image) pulled into a store
+/// holding v1 (pulled from gzip, so every chunk digest the store knows was computed by skiff's
+/// import).
+pub(crate) struct UpdateRow {
+    what: &'static str,
+    /// v2's layer blobs: what a full pull (cfsctl) fetches.
+    full: u64,
+    /// TOCs and tar-splits plus every file whose digest v1 lacks.
+    file_floor: u64,
+    /// TOCs and tar-splits plus every chunk of those files whose digest v1 lacks.
+    chunk_floor: u64,
+    fetched: u64,
+    requests: u64,
+    from_chunks: u64,
+    seconds: f64,
+    /// What the baseline binary fetched, when one is given.
+    before: Option<u64>,
+    /// For the database: its compressed size in v2, pages and pages changed.
+    database: Option<(u64, usize, usize)>,
+}
+
+/// The JSON summary of `skiff copy --progress=json SOURCE DEST` run by `program`.
+fn copy_summary(program: &Path, source: &str, dest: &str) -> Result<(serde_json::Value, f64)> {
+    let started = std::time::Instant::now();
+    let out = Command::new(program)
+        .args(["copy", "--progress=json", source, dest])
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.status.success(),
+        "{} copy {source}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .ok_or_else(|| anyhow::anyhow!("no summary from {source}"))?;
+    Ok((summary, seconds))
+}
+
+/// The realistic v1 → v2 update and the database update, each pulled once into a store that
+/// holds v1 (by skiff, and by the baseline binary when one is given), with both floors.
+pub(crate) fn updates(
+    root: &Path,
+    skiff: &Path,
+    images: &RealisticImages,
+) -> Result<Vec<UpdateRow>> {
+    let cache = images.layout.parent().expect("the layout is in the cache");
+    let database = realistic::ensure_database(cache)?;
+    let area = ScenarioArea::new(root, 1)?;
+    let mut rows = Vec::new();
+    for (what, layout) in [
+        ("realistic v1 -> v2 (5 packages upgraded)", &images.layout),
+        ("rpm database, 1% of pages rewritten", &database.layout),
+    ] {
+        let held = chunked::toc_digests(layout, "v1-chunked")?;
+        let chunk_cost = chunked::chunk_update_cost(layout, "v2-chunked", &held)?;
+        let file_cost = chunked::chunk_update_cost(
+            layout,
+            "v2-chunked",
+            &(held.0.clone(), Default::default()),
+        )?;
+        let pull = |program: &Path, name: &str| -> Result<(serde_json::Value, f64)> {
+            let repo = area.dir(name, 0);
+            let dest = |tag: &str| format!("composefs:{}:{tag}", repo.display());
+            copy_summary(
+                program,
+                &format!("oci:{}:v1", layout.display()),
+                &dest("v1"),
+            )?;
+            copy_summary(
+                program,
+                &format!("oci:{}:v2-chunked", layout.display()),
+                &dest("v2"),
+            )
+        };
+        eprintln!("update: {what}");
+        let (summary, seconds) = pull(skiff, "skiff-update")?;
+        let before = match baseline() {
+            Some(old) => Some(
+                pull(&old, "before-update")?.0["bytes_fetched"]
+                    .as_u64()
+                    .unwrap_or(0),
+            ),
+            None => None,
+        };
+        let database = if std::ptr::eq(layout, &database.layout) {
+            let compressed = chunked::compressed_file_size(
+                layout,
+                "v2-chunked",
+                &fixtures::digest(&database.db[1]),
+            )?;
+            Some((compressed, database.pages.0, database.pages.1))
+        } else {
+            None
+        };
+        rows.push(UpdateRow {
+            what,
+            full: chunk_cost.full,
+            file_floor: file_cost.floor,
+            chunk_floor: chunk_cost.floor,
+            fetched: summary["bytes_fetched"].as_u64().unwrap_or(0),
+            requests: summary["requests"].as_u64().unwrap_or(0),
+            from_chunks: summary["bytes_from_stored_chunks"].as_u64().unwrap_or(0),
+            seconds,
+            before,
+            database,
+        });
+    }
+    Ok(rows)
+}
+
+pub(crate) fn print_updates(rows: &[UpdateRow]) {
+    println!(
+        "\n| update, zstd:chunked v2 into a store holding v1 | full pull (cfsctl) | file-level floor | \
+         chunk-level floor | skiff fetched | skiff / chunk floor | from stored chunks | requests | \
+         skiff before |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {} |",
+            r.what,
+            r.full,
+            r.file_floor,
+            r.chunk_floor,
+            r.fetched,
+            r.fetched as f64 / r.chunk_floor as f64,
+            r.from_chunks,
+            r.requests,
+            r.before.map_or("-".to_owned(), |b| b.to_string()),
+        );
+    }
+    for r in rows {
+        eprintln!("  {}: skiff's pull of v2 took {:.2} s", r.what, r.seconds);
+        if let Some((compressed, pages, changed)) = r.database {
+            println!(
+                "rpm database: {pages} pages of 4 KiB, {changed} changed ({:.2}%); the file is \
+                 {compressed} bytes compressed in v2; skiff fetched {} ({:.1}% of it; the \
+                 chunk-level floor is {:.1}% of it).",
+                100.0 * changed as f64 / pages as f64,
+                r.fetched,
+                100.0 * r.fetched as f64 / compressed as f64,
+                100.0 * r.chunk_floor as f64 / compressed as f64,
+            );
+        }
+    }
 }

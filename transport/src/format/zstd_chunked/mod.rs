@@ -1,5 +1,5 @@
 //! The zstd:chunked layer format (containers/storage ≥ 1.54), read by [`Metadata`]; how files
-//! are cut into chunks is in [`chunking`]. (skiff writes the format only for its tests: the
+//! are cut into chunks is in [`skiff_storage::content_chunks`]. (skiff writes the format only for its tests: the
 //! writer lives in the integration crate.)
 //!
 //! A zstd:chunked blob is an ordinary `tar+zstd` layer: zstd frames that decompress to the
@@ -40,7 +40,6 @@
 //! the TOC's ranges, so those fields never reach the store, and the DiffID check covers every
 //! header byte.
 
-pub mod chunking;
 pub mod tar_split;
 pub mod toc;
 

@@ -103,6 +103,9 @@ pub struct Chunk {
     pub compressed: Range<u64>,
     /// A run of zero bytes: never fetched.
     pub zeros: bool,
+    /// sha256 of the chunk's bytes (`chunkDigest`, or the file's digest for a file of one
+    /// chunk), when the TOC gives it.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// A regular file with content.
@@ -253,9 +256,12 @@ fn push_chunk(file: &mut TocFile, e: &TocEntry, file_end: u64, blob_size: u64) -
         file.size
     );
     ensure!(file_end <= blob_size, "chunk frames outside the blob");
-    if let Some(d) = &e.chunk_digest {
-        sha256_field(d, "chunkDigest")?;
-    }
+    let sha256 = match &e.chunk_digest {
+        Some(d) => Some(sha256_field(d, "chunkDigest")?),
+        // The whole file: its digest is the chunk's.
+        None if size == file.size => Some(file.sha256),
+        None => None,
+    };
     let zeros = match e.chunk_type.as_deref() {
         None | Some("") => false,
         Some("zeros") => true,
@@ -266,6 +272,7 @@ fn push_chunk(file: &mut TocFile, e: &TocEntry, file_end: u64, blob_size: u64) -
         size,
         compressed: start..file_end,
         zeros,
+        sha256,
     });
     Ok(())
 }
@@ -384,7 +391,8 @@ mod tests {
                 offset: 0,
                 size: 12,
                 compressed: 103..128,
-                zeros: false
+                zeros: false,
+                sha256: Some(sha256_field(D, "").unwrap()),
             }]
         );
         let big = &t.files[1];
@@ -396,19 +404,22 @@ mod tests {
                     offset: 0,
                     size: 100,
                     compressed: 253..500,
-                    zeros: false
+                    zeros: false,
+                    sha256: Some(sha256_field(D, "").unwrap()),
                 },
                 Chunk {
                     offset: 100,
                     size: 150,
                     compressed: 500..520,
-                    zeros: true
+                    zeros: true,
+                    sha256: None,
                 },
                 Chunk {
                     offset: 250,
                     size: 50,
                     compressed: 520..900,
-                    zeros: false
+                    zeros: false,
+                    sha256: None,
                 },
             ]
         );

@@ -4,10 +4,11 @@
 //! 1. The TOC and the tar-split are read by range and verified ([`Metadata::load`]).
 //! 2. The tar is replayed from the tar-split: raw segments as they are; each file's content
 //!    from a stored object found by its sha256 ([`StoredFiles`]) or at the same path in the
-//!    previous image of the same name when its digest matches ([`ImageTree`]), else from its
-//!    chunks' frames
-//!    (ranges of the blob, decompressed; `zeros` chunks are never read). Every file is checked
-//!    against its TOC sha256 and its tar-split CRC-64.
+//!    previous image of the same name when its digest matches ([`ImageTree`]); else chunk by
+//!    chunk: a chunk the store holds in any object (found by its `chunkDigest` in the content
+//!    indexes, read and checked against that digest before the fetch is planned), else its
+//!    frames (ranges of the blob, decompressed; `zeros` chunks are never read). Every file is
+//!    checked against its TOC sha256 and its tar-split CRC-64.
 //! 3. The replayed tar goes through the ordinary layer import, which checks the DiffID: the
 //!    stored layer is exactly what a full pull stores.
 //!
@@ -19,6 +20,7 @@ use openssl::hash::{Hasher, MessageDigest};
 use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,14 +28,14 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
-use skiff_storage::content_index::StoredFiles;
+use skiff_storage::content_index::{IndexedChunk, StoredFiles};
 use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{HintedObject, ObjectHint, PendingLayer, split_layer_with_hints};
 use skiff_storage::tree_path::shown_path;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
 
-use crate::format::zstd_chunked::toc::TocFile;
+use crate::format::zstd_chunked::toc::{Chunk, TocFile};
 use crate::format::zstd_chunked::{Crc64Iso, Metadata, TarSplitEntry};
 use crate::io::{ChannelWriter, produced_and_imported};
 use crate::pull::convert::full::import_blob;
@@ -47,13 +49,22 @@ use crate::source::ranges::{
 /// Chunk size when streaming a stored object into the rebuilt tar.
 const OBJECT_READ_CHUNK: usize = 256 * 1024;
 
+/// Stored objects held open at once as sources of chunks. The planner opens each object it
+/// takes chunks from and keeps it open until the replay has read them, so that an object
+/// removed in between (a gc by another tool) is still read; past this many, further chunks are
+/// fetched (an update touches far fewer changed files than this, and the process's descriptor
+/// limit is often 1024).
+const MAX_CHUNK_SOURCES: usize = 256;
+
 /// Counters of a partial pull.
 #[derive(Debug, Default)]
 pub struct PartialStats {
     /// Bytes and requests of the range reads (metadata and missing files).
     pub fetch: Arc<FetchStats>,
-    /// Content bytes taken from stored objects.
+    /// Content bytes of files the store holds whole, taken from their objects.
     pub reused: AtomicU64,
+    /// Content bytes of files the store lacks, taken chunk by chunk from stored objects.
+    pub reused_chunks: AtomicU64,
 }
 
 /// What a partial pull may reuse: the files of every stored layer with a content index, and
@@ -208,8 +219,8 @@ pub(crate) async fn import_partial<H: FsVerityHashValue>(
     }
     produced_and_imported(replayed, imported).map(Imported::Partial)
 }
-/// Where file contents may already be: any stored layer (content indexes), and the previous
-/// image of the same name (by path, confirmed by digest).
+/// Where file contents may already be: any stored layer (content indexes, files and chunks),
+/// and the previous image of the same name (by path, confirmed by digest).
 struct LocalFiles<'a, H: FsVerityHashValue> {
     stored: &'a StoredFiles<H>,
     previous: Option<&'a ImageTree<H>>,
@@ -217,10 +228,10 @@ struct LocalFiles<'a, H: FsVerityHashValue> {
 }
 
 impl<H: FsVerityHashValue> LocalFiles<'_, H> {
-    /// A stored object holding exactly `file`'s content.
-    fn find(&self, file: &TocFile) -> Result<Option<H>> {
-        if let Some(id) = self.stored.find(&file.sha256, file.size) {
-            return Ok(Some(id.clone()));
+    /// A stored object holding exactly `file`'s content, with its chunks when known.
+    fn find(&self, file: &TocFile) -> Result<Option<(H, Vec<IndexedChunk>)>> {
+        if let Some(found) = self.stored.find_file(&file.sha256, file.size) {
+            return Ok(Some((found.object.clone(), found.chunks.to_vec())));
         }
         let Some((id, size)) = self.previous.and_then(|p| p.find(&file.name)) else {
             return Ok(None);
@@ -231,21 +242,124 @@ impl<H: FsVerityHashValue> LocalFiles<'_, H> {
         // Same path, same size: the same content only if the digest says so.
         let mut sha = Hasher::new(MessageDigest::sha256())?;
         std::io::copy(&mut self.repo.open_object(&id)?, &mut sha)?;
-        Ok((*sha.finish()? == file.sha256).then_some(id))
+        Ok((*sha.finish()? == file.sha256).then_some((id, Vec::new())))
     }
+}
+
+/// Where one chunk of a file the store lacks comes from.
+#[derive(Debug, Clone, Copy)]
+enum ChunkSource {
+    /// A run of zeros, made here.
+    Zeros,
+    /// Its frames, fetched.
+    Fetched,
+    /// `ReplayPlan::sources[source]` at `offset`, checked against the chunk's digest.
+    Stored { source: usize, offset: u64 },
+}
+
+/// Where a file's content comes from.
+#[derive(Debug)]
+enum FileSource<H> {
+    /// A stored object with exactly this content.
+    Stored(H),
+    /// Chunk by chunk, one source per TOC chunk.
+    Chunks(Vec<ChunkSource>),
 }
 
 /// Where each file of the tar-split comes from, decided before any byte is fetched.
 #[derive(Debug)]
 struct ReplayPlan<H: FsVerityHashValue> {
-    /// For each tar-split file with content, in order: its TOC entry and the stored object
-    /// holding its content, if any.
-    files: Vec<(usize, Option<H>)>,
+    /// For each tar-split file with content, in order: its TOC entry and where its content
+    /// comes from.
+    files: Vec<(usize, FileSource<H>)>,
+    /// The stored objects chunks are read from, open since they were checked.
+    sources: Vec<std::fs::File>,
     /// The compressed ranges to fetch, in the order the replay consumes them.
     needed: Vec<Range<u64>>,
     /// For the importer, one per file it stores as an object: where the content lies in the
     /// rebuilt tar and the stored object holding it, if any.
     hints: Vec<ObjectHint<H>>,
+}
+
+/// The stored chunks a partial pull reads from: each object opened once, at most
+/// [`MAX_CHUNK_SOURCES`] of them.
+struct ChunkSources<'a, H: FsVerityHashValue> {
+    repo: &'a Store<H>,
+    open: HashMap<H, Option<usize>>,
+    files: Vec<std::fs::File>,
+}
+
+impl<H: FsVerityHashValue> ChunkSources<'_, H> {
+    /// The chunk `digest` of `size` bytes from the store, if an object holds it: opened (or
+    /// already open), and the bytes there hash to `digest`. Anything else (no such chunk, an
+    /// object gone or changed, too many objects open) means the chunk is fetched.
+    fn find(
+        &mut self,
+        stored: &StoredFiles<H>,
+        digest: &[u8; 32],
+        size: u64,
+    ) -> Option<ChunkSource> {
+        let chunk = stored.find_chunk(digest, size)?;
+        let source = match self.open.get(&chunk.object) {
+            Some(source) => (*source)?,
+            None => {
+                let opened = if self.files.len() < MAX_CHUNK_SOURCES {
+                    match self.repo.open_object(&chunk.object) {
+                        Ok(file) => Some(file),
+                        Err(e) => {
+                            log::debug!(
+                                "stored object {} not opened: {e:#}",
+                                chunk.object.to_hex()
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let source = opened.map(|file| {
+                    self.files.push(file);
+                    self.files.len() - 1
+                });
+                self.open.insert(chunk.object.clone(), source);
+                source?
+            }
+        };
+        match chunk_digest_at(&self.files[source], chunk.offset, size) {
+            Ok(actual) if actual == *digest => Some(ChunkSource::Stored {
+                source,
+                offset: chunk.offset,
+            }),
+            Ok(_) => {
+                log::warn!(
+                    "stored object {} does not hold the chunk its content index names; fetching it",
+                    chunk.object.to_hex()
+                );
+                None
+            }
+            Err(e) => {
+                log::warn!(
+                    "reading a chunk of stored object {}: {e:#}; fetching it",
+                    chunk.object.to_hex()
+                );
+                None
+            }
+        }
+    }
+}
+
+/// sha256 of `size` bytes at `offset` of `file`.
+fn chunk_digest_at(file: &std::fs::File, offset: u64, size: u64) -> Result<[u8; 32]> {
+    let mut sha = openssl::sha::Sha256::new();
+    let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(size as usize)];
+    let mut done = 0u64;
+    while done < size {
+        let n = buf.len().min((size - done) as usize);
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        sha.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(sha.finish())
 }
 
 fn plan_replay<H: FsVerityHashValue>(
@@ -261,8 +375,14 @@ fn plan_replay<H: FsVerityHashValue>(
         .collect();
     let mut plan = ReplayPlan {
         files: Vec::new(),
+        sources: Vec::new(),
         needed: Vec::new(),
         hints: Vec::new(),
+    };
+    let mut chunk_sources = ChunkSources {
+        repo: local.repo,
+        open: HashMap::new(),
+        files: Vec::new(),
     };
     // Offset in the rebuilt tar.
     let mut offset = 0u64;
@@ -298,22 +418,37 @@ fn plan_replay<H: FsVerityHashValue>(
             plan.hints.push(ObjectHint {
                 offset: content_offset,
                 size: file.size,
-                object: found.clone().map(|id| HintedObject {
+                object: found.clone().map(|(id, chunks)| HintedObject {
                     id,
                     sha256: Some(file.sha256),
+                    chunks,
                 }),
             });
         }
-        if found.is_none() {
-            plan.needed.extend(
-                file.chunks
-                    .iter()
-                    .filter(|c| !c.zeros)
-                    .map(|c| c.compressed.clone()),
-            );
-        }
-        plan.files.push((index, found));
+        let source = match found {
+            Some((id, _)) => FileSource::Stored(id),
+            None => {
+                let mut chunks = Vec::with_capacity(file.chunks.len());
+                for chunk in &file.chunks {
+                    let source = if chunk.zeros {
+                        ChunkSource::Zeros
+                    } else if let Some(stored) = chunk
+                        .sha256
+                        .and_then(|d| chunk_sources.find(local.stored, &d, chunk.size))
+                    {
+                        stored
+                    } else {
+                        plan.needed.push(chunk.compressed.clone());
+                        ChunkSource::Fetched
+                    };
+                    chunks.push(source);
+                }
+                FileSource::Chunks(chunks)
+            }
+        };
+        plan.files.push((index, source));
     }
+    plan.sources = chunk_sources.files;
     Ok(plan)
 }
 
@@ -346,11 +481,27 @@ fn replay<H: FsVerityHashValue>(
             Ok(out.write_bytes(data)?)
         };
         match found {
-            Some(object) => {
+            FileSource::Stored(object) => {
                 emit_stored(repo, object, file.size, name, &mut emit)?;
                 stats.reused.fetch_add(file.size, Ordering::Relaxed);
             }
-            None => emit_fetched(file, cursor, &mut decompressor, name, &mut emit)?,
+            FileSource::Chunks(sources) => {
+                for (chunk, source) in file.chunks.iter().zip(sources) {
+                    match *source {
+                        ChunkSource::Zeros => emit_zeros(chunk.size, &mut emit)?,
+                        ChunkSource::Fetched => {
+                            emit_fetched(chunk, cursor, &mut decompressor, name, &mut emit)?
+                        }
+                        ChunkSource::Stored { source, offset } => {
+                            emit_stored_range(&plan.sources[source], offset, chunk.size, &mut emit)
+                                .with_context(|| {
+                                    format!("Reading a stored chunk of {:?}", shown_path(name))
+                                })?;
+                            stats.reused_chunks.fetch_add(chunk.size, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
         }
         check.verify(file, *crc64, name)?;
     }
@@ -382,77 +533,93 @@ fn emit_stored<H: FsVerityHashValue>(
     Ok(())
 }
 
-/// Sends a file's content from its fetched chunks (zeros for holes). A chunk of at most
-/// [`OBJECT_READ_CHUNK`] bytes (most are: containers/storage cuts files at about 64 KiB) is
-/// decompressed whole by `decompressor`, a context reused for every chunk; a larger one in
-/// blocks, since its declared size is not trusted with an allocation.
+/// Sends `size` bytes of zeros (a hole), in blocks.
+fn emit_zeros(size: u64, emit: &mut dyn FnMut(Bytes) -> Result<()>) -> Result<()> {
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(OBJECT_READ_CHUNK as u64);
+        emit(Bytes::from(vec![0u8; n as usize]))?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Sends `size` bytes at `offset` of an open stored object, in blocks.
+fn emit_stored_range(
+    file: &std::fs::File,
+    offset: u64,
+    size: u64,
+    emit: &mut dyn FnMut(Bytes) -> Result<()>,
+) -> Result<()> {
+    let mut done = 0u64;
+    while done < size {
+        let mut buf = vec![0u8; OBJECT_READ_CHUNK.min((size - done) as usize)];
+        file.read_exact_at(&mut buf, offset + done)?;
+        done += buf.len() as u64;
+        emit(Bytes::from(buf))?;
+    }
+    Ok(())
+}
+
+/// Sends a chunk's content from its fetched frames. A chunk of at most [`OBJECT_READ_CHUNK`]
+/// bytes (most are: containers/storage cuts files at about 64 KiB) is decompressed whole by
+/// `decompressor`, a context reused for every chunk; a larger one in blocks, since its
+/// declared size is not trusted with an allocation.
 fn emit_fetched(
-    file: &TocFile,
+    chunk: &Chunk,
     cursor: &mut SpanCursor,
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     name: &[u8],
     emit: &mut dyn FnMut(Bytes) -> Result<()>,
 ) -> Result<()> {
-    for chunk in &file.chunks {
-        if chunk.zeros {
-            let mut left = chunk.size;
-            while left > 0 {
-                let n = left.min(OBJECT_READ_CHUNK as u64);
-                emit(Bytes::from(vec![0u8; n as usize]))?;
-                left -= n;
-            }
-            continue;
-        }
-        let frames = cursor.take(chunk.compressed.clone())?;
-        if chunk.size <= OBJECT_READ_CHUNK as u64 {
-            let data = decompressor
-                .decompress(&frames, chunk.size as usize)
-                .with_context(|| {
-                    format!(
-                        "Decompressing {:?} (a chunk the TOC says is {} bytes)",
-                        shown_path(name),
-                        chunk.size
-                    )
-                })?;
-            ensure!(
-                data.len() as u64 == chunk.size,
-                "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
-                shown_path(name),
-                data.len(),
-                chunk.size
-            );
-            emit(Bytes::from(data))?;
-            continue;
-        }
-        let mut decoder = zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
-        let mut total = 0u64;
-        loop {
-            // No more than the chunk can still hold (plus the byte that shows an overrun).
-            let want = (chunk.size + 1 - total).min(OBJECT_READ_CHUNK as u64) as usize;
-            let mut block = vec![0u8; want];
-            let n = decoder
-                .read(&mut block)
-                .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            ensure!(
-                total <= chunk.size,
-                "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
-                shown_path(name),
-                chunk.size
-            );
-            block.truncate(n);
-            emit(Bytes::from(block))?;
-        }
+    let frames = cursor.take(chunk.compressed.clone())?;
+    if chunk.size <= OBJECT_READ_CHUNK as u64 {
+        let data = decompressor
+            .decompress(&frames, chunk.size as usize)
+            .with_context(|| {
+                format!(
+                    "Decompressing {:?} (a chunk the TOC says is {} bytes)",
+                    shown_path(name),
+                    chunk.size
+                )
+            })?;
         ensure!(
-            total == chunk.size,
-            "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
+            data.len() as u64 == chunk.size,
+            "a chunk of {:?} decompresses to {} bytes, the TOC says {}",
+            shown_path(name),
+            data.len(),
+            chunk.size
+        );
+        return emit(Bytes::from(data));
+    }
+    let mut decoder = zstd::stream::read::Decoder::new(&frames[..])?.take(chunk.size + 1);
+    let mut total = 0u64;
+    loop {
+        // No more than the chunk can still hold (plus the byte that shows an overrun).
+        let want = (chunk.size + 1 - total).min(OBJECT_READ_CHUNK as u64) as usize;
+        let mut block = vec![0u8; want];
+        let n = decoder
+            .read(&mut block)
+            .with_context(|| format!("Decompressing {:?}", shown_path(name)))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        ensure!(
+            total <= chunk.size,
+            "a chunk of {:?} decompresses to more than the {} bytes the TOC says",
             shown_path(name),
             chunk.size
         );
+        block.truncate(n);
+        emit(Bytes::from(block))?;
     }
+    ensure!(
+        total == chunk.size,
+        "a chunk of {:?} decompresses to {total} bytes, the TOC says {}",
+        shown_path(name),
+        chunk.size
+    );
     Ok(())
 }
 

@@ -152,6 +152,7 @@ fn replay<H: FsVerityHashValue>(
                 object: Some(HintedObject {
                     id: id.clone(),
                     sha256: None,
+                    chunks: Vec::new(),
                 }),
             };
             hints
