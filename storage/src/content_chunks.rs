@@ -57,31 +57,44 @@ impl RollSum {
         self.wofs = (self.wofs + 1) & (WINDOW - 1);
     }
 
-    /// Rolls the bytes of `data` up to its first zero byte, stopping after a byte where a chunk
-    /// ends: how many bytes were rolled, and whether the last one ends a chunk. The loop over
-    /// the file's bytes, kept in registers.
-    fn roll_nonzero(&mut self, data: &[u8]) -> (usize, bool) {
-        let (mut s1, mut s2, mut wofs) = (self.s1, self.s2, self.wofs);
-        let mut rolled = 0;
-        let mut split = false;
-        for &ch in data {
-            if ch == 0 {
-                break;
+    /// Rolls the bytes of `data`, stopping after a byte where a chunk ends: how many bytes were
+    /// rolled, and whether the last one ends a chunk. The loop over the file's bytes, kept in
+    /// registers.
+    fn roll_until_split(&mut self, data: &[u8]) -> (usize, bool) {
+        let (mut s1, mut s2) = (self.s1, self.s2);
+        // The byte leaving the window is the window's for the first WINDOW bytes of `data`,
+        // then `data`'s own, WINDOW bytes back: the window is written back once, at the end.
+        let dropped = |k: usize, window: &[u8; WINDOW], wofs: usize| -> u32 {
+            if k < WINDOW {
+                window[(wofs + k) & (WINDOW - 1)] as u32
+            } else {
+                data[k - WINDOW] as u32
             }
-            let drop = self.window[wofs] as u32;
-            self.window[wofs] = ch;
-            wofs = (wofs + 1) & (WINDOW - 1);
+        };
+        let mut rolled = data.len();
+        let mut split = false;
+        for (k, &ch) in data.iter().enumerate() {
+            let drop = dropped(k, &self.window, self.wofs);
             s1 = s1.wrapping_add(ch as u32).wrapping_sub(drop);
-            s2 = s2
-                .wrapping_add(s1)
-                .wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET));
-            rolled += 1;
+            s2 = s2.wrapping_add(s1.wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET)));
             if s2 & SPLIT_MASK == SPLIT_MASK {
+                rolled = k + 1;
                 split = true;
                 break;
             }
         }
-        (self.s1, self.s2, self.wofs) = (s1, s2, wofs);
+        // The window now holds the last WINDOW bytes rolled.
+        let mut window = [0u8; WINDOW];
+        for (j, slot) in window.iter_mut().enumerate() {
+            // Byte `rolled - WINDOW + j` of the stream, from the old window or from `data`.
+            let back = WINDOW - j;
+            *slot = if rolled >= back {
+                data[rolled - back]
+            } else {
+                self.window[(self.wofs + rolled + j) & (WINDOW - 1)]
+            };
+        }
+        (self.s1, self.s2, self.window, self.wofs) = (s1, s2, window, 0);
         (rolled, split)
     }
 
@@ -223,38 +236,51 @@ impl Chunker {
     }
 
     /// Feeds the next bytes of the file.
+    ///
+    /// Zero runs shorter than a hole are rolled like any byte, so the loop only stops at
+    /// holes (found by a scan of 8-byte words), at chunk ends, and before the zeros that end
+    /// the piece (they may continue as a hole in the next one: pending until it says).
     pub fn update(&mut self, data: &[u8]) {
-        // `mark`: the first byte of `data` not yet hashed; bytes of a zero run are not hashed
-        // from `data` (they are pending until the run's end says what they are).
-        let mut mark = 0;
         let mut i = 0;
-        while i < data.len() {
-            if data[i] == 0 {
-                if self.pending_zeros == 0 {
+        if self.pending_zeros > 0 {
+            let lead = data.iter().take_while(|&&b| b == 0).count();
+            self.pending_zeros += lead as u64;
+            if lead == data.len() {
+                return;
+            }
+            i = lead;
+            self.settle_zeros();
+        }
+        let end = data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(i, |last| last + 1)
+            .max(i);
+        // The first byte of `data` not yet hashed.
+        let mut mark = i;
+        while i < end {
+            let hole = find_hole(&data[i..end]).map(|(start, stop)| (i + start, i + stop));
+            let rolled_to = hole.map_or(end, |(start, _)| start);
+            while i < rolled_to {
+                let (rolled, split) = self.sum.roll_until_split(&data[i..rolled_to]);
+                i += rolled;
+                self.position += rolled as u64;
+                if split {
                     self.absorb(&data[mark..i]);
+                    mark = i;
+                    self.cut();
                 }
-                let run = data[i..].iter().take_while(|&&b| b == 0).count();
-                self.pending_zeros += run as u64;
-                i += run;
-                mark = i;
-                continue;
             }
-            if self.pending_zeros > 0 {
-                // The run (begun here or in an earlier piece) ends at this byte.
+            if let Some((start, stop)) = hole {
+                self.absorb(&data[mark..start]);
+                self.pending_zeros = (stop - start) as u64;
                 self.settle_zeros();
-            }
-            let (rolled, split) = self.sum.roll_nonzero(&data[i..]);
-            i += rolled;
-            self.position += rolled as u64;
-            if split {
-                self.absorb(&data[mark..i]);
-                mark = i;
-                self.cut();
+                i = stop;
+                mark = stop;
             }
         }
-        if self.pending_zeros == 0 {
-            self.absorb(&data[mark..]);
-        }
+        self.absorb(&data[mark..end]);
+        self.pending_zeros = (data.len() - end) as u64;
     }
 
     /// Ends the file: its sha256 and its chunks, in order, tiling the content.
@@ -263,6 +289,44 @@ impl Chunker {
         self.cut();
         (self.file.finish(), self.chunks)
     }
+}
+
+/// The first run of at least [`HOLE_THRESHOLD`] zero bytes in `data`: (start, end). Such a
+/// run holds at least 127 whole aligned 8-byte words of zeros, so words are scanned and only
+/// candidates are measured byte by byte.
+fn find_hole(data: &[u8]) -> Option<(usize, usize)> {
+    const WORD: usize = 8;
+    const MIN_WORDS: usize = (HOLE_THRESHOLD as usize - 2 * (WORD - 1)) / WORD;
+    let words = data.len() / WORD;
+    let mut zero_words = 0;
+    let mut w = 0;
+    while w < words {
+        let word = u64::from_ne_bytes(data[w * WORD..(w + 1) * WORD].try_into().expect("8 bytes"));
+        w += 1;
+        if word != 0 {
+            zero_words = 0;
+            continue;
+        }
+        zero_words += 1;
+        if zero_words < MIN_WORDS {
+            continue;
+        }
+        let mut start = (w - zero_words) * WORD;
+        while start > 0 && data[start - 1] == 0 {
+            start -= 1;
+        }
+        let mut stop = w * WORD;
+        while stop < data.len() && data[stop] == 0 {
+            stop += 1;
+        }
+        if (stop - start) as u64 >= HOLE_THRESHOLD {
+            return Some((start, stop));
+        }
+        // A run just short of a hole: look on after it.
+        zero_words = 0;
+        w = stop.div_ceil(WORD);
+    }
+    None
 }
 
 /// The chunks of a file's content: (offset, length, is a hole).
@@ -380,6 +444,34 @@ mod tests {
                 fed.update(p);
             }
             assert_eq!(fed.finish(), (sha, chunks.clone()), "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn zero_runs_around_the_hole_threshold_at_every_alignment() {
+        for len in 1000..1040 {
+            for align in 0..9 {
+                let mut data = noise(align + 5, 0);
+                data.extend(std::iter::repeat_n(0u8, len));
+                data.extend(noise(70_000, len as u64 + 1));
+                data.extend(std::iter::repeat_n(0u8, len));
+                assert_eq!(
+                    chunk_boundaries(&data),
+                    reference(&data),
+                    "{len} at {align}"
+                );
+                let mut fed = Chunker::new();
+                for p in data.chunks(4096 + align) {
+                    fed.update(p);
+                }
+                let cut: Vec<_> = fed
+                    .finish()
+                    .1
+                    .iter()
+                    .map(|c| (c.offset as usize, c.size as usize, c.sha256.is_none()))
+                    .collect();
+                assert_eq!(cut, reference(&data), "{len} at {align}, in pieces");
+            }
         }
     }
 
