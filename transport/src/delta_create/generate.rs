@@ -392,11 +392,20 @@ fn encode_changed<W: Write>(
     let zstd = matches!(method, BinaryDiff::Zstd | BinaryDiff::Auto) && zstd_fits;
     let bsdiff = matches!(method, BinaryDiff::Bsdiff | BinaryDiff::Auto) && bsdiff_fits;
     if zstd && bsdiff {
-        // Auto: both, and the smaller one goes in (a frame is stored as it is, so its length
-        // is what it adds; bsdiff's ops are measured compressed as the stream compresses them).
-        let patch = BsdiffPatch::new(old, new)?;
-        let patch_size = patch.encoded_size(source_path)?;
-        return match zstd_patch(old, new)? {
+        // Auto: both, side by side on two cores, and the smaller one goes in (a frame is stored
+        // as it is, so its length is what it adds; bsdiff's ops are measured compressed as the
+        // stream compresses them).
+        let (patch, frame) = std::thread::scope(|scope| {
+            let frame = scope.spawn(|| zstd_patch(old, new));
+            let patch = BsdiffPatch::new(old, new)
+                .and_then(|patch| Ok((patch.encoded_size(source_path)?, patch)));
+            (
+                patch,
+                frame.join().expect("the zstd encoder does not panic"),
+            )
+        });
+        let (patch_size, patch) = patch?;
+        return match frame? {
             Some(frame) if (frame.len() as u64) < patch_size => {
                 write_zstd(w, source_path, &frame).map(|()| true)
             }

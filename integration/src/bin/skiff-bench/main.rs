@@ -5,9 +5,10 @@
 //!   gzip, zstd and zstd:chunked, from the OCI layout and the registry, against cfsctl and
 //!   skopeo; peak RSS from 100 MB to 2 GB; and the bytes of two updates against their
 //!   file-level and chunk-level floors: the realistic v1 → v2 and an rpm-style SQLite database
-//!   with 1% of its pages rewritten. `SKIFF_BENCH_ONLY=realistic` runs only the cold pulls and
-//!   the updates (`SKIFF_BENCH_RSS=1` adds the memory table), `SKIFF_BENCH_ONLY=updates` only
-//!   the updates;
+//!   with 1% of its pages rewritten; and deltas of the realistic pair in each `--binary-diff`
+//!   mode (size, time, memory, applied by skiff and by cfsctl). `SKIFF_BENCH_ONLY=realistic`
+//!   runs only the cold pulls, the updates and the deltas (`SKIFF_BENCH_RSS=1` adds the memory
+//!   table), `SKIFF_BENCH_ONLY=updates` only the updates and the deltas;
 //! - `oci-layout cold`: `skiff copy oci:...` vs `cfsctl oci pull oci:...`;
 //! - `registry cold`: `skiff copy docker://...` vs `cfsctl oci pull docker://...` vs
 //!   `skopeo copy docker://... oci:DIR`, from a local docker-registry on 127.0.0.1;
@@ -97,11 +98,13 @@ fn main() -> Result<()> {
     if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("updates") {
         let images = realistic::images(&root)?;
         realistic::print_updates(&realistic::updates(&root, &skiff, &images)?);
+        realistic::print_deltas(&realistic::deltas(&root, &skiff, &images)?);
         return Ok(());
     }
     if std::env::var("SKIFF_BENCH_ONLY").as_deref() == Ok("realistic") {
         let images = realistic::images(&root)?;
         realistic::print_updates(&realistic::updates(&root, &skiff, &images)?);
+        realistic::print_deltas(&realistic::deltas(&root, &skiff, &images)?);
         let mut rows = Vec::new();
         realistic::cold_pulls(&mut rows, &root, &skiff, &images, runs)?;
         print_table(&rows);
@@ -160,6 +163,7 @@ fn main() -> Result<()> {
     realistic::cold_pulls(&mut rows, &root, &skiff, &realistic_images, runs)?;
     let rss_rows = realistic::rss_by_size(&root, &skiff)?;
     let update_rows = realistic::updates(&root, &skiff, &realistic_images)?;
+    let delta_rows = realistic::deltas(&root, &skiff, &realistic_images)?;
 
     // Copy out: the image stored with its blobs kept (its digest comes back) and without (its
     // layers compressed again), against skopeo copying the layout itself.
@@ -531,6 +535,7 @@ fn main() -> Result<()> {
     realistic::describe(&realistic_images);
     realistic::print_rss(&rss_rows);
     realistic::print_updates(&update_rows);
+    realistic::print_deltas(&delta_rows);
     println!(
         "\n{runs} runs each; other scenarios' image: 340 MB uncompressed in 4 gzip layers, 6,000 files + one of 65 MiB."
     );

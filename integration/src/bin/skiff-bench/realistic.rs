@@ -378,3 +378,103 @@ pub(crate) fn print_updates(rows: &[UpdateRow]) {
         }
     }
 }
+
+/// One delta of the realistic v1 → v2 pair: how it was made, its size, and applying it.
+pub(crate) struct DeltaRow {
+    mode: &'static str,
+    bytes: u64,
+    replaced: u64,
+    create: crate::runner::Sample,
+    apply_skiff: crate::runner::Sample,
+    apply_cfsctl: crate::runner::Sample,
+}
+
+/// `skiff delta create --binary-diff MODE` of the realistic pair (from a store holding v1), for
+/// each mode, and the delta applied by skiff and by cfsctl 0.9.4 into a store holding v1; once
+/// each.
+pub(crate) fn deltas(root: &Path, skiff: &Path, images: &RealisticImages) -> Result<Vec<DeltaRow>> {
+    let cfsctl = require("cfsctl");
+    let area = ScenarioArea::new(root, 2)?;
+    let v1 = images.oci_ref("v1");
+    let old = area.dir("delta-old", 0);
+    let old_ref = format!("composefs:{}:v1", old.display());
+    crate::runner::run_quiet(Command::new(skiff).args(["copy", "--quiet", &v1, &old_ref]))?;
+    let mut rows = Vec::new();
+    for mode in ["bsdiff", "zstd", "auto"] {
+        eprintln!("delta create --binary-diff {mode}");
+        let archive = area.fs.path().join(format!("realistic-{mode}.delta"));
+        let delta_ref = format!("oci-archive:{}", archive.display());
+        let (create, json) = crate::runner::measure_with_output(Command::new(skiff).args([
+            "delta",
+            "create",
+            "--json",
+            "--binary-diff",
+            mode,
+            &old_ref,
+            &images.oci_ref("v2"),
+            &delta_ref,
+        ]))?;
+        let summary: serde_json::Value = serde_json::from_slice(&json)?;
+        let (bytes, replaced) = (
+            summary["delta_bytes"].as_u64().unwrap_or(0),
+            summary["replaced_bytes"].as_u64().unwrap_or(0),
+        );
+        let apply_skiff = {
+            let repo = area.dir("apply-skiff", 0);
+            let dest = format!("composefs:{}:v1", repo.display());
+            crate::runner::run_quiet(Command::new(skiff).args(["copy", "--quiet", &v1, &dest]))?;
+            measure(Command::new(skiff).args([
+                "copy",
+                "--quiet",
+                &delta_ref,
+                &format!("composefs:{}:v2", repo.display()),
+            ]))?
+        };
+        let apply_cfsctl = {
+            let repo = area.dir("apply-cfsctl", 0);
+            cfsctl_repo(&repo)?;
+            crate::runner::run_quiet(
+                Command::new(&cfsctl)
+                    .arg("--repo")
+                    .arg(&repo)
+                    .args(["oci", "pull", &v1, "v1"]),
+            )?;
+            measure(
+                Command::new(&cfsctl)
+                    .arg("--repo")
+                    .arg(&repo)
+                    .args(["oci", "pull", &delta_ref, "v2"]),
+            )?
+        };
+        rows.push(DeltaRow {
+            mode,
+            bytes,
+            replaced,
+            create,
+            apply_skiff,
+            apply_cfsctl,
+        });
+    }
+    Ok(rows)
+}
+
+pub(crate) fn print_deltas(rows: &[DeltaRow]) {
+    println!(
+        "\n| delta of the realistic pair | delta bytes | of the replaced layers | create (s) | \
+         create peak RSS (MiB) | apply: skiff (s) | apply: cfsctl (s) | cfsctl / skiff |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| --binary-diff {} | {} | {:.3} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1}x |",
+            r.mode,
+            r.bytes,
+            r.bytes as f64 / r.replaced as f64,
+            r.create.seconds,
+            r.create.rss_kib as f64 / 1024.0,
+            r.apply_skiff.seconds,
+            r.apply_cfsctl.seconds,
+            r.apply_cfsctl.seconds / r.apply_skiff.seconds,
+        );
+    }
+}

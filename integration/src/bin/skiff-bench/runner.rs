@@ -13,6 +13,11 @@ pub(crate) struct Sample {
 }
 
 pub(crate) fn measure(cmd: &mut Command) -> Result<Sample> {
+    measure_with_output(cmd).map(|(sample, _)| sample)
+}
+
+/// [`measure`], and what the command wrote to stdout.
+pub(crate) fn measure_with_output(cmd: &mut Command) -> Result<(Sample, Vec<u8>)> {
     let report = tempfile::NamedTempFile::new()?;
     let mut timed = Command::new("/usr/bin/time");
     timed
@@ -36,7 +41,7 @@ pub(crate) fn measure(cmd: &mut Command) -> Result<Sample> {
     let mut parts = text.split_whitespace();
     let seconds = parts.next().context("time output")?.parse()?;
     let rss_kib = parts.next().context("time output")?.parse()?;
-    Ok(Sample { seconds, rss_kib })
+    Ok((Sample { seconds, rss_kib }, out.stdout))
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
