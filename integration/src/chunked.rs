@@ -6,15 +6,14 @@
 //! hold (chunks of zeros excepted: they are never fetched). The chunk-level floor counts, of
 //! those files, only the chunks whose digest the store does not hold either. Computed from the
 //! layer blobs themselves, so it holds for layers written by skiff's writer and by
-//! containers/storage alike; the chunk-level floor reads the TOCs' JSON with serde_json and
-//! zstd alone, none of skiff's parsing.
+//! containers/storage alike; the TOCs' JSON is read with serde_json and zstd alone, none of
+//! skiff's parsing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use skiff_transport::format::zstd_chunked::{Annotations, Toc, decompress_metadata};
 
 use crate::fixtures;
 
@@ -44,38 +43,13 @@ pub fn file_digests(tars: &[Vec<u8>]) -> Result<HashSet<[u8; 32]>> {
 }
 
 /// The cost of pulling `tag` of the layout `layout` into a store that holds the contents
-/// `held`; every layer must be zstd:chunked.
+/// `held`; every layer must be zstd:chunked. `floor` is the file-level floor.
 pub fn update_cost(layout: &Path, tag: &str, held: &HashSet<[u8; 32]>) -> Result<UpdateCost> {
-    let manifest = fixtures::layout_manifest(layout, tag)?;
-    let mut cost = UpdateCost { full: 0, floor: 0 };
-    for layer in manifest["layers"].as_array().context("layers")? {
-        let size = layer["size"].as_u64().context("size")?;
-        cost.full += size;
-        let annotations: HashMap<String, String> =
-            serde_json::from_value(layer["annotations"].clone()).context("annotations")?;
-        let Annotations::Chunked { toc, tar_split, .. } = Annotations::parse(Some(&annotations))?
-        else {
-            bail!("layer {} of {tag} is not zstd:chunked", layer["digest"]);
-        };
-        let blob = std::fs::read(fixtures::blob_path(
-            layout,
-            layer["digest"].as_str().context("digest")?,
-        ))?;
-        let toc_bytes = blob
-            .get(toc.offset as usize..(toc.offset + toc.length) as usize)
-            .context("TOC outside the blob")?;
-        let parsed = Toc::parse(&decompress_metadata(toc_bytes, toc.uncompressed)?, size)?;
-        cost.floor += toc.length + tar_split.length;
-        for file in parsed.files.iter().filter(|f| !held.contains(&f.sha256)) {
-            cost.floor += file
-                .chunks
-                .iter()
-                .filter(|c| !c.zeros)
-                .map(|c| c.compressed.end - c.compressed.start)
-                .sum::<u64>();
-        }
-    }
-    Ok(cost)
+    let files = held
+        .iter()
+        .map(|d| format!("sha256:{}", hex::encode(d)))
+        .collect();
+    chunk_update_cost(layout, tag, &(files, HashSet::new()))
 }
 
 /// A chunk as a TOC's JSON lists it.
