@@ -40,9 +40,7 @@
 //! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
 //! treated as having none.)
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use composefs::fsverity::FsVerityHashValue;
@@ -134,6 +132,11 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     /// The entries, sorted by sha256.
     pub fn entries(&self) -> &[IndexEntry<H>] {
         &self.entries
+    }
+
+    /// The entries, sorted by sha256, owned.
+    pub fn into_entries(self) -> Vec<IndexEntry<H>> {
+        self.entries
     }
 
     /// Finds a file by the sha256 of its content.
@@ -297,140 +300,6 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     }
 }
 
-/// A file the store holds as an object.
-#[derive(Debug, Clone)]
-pub struct StoredFile<H> {
-    /// The object.
-    pub object: H,
-    /// Its size.
-    pub size: u64,
-    /// Its data chunks, when a content index lists them.
-    pub chunks: Arc<[IndexedChunk]>,
-}
-
-/// Where the store holds a chunk: `size` bytes at `offset` of `object`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredChunk<H> {
-    /// The object holding the chunk.
-    pub object: H,
-    /// Offset of the chunk in the object.
-    pub offset: u64,
-    /// Length of the chunk.
-    pub size: u64,
-}
-
-/// Every file the store holds as an object, by the sha256 of its content, and every chunk of
-/// those files by the sha256 of the chunk: the union of the content indexes of all stored
-/// layers.
-#[derive(Debug)]
-pub struct StoredFiles<H> {
-    by_sha256: HashMap<[u8; 32], StoredFile<H>>,
-    /// Chunk digest to (digest of the file holding it, offset, size).
-    by_chunk: HashMap<[u8; 32], ([u8; 32], u64, u64)>,
-}
-
-impl<H> Default for StoredFiles<H> {
-    fn default() -> Self {
-        Self {
-            by_sha256: HashMap::new(),
-            by_chunk: HashMap::new(),
-        }
-    }
-}
-
-impl<H: FsVerityHashValue> StoredFiles<H> {
-    /// Reads the index of every layer splitstream in the store. Layers without an index (imported
-    /// by other tools) add nothing.
-    #[context("Reading the content indexes of the store")]
-    pub fn load(store: &crate::Store<H>) -> Result<Self> {
-        let mut stored = Self::default();
-        let streams = match std::fs::read_dir(store.path().join("streams")) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stored),
-            Err(e) => return Err(e.into()),
-        };
-        for entry in streams {
-            let name = entry?.file_name();
-            let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix("oci-layer-")) else {
-                continue;
-            };
-            let Ok(diff_id) = diff_id.parse() else {
-                continue;
-            };
-            // An index that cannot be read (its objects removed by hand, or by a gc that does
-            // not take skiff's lock) costs reuse, not the copy.
-            match ContentIndex::<H>::read_for_layer(store.repo(), &diff_id) {
-                Ok(Some(index)) => stored.add(index),
-                Ok(None) => {}
-                Err(e) => log::warn!("layer {diff_id}: its content index is not used: {e:#}"),
-            }
-        }
-        Ok(stored)
-    }
-
-    /// Adds the files of one layer's index. A file known with its chunks keeps them when
-    /// another index lists it without.
-    pub fn add(&mut self, index: ContentIndex<H>) {
-        for e in index.entries {
-            for c in &e.chunks {
-                self.by_chunk
-                    .entry(c.sha256)
-                    .or_insert((e.sha256, c.offset, c.size));
-            }
-            let known = self
-                .by_sha256
-                .entry(e.sha256)
-                .or_insert_with(|| StoredFile {
-                    object: e.object,
-                    size: e.size,
-                    chunks: Arc::from([]),
-                });
-            if known.chunks.is_empty() && !e.chunks.is_empty() {
-                known.chunks = e.chunks.into();
-            }
-        }
-    }
-
-    /// The file holding content with this sha256 and size, if the store has one.
-    pub fn find_file(&self, sha256: &[u8; 32], size: u64) -> Option<&StoredFile<H>> {
-        self.by_sha256.get(sha256).filter(|f| f.size == size)
-    }
-
-    /// The object holding content with this sha256 and size, if the store has one.
-    pub fn find(&self, sha256: &[u8; 32], size: u64) -> Option<&H> {
-        self.find_file(sha256, size).map(|f| &f.object)
-    }
-
-    /// Where the store holds a chunk with this sha256 and size, if it does.
-    pub fn find_chunk(&self, sha256: &[u8; 32], size: u64) -> Option<StoredChunk<H>> {
-        let (file, offset, chunk_size) = self.by_chunk.get(sha256)?;
-        if *chunk_size != size {
-            return None;
-        }
-        let file = self.by_sha256.get(file)?;
-        Some(StoredChunk {
-            object: file.object.clone(),
-            offset: *offset,
-            size,
-        })
-    }
-
-    /// Number of files known.
-    pub fn len(&self) -> usize {
-        self.by_sha256.len()
-    }
-
-    /// Number of chunks known.
-    pub fn chunk_count(&self) -> usize {
-        self.by_chunk.len()
-    }
-
-    /// True when nothing is known.
-    pub fn is_empty(&self) -> bool {
-        self.by_sha256.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,29 +356,6 @@ mod tests {
     }
 
     #[test]
-    fn stored_files_find_chunks() {
-        let mut stored = StoredFiles::default();
-        stored.add(ContentIndex::new(vec![
-            entry::<Sha256HashValue>(2),
-            entry(3),
-        ]));
-        assert_eq!(stored.chunk_count(), 2);
-        let found = stored.find_chunk(&[152; 32], 100).unwrap();
-        assert_eq!(found.object, entry::<Sha256HashValue>(2).object);
-        assert_eq!(found.offset, 300);
-        assert!(stored.find_chunk(&[152; 32], 99).is_none(), "size differs");
-        assert!(
-            stored.find_chunk(&[3; 32], 3000).is_none(),
-            "a file is not a chunk"
-        );
-        // Listed again without chunks (reused whole by a later layer): the chunks stay.
-        let mut bare = entry::<Sha256HashValue>(2);
-        bare.chunks.clear();
-        stored.add(ContentIndex::new(vec![bare]));
-        assert_eq!(stored.find_file(&[2; 32], 2000).unwrap().chunks.len(), 2);
-    }
-
-    #[test]
     fn round_trip_and_lookup() {
         let idx = ContentIndex::new(vec![
             entry::<Sha256HashValue>(3),
@@ -560,30 +406,16 @@ mod tests {
             ContentIndex::<Sha256HashValue>::from_bytes(&b)
         };
         ContentIndex::<Sha256HashValue>::from_bytes(&good).unwrap();
-        assert!(
-            set(second_chunk + 32, &2u32.to_le_bytes()).is_err(),
-            "no file 2"
-        );
-        assert!(
-            set(second_chunk + 32, &0u32.to_le_bytes()).is_err(),
-            "file order"
-        );
-        assert!(
-            set(second_chunk + 36, &50u64.to_le_bytes()).is_err(),
-            "overlaps"
-        );
-        assert!(
-            set(second_chunk + 44, &0u64.to_le_bytes()).is_err(),
-            "empty"
-        );
-        assert!(
-            set(second_chunk + 44, &1701u64.to_le_bytes()).is_err(),
-            "past the end"
-        );
-        assert!(
-            set(second_chunk + 44, &u64::MAX.to_le_bytes()).is_err(),
-            "overflow"
-        );
+        for (at, value, why) in [
+            (32, &2u32.to_le_bytes()[..], "no file 2"),
+            (32, &0u32.to_le_bytes()[..], "file order"),
+            (36, &50u64.to_le_bytes()[..], "overlaps"),
+            (44, &0u64.to_le_bytes()[..], "empty"),
+            (44, &1701u64.to_le_bytes()[..], "past the end"),
+            (44, &u64::MAX.to_le_bytes()[..], "overflow"),
+        ] {
+            assert!(set(second_chunk + at, value).is_err(), "{why}");
+        }
     }
 
     use proptest::prelude::*;

@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod publish;
 pub mod repository;
 pub mod settings;
+pub mod stored_files;
 pub mod tar_header;
 pub mod tree_path;
 

@@ -220,7 +220,7 @@ async fn contents_found_in_the_index_are_not_written_again() {
     // A second layer: the same files plus a new one.
     let second = sample_tar(Some(("usr/new", &vec![7u8; 5000])));
     let diff_id = digest_of(&second);
-    let stored = Arc::new(skiff_storage::content_index::StoredFiles::load(&store).unwrap());
+    let stored = Arc::new(skiff_storage::stored_files::StoredFiles::load(&store).unwrap());
     let (ours, stats) =
         skiff_storage::layer_import::split_layer_with_index(&store, &diff_id, &second[..], stored)
             .await
@@ -245,7 +245,7 @@ async fn contents_found_in_the_index_are_not_written_again() {
         object_refs(plain.repo(), &theirs)
     );
     // A wrong DiffID still fails.
-    let stored = Arc::new(skiff_storage::content_index::StoredFiles::load(&store).unwrap());
+    let stored = Arc::new(skiff_storage::stored_files::StoredFiles::load(&store).unwrap());
     let wrong = digest_of(b"not this");
     assert!(
         skiff_storage::layer_import::split_layer_with_index(&store, &wrong, &second[..], stored)

@@ -29,9 +29,10 @@ use composefs_oci::{LAYER_CONTENT_TYPE, OciDigest, layer_content_id};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
-use crate::content_index::{CONTENT_INDEX_REF, ContentIndex, StoredFiles};
+use crate::content_index::{CONTENT_INDEX_REF, ContentIndex};
 use crate::digest::HashingReader;
 use crate::repository::Store;
+use crate::stored_files::StoredFiles;
 use crate::tree_path::PathError;
 
 /// Read size for the tar stream: 8 KiB reads cost too many syscalls on large files.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use fn_error_context::context;
-use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, find_by_config};
+use skiff_storage::stored_files::StoredFiles;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::Target;

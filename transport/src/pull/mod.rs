@@ -33,10 +33,10 @@ use containers_image_proxy::oci_spec::image::{
     Descriptor, ImageConfiguration, ImageManifest, MediaType,
 };
 use fn_error_context::context;
-use skiff_storage::content_index::StoredFiles;
 use skiff_storage::images::{ImageTree, TreeTooDeep};
 use skiff_storage::kept_blobs::kept_blob_holds;
 use skiff_storage::layer_import::stored_layer;
+use skiff_storage::stored_files::StoredFiles;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use self::convert::chunked::Reuse;

@@ -28,9 +28,10 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
-use skiff_storage::content_index::{IndexedChunk, StoredFiles};
+use skiff_storage::content_index::IndexedChunk;
 use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{HintedObject, ObjectHint, PendingLayer, split_layer_with_hints};
+use skiff_storage::stored_files::StoredFiles;
 use skiff_storage::tree_path::shown_path;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 use tokio::sync::mpsc;
@@ -39,6 +40,7 @@ use crate::format::zstd_chunked::toc::{Chunk, TocFile};
 use crate::format::zstd_chunked::{Crc64Iso, Metadata, TarSplitEntry};
 use crate::io::{ChannelWriter, produced_and_imported};
 use crate::pull::convert::full::import_blob;
+use crate::pull::convert::stored_chunks::ChunkSources;
 use crate::pull::plan::ChunkedLayout;
 use crate::source::BlobStream;
 use crate::source::ranges::FetchStats;
@@ -47,14 +49,7 @@ use crate::source::ranges::{
 };
 
 /// Chunk size when streaming a stored object into the rebuilt tar.
-const OBJECT_READ_CHUNK: usize = 256 * 1024;
-
-/// Stored objects held open at once as sources of chunks. The planner opens each object it
-/// takes chunks from and keeps it open until the replay has read them, so that an object
-/// removed in between (a gc by another tool) is still read; past this many, further chunks are
-/// fetched (an update touches far fewer changed files than this, and the process's descriptor
-/// limit is often 1024).
-const MAX_CHUNK_SOURCES: usize = 256;
+pub(super) const OBJECT_READ_CHUNK: usize = 256 * 1024;
 
 /// Counters of a partial pull.
 #[derive(Debug, Default)]
@@ -281,87 +276,6 @@ struct ReplayPlan<H: FsVerityHashValue> {
     hints: Vec<ObjectHint<H>>,
 }
 
-/// The stored chunks a partial pull reads from: each object opened once, at most
-/// [`MAX_CHUNK_SOURCES`] of them.
-struct ChunkSources<'a, H: FsVerityHashValue> {
-    repo: &'a Store<H>,
-    open: HashMap<H, Option<usize>>,
-    files: Vec<std::fs::File>,
-}
-
-impl<H: FsVerityHashValue> ChunkSources<'_, H> {
-    /// The chunk `digest` of `size` bytes from the store, if an object holds it: opened (or
-    /// already open), and the bytes there hash to `digest`. Anything else (no such chunk, an
-    /// object gone or changed, too many objects open) means the chunk is fetched.
-    fn find(
-        &mut self,
-        stored: &StoredFiles<H>,
-        digest: &[u8; 32],
-        size: u64,
-    ) -> Option<ChunkSource> {
-        let chunk = stored.find_chunk(digest, size)?;
-        let source = match self.open.get(&chunk.object) {
-            Some(source) => (*source)?,
-            None => {
-                let opened = if self.files.len() < MAX_CHUNK_SOURCES {
-                    match self.repo.open_object(&chunk.object) {
-                        Ok(file) => Some(file),
-                        Err(e) => {
-                            log::debug!(
-                                "stored object {} not opened: {e:#}",
-                                chunk.object.to_hex()
-                            );
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                let source = opened.map(|file| {
-                    self.files.push(file);
-                    self.files.len() - 1
-                });
-                self.open.insert(chunk.object.clone(), source);
-                source?
-            }
-        };
-        match chunk_digest_at(&self.files[source], chunk.offset, size) {
-            Ok(actual) if actual == *digest => Some(ChunkSource::Stored {
-                source,
-                offset: chunk.offset,
-            }),
-            Ok(_) => {
-                log::warn!(
-                    "stored object {} does not hold the chunk its content index names; fetching it",
-                    chunk.object.to_hex()
-                );
-                None
-            }
-            Err(e) => {
-                log::warn!(
-                    "reading a chunk of stored object {}: {e:#}; fetching it",
-                    chunk.object.to_hex()
-                );
-                None
-            }
-        }
-    }
-}
-
-/// sha256 of `size` bytes at `offset` of `file`.
-fn chunk_digest_at(file: &std::fs::File, offset: u64, size: u64) -> Result<[u8; 32]> {
-    let mut sha = openssl::sha::Sha256::new();
-    let mut buf = vec![0u8; OBJECT_READ_CHUNK.min(size as usize)];
-    let mut done = 0u64;
-    while done < size {
-        let n = buf.len().min((size - done) as usize);
-        file.read_exact_at(&mut buf[..n], offset + done)?;
-        sha.update(&buf[..n]);
-        done += n as u64;
-    }
-    Ok(sha.finish())
-}
-
 fn plan_replay<H: FsVerityHashValue>(
     meta: &Metadata,
     local: &LocalFiles<'_, H>,
@@ -379,11 +293,7 @@ fn plan_replay<H: FsVerityHashValue>(
         needed: Vec::new(),
         hints: Vec::new(),
     };
-    let mut chunk_sources = ChunkSources {
-        repo: local.repo,
-        open: HashMap::new(),
-        files: Vec::new(),
-    };
+    let mut chunk_sources = ChunkSources::new(local.repo);
     // Offset in the rebuilt tar.
     let mut offset = 0u64;
     for entry in &meta.tar_split.entries {
@@ -432,11 +342,11 @@ fn plan_replay<H: FsVerityHashValue>(
                 for chunk in &file.chunks {
                     let source = if chunk.zeros {
                         ChunkSource::Zeros
-                    } else if let Some(stored) = chunk
+                    } else if let Some((source, offset)) = chunk
                         .sha256
                         .and_then(|d| chunk_sources.find(local.stored, &d, chunk.size))
                     {
-                        stored
+                        ChunkSource::Stored { source, offset }
                     } else {
                         plan.needed.push(chunk.compressed.clone());
                         ChunkSource::Fetched
@@ -448,7 +358,7 @@ fn plan_replay<H: FsVerityHashValue>(
         };
         plan.files.push((index, source));
     }
-    plan.sources = chunk_sources.files;
+    plan.sources = chunk_sources.into_files();
     Ok(plan)
 }
 

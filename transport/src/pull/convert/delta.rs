@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Result;
 use containers_image_proxy::oci_spec::image::Descriptor;
 use fn_error_context::context;
-use skiff_storage::content_index::StoredFiles;
 use skiff_storage::digest::HashingReader;
 use skiff_storage::images::ImageTree;
 use skiff_storage::layer_import::{PendingLayer, split_layer_with_index};
+use skiff_storage::stored_files::StoredFiles;
 use skiff_storage::{FsVerityHashValue, OciDigest, Store};
 
 use super::source_files::SourceFiles;

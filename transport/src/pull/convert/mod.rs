@@ -3,7 +3,8 @@
 //! not yet named in the store.
 //!
 //! - [`full`]: a compressed layer blob, streamed;
-//! - [`chunked`]: a zstd:chunked layer rebuilt from stored files and byte ranges of the blob;
+//! - [`chunked`]: a zstd:chunked layer rebuilt from stored files, stored chunks
+//!   ([`stored_chunks`]) and byte ranges of the blob;
 //! - [`delta`]: a tar-diff applied to the files of the delta's source image
 //!   ([`source_files`]).
 
@@ -11,3 +12,4 @@ pub(crate) mod chunked;
 pub(crate) mod delta;
 pub(crate) mod full;
 pub(crate) mod source_files;
+pub(crate) mod stored_chunks;
