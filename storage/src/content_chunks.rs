@@ -59,28 +59,38 @@ impl RollSum {
 
     /// Rolls the bytes of `data`, stopping after a byte where a chunk ends: how many bytes were
     /// rolled, and whether the last one ends a chunk. The loop over the file's bytes, kept in
-    /// registers.
+    /// registers: the byte leaving the window is the old window's for the first WINDOW bytes
+    /// of `data`, then `data`'s own, WINDOW bytes back (two loops, so neither asks which).
     fn roll_until_split(&mut self, data: &[u8]) -> (usize, bool) {
         let (mut s1, mut s2) = (self.s1, self.s2);
-        // The byte leaving the window is the window's for the first WINDOW bytes of `data`,
-        // then `data`'s own, WINDOW bytes back: the window is written back once, at the end.
-        let dropped = |k: usize, window: &[u8; WINDOW], wofs: usize| -> u32 {
-            if k < WINDOW {
-                window[(wofs + k) & (WINDOW - 1)] as u32
-            } else {
-                data[k - WINDOW] as u32
-            }
-        };
+        #[inline(always)]
+        fn step(s1: &mut u32, s2: &mut u32, ch: u8, drop: u8) -> bool {
+            let (ch, drop) = (ch as u32, drop as u32);
+            *s1 = s1.wrapping_add(ch).wrapping_sub(drop);
+            *s2 =
+                s2.wrapping_add(s1.wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET)));
+            *s2 & SPLIT_MASK == SPLIT_MASK
+        }
+        let head = data.len().min(WINDOW);
         let mut rolled = data.len();
         let mut split = false;
-        for (k, &ch) in data.iter().enumerate() {
-            let drop = dropped(k, &self.window, self.wofs);
-            s1 = s1.wrapping_add(ch as u32).wrapping_sub(drop);
-            s2 = s2.wrapping_add(s1.wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET)));
-            if s2 & SPLIT_MASK == SPLIT_MASK {
-                rolled = k + 1;
-                split = true;
+        for (k, &ch) in data[..head].iter().enumerate() {
+            if step(
+                &mut s1,
+                &mut s2,
+                ch,
+                self.window[(self.wofs + k) & (WINDOW - 1)],
+            ) {
+                (rolled, split) = (k + 1, true);
                 break;
+            }
+        }
+        if !split {
+            for (k, (&ch, &drop)) in data[head..].iter().zip(data).enumerate() {
+                if step(&mut s1, &mut s2, ch, drop) {
+                    (rolled, split) = (head + k + 1, true);
+                    break;
+                }
             }
         }
         // The window now holds the last WINDOW bytes rolled.

@@ -22,6 +22,7 @@ pub mod layer_extract;
 pub mod layer_import;
 pub mod layer_tree;
 pub mod maintenance;
+pub mod new_object;
 pub mod publish;
 pub mod repository;
 pub mod settings;

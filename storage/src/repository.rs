@@ -4,15 +4,11 @@
 //! object). Where the filesystem has no fs-verity, it runs in composefs' insecure mode: object
 //! names are still fs-verity digests, computed in user space, and the caller is told so once.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use composefs::fsverity::EnableVerityError;
-use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue, enable_verity_raw};
+use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue};
 use composefs::repository::{Repository, RepositoryConfig, read_repo_algorithm};
 use fn_error_context::context;
 use rustix::fs::{CWD, Mode, OFlags};
@@ -120,25 +116,15 @@ pub fn repository_algorithm(path: &Path) -> Result<HashAlgorithm> {
 }
 
 /// Tells whether the filesystem holding the directory `dir` supports fs-verity, by enabling it on
-/// a scratch file.
+/// an anonymous file there.
 #[context("Probing fs-verity support in {}", dir.display())]
 pub fn filesystem_supports_verity(dir: &Path) -> Result<bool> {
-    let mut scratch = tempfile::Builder::new()
-        .prefix(".skiff-verity-probe-")
-        .tempfile_in(dir)?;
-    scratch.write_all(b"skiff fs-verity probe")?;
-    scratch.as_file().sync_all()?;
-    // fs-verity needs a file with no writable descriptor open.
-    let readonly = File::open(scratch.path())?;
-    let (writable, path) = scratch.into_parts();
-    drop(writable);
-    let result = enable_verity_raw::<Sha256HashValue>(readonly.as_fd());
-    drop(path);
-    match result {
-        Ok(()) | Err(EnableVerityError::AlreadyEnabled) => Ok(true),
-        Err(EnableVerityError::FilesystemNotSupported) => Ok(false),
-        Err(e) => Err(e).context("Enabling fs-verity on a scratch file"),
-    }
+    let dir = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    crate::new_object::probe_verity(&dir)
 }
 
 /// Creates a repository at `path` (and its parent directories) unless one is already there.

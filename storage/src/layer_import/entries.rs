@@ -1,20 +1,23 @@
 //! The tar of one layer cut into a splitstream (see [`super`]): each header, its padding and
 //! each file of at most 64 bytes inline, each larger regular file as an object (the store's own
-//! when it already holds the content, else one written as the bytes arrive), every object
-//! recorded for the content index.
+//! when it already holds the content, else a new one), every object recorded for the content
+//! index.
+//!
+//! New objects are written on blocking threads while the tar is read on: a file of more than
+//! 64 KiB streams to a writer of its own as its bytes arrive; smaller files are read whole and
+//! written in batches, one writer per batch.
 
-use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use composefs::INLINE_CONTENT_MAX_V0;
 use composefs::fsverity::FsVerityHashValue;
-use composefs::repository::{ObjectStoreMethod, Repository};
+use composefs::repository::ObjectStoreMethod;
 use tar_core::HEADER_SIZE;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     FILE_CHANNEL_DEPTH, HintedObject, IO_BUF_CAPACITY, Known, LayerError, MAX_TRAILING_BYTES,
@@ -23,32 +26,34 @@ use super::{
 use crate::content_chunks::Chunker;
 use crate::content_index::{IndexEntry, IndexedChunk};
 use crate::digest::HashingReader;
+use crate::new_object::ObjectWriter;
 use crate::tar_header::{EntryHeader, HeaderEvent, HeaderReader, MAX_HEADER_BYTES};
 use crate::tree_path::{normalize_entry_path, shown_path};
 
 /// Parses tar entries from `tar` into `split`: headers and small contents inline, larger
 /// regular files as objects (found in the store, else written), each indexed.
 pub(super) async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
-    repo: &Arc<Repository<H>>,
+    objects: &Arc<ObjectWriter<H>>,
     tar: &mut HashingReader<R>,
     split: &mut Split<'_, H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
     known: Option<Known<H>>,
 ) -> Result<()> {
     let mut splitter = Splitter {
-        repo,
+        objects,
         tar,
         split,
         index,
         known,
         buf: BytesMut::with_capacity(IO_BUF_CAPACITY),
+        small: SmallFiles::default(),
     };
     let mut headers = HeaderReader::new();
     let mut need = HEADER_SIZE;
     loop {
         if !splitter.fill(need).await? {
             // A tar without end-of-archive blocks: accepted, as composefs-oci does.
-            return Ok(());
+            break;
         }
         let event = headers
             .parse(&splitter.buf)
@@ -60,21 +65,58 @@ pub(super) async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
                 let header = splitter.buf.split_to(consumed);
                 splitter.split.inline(&header)?;
             }
-            HeaderEvent::End { consumed } => return splitter.end(consumed).await,
+            HeaderEvent::End { consumed } => {
+                splitter.end(consumed).await?;
+                break;
+            }
             HeaderEvent::Entry { consumed, header } => splitter.entry(consumed, &header).await?,
+        }
+    }
+    splitter.write_small_files().await
+}
+
+/// Files of at most this size are written in batches by one task (see [`SmallFiles`]).
+const SMALL_FILE_MAX: usize = 64 * 1024;
+
+/// A batch of small files is written once it holds this many files...
+const SMALL_BATCH_FILES: usize = 64;
+
+/// ...or this many bytes: enough to make a hand-off to a writer thread rare, little enough to
+/// keep at most a few MiB in memory per layer.
+const SMALL_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Small files waiting for their objects to be written. Most files of an image are small, and
+/// a writer task of their own each spends more time waking threads than writing; a batch is
+/// written by one blocking task, and each file's result reaches the splitstream through a
+/// channel of its own.
+struct SmallFiles<H: FsVerityHashValue> {
+    files: Vec<(Bytes, ObjectDone<H>)>,
+    bytes: usize,
+}
+
+/// Where a batch writer sends what became of one file: its object, or why there is none.
+type ObjectDone<H> = oneshot::Sender<Result<(H, ObjectStoreMethod)>>;
+
+impl<H: FsVerityHashValue> Default for SmallFiles<H> {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            bytes: 0,
         }
     }
 }
 
 /// The state of [`split_entries`]: where bytes come from and go, and the bytes read ahead.
 struct Splitter<'a, 'b, H: FsVerityHashValue, R> {
-    repo: &'a Arc<Repository<H>>,
+    objects: &'a Arc<ObjectWriter<H>>,
     tar: &'a mut HashingReader<R>,
     split: &'a mut Split<'b, H>,
     index: &'a mpsc::UnboundedSender<IndexEntry<H>>,
     known: Option<Known<H>>,
     /// Bytes read from `tar` and not consumed yet.
     buf: BytesMut,
+    /// Small files to write together.
+    small: SmallFiles<H>,
 }
 
 impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
@@ -198,17 +240,12 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         if let Some(Known::Index(index_of_store)) = &self.known
             && size <= PRECHECK_MAX
         {
-            let mut content = BytesMut::with_capacity(size);
-            while content.len() < size {
-                content.extend_from_slice(
-                    &take_piece(&mut self.buf, self.tar, size - content.len()).await?,
-                );
-            }
+            let content = read_whole(&mut self.buf, self.tar, size).await?;
             let sha256 = openssl::sha::sha256(&content);
             stored = index_of_store
                 .find_file(&sha256, size as u64)
                 .map(|f| (f.object.clone(), sha256, f.chunks.to_vec()));
-            from_memory = Some(content.freeze());
+            from_memory = Some(content);
         }
         if let Some((object, sha256, chunks)) = stored {
             let id = object.clone();
@@ -222,11 +259,18 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
             self.split.builder.push_external(ready, size as u64);
             return Ok(());
         }
-        let permit = self.repo.write_semaphore().clone().acquire_owned().await?;
+        if size <= SMALL_FILE_MAX {
+            let content = match from_memory {
+                Some(content) => content,
+                None => read_whole(&mut self.buf, self.tar, size).await?,
+            };
+            return self.queue_small_file(content).await;
+        }
+        let permit = self.write_permit().await?;
         let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
-        let (task_repo, task_index) = (self.repo.clone(), self.index.clone());
+        let (objects, index) = (self.objects.clone(), self.index.clone());
         let handle = tokio::task::spawn_blocking(move || {
-            let result = write_object(rx, size as u64, &task_repo, &task_index);
+            let result = write_object(rx, size as u64, &objects, &index);
             drop(permit);
             result
         });
@@ -246,6 +290,47 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         }
         self.split.builder.push_external(handle, size as u64);
         Ok(())
+    }
+
+    /// Adds a small file to the batch, and writes the batch once it is full.
+    async fn queue_small_file(&mut self, content: Bytes) -> Result<()> {
+        let size = content.len();
+        let (tx, rx) = oneshot::channel();
+        let written = tokio::spawn(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(anyhow!("the writer of a batch of small files stopped")))
+        });
+        self.split.builder.push_external(written, size as u64);
+        self.small.bytes += size;
+        self.small.files.push((content, tx));
+        if self.small.files.len() >= SMALL_BATCH_FILES || self.small.bytes >= SMALL_BATCH_BYTES {
+            self.write_small_files().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch of small files to a writer task.
+    async fn write_small_files(&mut self) -> Result<()> {
+        if self.small.files.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.small);
+        let permit = self.write_permit().await?;
+        let (objects, index) = (self.objects.clone(), self.index.clone());
+        tokio::task::spawn_blocking(move || {
+            for (content, done) in batch.files {
+                // The receiver only goes away when the import has already failed.
+                let _ = done.send(write_whole(&content, &objects, &index));
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// A turn to write objects: the repository bounds how many writers run at once.
+    async fn write_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.objects.repo().write_semaphore().clone();
+        Ok(semaphore.acquire_owned().await?)
     }
 }
 
@@ -306,6 +391,22 @@ async fn send_file(
     Ok(())
 }
 
+/// The next `size` bytes of the stream, in one buffer.
+async fn read_whole(
+    buf: &mut BytesMut,
+    tar: &mut (impl AsyncRead + Unpin),
+    size: usize,
+) -> Result<Bytes> {
+    if buf.len() >= size {
+        return Ok(buf.split_to(size).freeze());
+    }
+    let mut content = BytesMut::with_capacity(size);
+    while content.len() < size {
+        content.extend_from_slice(&take_piece(buf, tar, size - content.len()).await?);
+    }
+    Ok(content.freeze())
+}
+
 /// Consumes `len` bytes of the stream, piece by piece, through `each`.
 async fn consume(
     buf: &mut BytesMut,
@@ -346,11 +447,10 @@ async fn copy_inline<H: FsVerityHashValue>(
 fn write_object<H: FsVerityHashValue>(
     mut rx: mpsc::Receiver<Bytes>,
     size: u64,
-    repo: &Repository<H>,
+    objects: &ObjectWriter<H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
 ) -> Result<(H, ObjectStoreMethod)> {
-    let tmpfile = repo.create_object_tmpfile()?;
-    let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, File::from(tmpfile));
+    let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, objects.create()?);
     let mut chunker = Chunker::new();
     let mut received = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
@@ -361,15 +461,41 @@ fn write_object<H: FsVerityHashValue>(
     if received != size {
         bail!("file content ended after {received} of {size} bytes");
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    let (id, method) = repo.finalize_object_tmpfile(file, size)?;
+    let object = out.into_inner().map_err(|e| e.into_error())?;
+    let stored = objects.finish(object, size)?;
+    record_object(&stored.0, size, chunker, index);
+    Ok(stored)
+}
+
+/// Writes a file held whole in memory to an object and records it like [`write_object`].
+fn write_whole<H: FsVerityHashValue>(
+    content: &[u8],
+    objects: &ObjectWriter<H>,
+    index: &mpsc::UnboundedSender<IndexEntry<H>>,
+) -> Result<(H, ObjectStoreMethod)> {
+    let mut object = objects.create()?;
+    object.write_all(content)?;
+    let mut chunker = Chunker::new();
+    chunker.update(content);
+    let size = content.len() as u64;
+    let stored = objects.finish(object, size)?;
+    record_object(&stored.0, size, chunker, index);
+    Ok(stored)
+}
+
+/// Sends the content index entry of a file written to `object`.
+fn record_object<H: FsVerityHashValue>(
+    object: &H,
+    size: u64,
+    chunker: Chunker,
+    index: &mpsc::UnboundedSender<IndexEntry<H>>,
+) {
     let (sha256, chunks) = chunker.finish();
     // The receiver only goes away when the import has already failed.
     let _ = index.send(IndexEntry {
         sha256,
-        object: id.clone(),
+        object: object.clone(),
         size,
         chunks: IndexedChunk::of_file(&chunks),
     });
-    Ok((id, method))
 }

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::content_index::{CONTENT_INDEX_REF, ContentIndex};
 use crate::digest::HashingReader;
+use crate::new_object::ObjectWriter;
 use crate::repository::Store;
 use crate::stored_files::StoredFiles;
 use crate::tree_path::PathError;
@@ -264,7 +265,10 @@ async fn split_layer_known<H: FsVerityHashValue>(
         builder: &mut builder,
         inline: 0,
     };
-    entries::split_entries(&repo, &mut tar, &mut split, &index_tx, known).await?;
+    let objects_repo = repo.clone();
+    let objects =
+        Arc::new(tokio::task::spawn_blocking(move || ObjectWriter::new(objects_repo)).await??);
+    entries::split_entries(&objects, &mut tar, &mut split, &index_tx, known).await?;
     drop(index_tx);
 
     let actual = tar.finish();
