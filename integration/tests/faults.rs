@@ -9,6 +9,7 @@ use std::time::Duration;
 use skiff_integration::crash::copy_command;
 use skiff_integration::faults::FlakyForwarder;
 use skiff_integration::fixtures::{self, Compression};
+use skiff_integration::loop_fs::LoopFs;
 use skiff_integration::registry::Registry;
 use skiff_integration::tools::{cfsctl, output, run, skiff};
 use skiff_integration::tree::Tree;
@@ -181,4 +182,60 @@ fn kill_9_mid_copy_leaves_a_consistent_store_and_a_rerun_finishes() {
         .unwrap()
         .assert_same(&expected, "after kill -9 and a rerun");
     run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+}
+
+/// A filesystem that fills up in the middle of a copy: a clear error, no tag, a store that
+/// checks clean, and `skiff gc` gives the space back.
+#[test]
+fn a_full_filesystem_fails_the_copy_and_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    // Many small files (written in batches) and some large ones (streamed), 48 MB: more than
+    // the 32 MiB filesystem holds.
+    let layers = fixtures::large_image(2, 600, 48_000_000, 11);
+    fixtures::write_oci_layout(&layout, "big", &layers, Compression::Gzip).unwrap();
+    let small = dir.path().join("small");
+    fixtures::write_oci_layout(&small, "rich", &fixtures::rich_image(), Compression::Gzip).unwrap();
+    let fs = LoopFs::ext4(dir.path(), 32).unwrap();
+    let repo = fs.path().join("repo");
+    run(skiff().arg("init").arg(&repo)).unwrap();
+    run(skiff()
+        .arg("copy")
+        .arg(format!("oci:{}:rich", small.display()))
+        .arg(format!("composefs:{}:rich", repo.display())))
+    .unwrap();
+    let used_before = fs.used_bytes().unwrap();
+
+    let out = output(
+        skiff()
+            .arg("copy")
+            .arg(format!("oci:{}:big", layout.display()))
+            .arg(format!("composefs:{}:big", repo.display())),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected a failure: {stderr}");
+    assert!(
+        stderr.contains("No space left on device"),
+        "the error says why: {stderr}"
+    );
+    assert!(!repo.join("streams/refs/oci/big").exists(), "no tag");
+    assert!(
+        repo.join("streams/refs/oci/rich").exists(),
+        "the other image stays"
+    );
+    run(skiff().arg("fsck").arg(&repo)).unwrap();
+    run(cfsctl(&repo).args(["oci", "fsck"])).unwrap();
+
+    run(skiff().arg("gc").arg(&repo)).unwrap();
+    let used_after = fs.used_bytes().unwrap();
+    assert!(
+        used_after <= used_before + 1024 * 1024,
+        "gc frees what the failed copy wrote: {used_before} bytes used before, {used_after} after"
+    );
+    let image = run(skiff()
+        .args(["inspect", "--raw"])
+        .arg(format!("composefs:{}:rich", repo.display())))
+    .unwrap();
+    assert!(image.contains("schemaVersion"), "{image}");
 }

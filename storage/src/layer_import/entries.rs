@@ -81,17 +81,21 @@ const SMALL_FILE_MAX: usize = 64 * 1024;
 /// A batch of small files is written once it holds this many files...
 const SMALL_BATCH_FILES: usize = 64;
 
-/// ...or this many bytes: enough to make a hand-off to a writer thread rare, little enough to
-/// keep at most a few MiB in memory per layer.
-const SMALL_BATCH_BYTES: usize = 1024 * 1024;
+/// ...or this many bytes: enough to make a hand-off to a writer thread rare (dozens of files
+/// of a typical image), little enough that the batches of every writer at once hold a few MiB
+/// (at 1 MiB, peak RSS of a cold copy grew by 10 MiB).
+const SMALL_BATCH_BYTES: usize = 128 * 1024;
 
 /// Small files waiting for their objects to be written. Most files of an image are small, and
 /// a writer task of their own each spends more time waking threads than writing; a batch is
 /// written by one blocking task, and each file's result reaches the splitstream through a
-/// channel of its own.
+/// channel of its own. The contents are copied into one buffer, so that a batch does not keep
+/// alive the read buffers they came in.
 struct SmallFiles<H: FsVerityHashValue> {
-    files: Vec<(Bytes, ObjectDone<H>)>,
-    bytes: usize,
+    /// The files' contents, one after the other.
+    data: BytesMut,
+    /// Each file's size, and where its result goes.
+    files: Vec<(usize, ObjectDone<H>)>,
 }
 
 /// Where a batch writer sends what became of one file: its object, or why there is none.
@@ -100,8 +104,8 @@ type ObjectDone<H> = oneshot::Sender<Result<(H, ObjectStoreMethod)>>;
 impl<H: FsVerityHashValue> Default for SmallFiles<H> {
     fn default() -> Self {
         Self {
-            files: Vec::new(),
-            bytes: 0,
+            data: BytesMut::with_capacity(SMALL_BATCH_BYTES + SMALL_FILE_MAX),
+            files: Vec::with_capacity(SMALL_BATCH_FILES),
         }
     }
 }
@@ -260,11 +264,18 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
             return Ok(());
         }
         if size <= SMALL_FILE_MAX {
-            let content = match from_memory {
-                Some(content) => content,
-                None => read_whole(&mut self.buf, self.tar, size).await?,
-            };
-            return self.queue_small_file(content).await;
+            match from_memory {
+                Some(content) => self.small.data.extend_from_slice(&content),
+                None => {
+                    let data = &mut self.small.data;
+                    consume(&mut self.buf, self.tar, size, |piece| {
+                        data.extend_from_slice(piece);
+                        Ok(())
+                    })
+                    .await?;
+                }
+            }
+            return self.queue_small_file(size).await;
         }
         let permit = self.write_permit().await?;
         let (tx, rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
@@ -292,18 +303,18 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         Ok(())
     }
 
-    /// Adds a small file to the batch, and writes the batch once it is full.
-    async fn queue_small_file(&mut self, content: Bytes) -> Result<()> {
-        let size = content.len();
+    /// Adds a small file, whose `size` bytes of content were just added to the batch's data, and
+    /// writes the batch once it is full.
+    async fn queue_small_file(&mut self, size: usize) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let written = tokio::spawn(async move {
             rx.await
                 .unwrap_or_else(|_| Err(anyhow!("the writer of a batch of small files stopped")))
         });
         self.split.builder.push_external(written, size as u64);
-        self.small.bytes += size;
-        self.small.files.push((content, tx));
-        if self.small.files.len() >= SMALL_BATCH_FILES || self.small.bytes >= SMALL_BATCH_BYTES {
+        self.small.files.push((size, tx));
+        if self.small.files.len() >= SMALL_BATCH_FILES || self.small.data.len() >= SMALL_BATCH_BYTES
+        {
             self.write_small_files().await?;
         }
         Ok(())
@@ -318,9 +329,12 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         let permit = self.write_permit().await?;
         let (objects, index) = (self.objects.clone(), self.index.clone());
         tokio::task::spawn_blocking(move || {
-            for (content, done) in batch.files {
+            let mut data = &batch.data[..];
+            for (size, done) in batch.files {
+                let (content, rest) = data.split_at(size);
+                data = rest;
                 // The receiver only goes away when the import has already failed.
-                let _ = done.send(write_whole(&content, &objects, &index));
+                let _ = done.send(write_whole(content, &objects, &index));
             }
             drop(permit);
         });
