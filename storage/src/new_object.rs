@@ -3,7 +3,8 @@
 //! An object is a file named by its fs-verity digest, `objects/<2 hex>/<62 hex>` for sha256
 //! (composefs' layout, which `cfsctl` and bootc read). It is written to an anonymous
 //! `O_TMPFILE` in the objects directory and linked under its name once complete, so a failed
-//! write leaves nothing behind and a reader never sees half an object.
+//! write leaves no object behind (at most an empty objects subdirectory) and a reader never sees
+//! half an object. Like composefs' own writer, this needs a filesystem with `O_TMPFILE`.
 //!
 //! Where the filesystem has fs-verity, the kernel computes the digest when verity is enabled
 //! (composefs' own finalisation does that). Where it has none (an insecure repository), the
@@ -39,7 +40,8 @@ impl<H: FsVerityHashValue> std::fmt::Debug for ObjectWriter<H> {
 }
 
 impl<H: FsVerityHashValue> ObjectWriter<H> {
-    /// A writer of objects into `repo` (blocking: it probes the filesystem for fs-verity).
+    /// A writer of objects into `repo` (blocking: for an insecure repository, it probes the
+    /// filesystem for fs-verity).
     #[context("Preparing to write objects")]
     pub fn new(repo: Arc<Repository<H>>) -> Result<Self> {
         let userspace_verity = repo.is_insecure() && !probe_verity(repo.objects_dir()?)?;
@@ -172,7 +174,11 @@ pub(crate) fn probe_verity(dir: impl AsFd) -> Result<bool> {
     )?;
     drop(writable);
     match enable_verity_raw::<Sha256HashValue>(&readonly) {
-        Ok(()) | Err(EnableVerityError::AlreadyEnabled) => Ok(true),
+        // A writable descriptor of the file inherited by a child forked meanwhile (ETXTBSY)
+        // means the filesystem got as far as checking: it has fs-verity.
+        Ok(())
+        | Err(EnableVerityError::AlreadyEnabled)
+        | Err(EnableVerityError::FileOpenedForWrite) => Ok(true),
         Err(EnableVerityError::FilesystemNotSupported) => Ok(false),
         Err(e) => Err(e).context("Enabling fs-verity on an anonymous file"),
     }

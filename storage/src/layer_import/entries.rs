@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use composefs::INLINE_CONTENT_MAX_V0;
 use composefs::fsverity::FsVerityHashValue;
@@ -96,6 +96,9 @@ struct SmallFiles<H: FsVerityHashValue> {
     data: BytesMut,
     /// Each file's size, and where its result goes.
     files: Vec<(usize, ObjectDone<H>)>,
+    /// The first error of any batch writer of the layer, so that the import stops at the next
+    /// small file instead of reading the rest of the layer (a full disk).
+    failed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Where a batch writer sends what became of one file: its object, or why there is none.
@@ -104,8 +107,9 @@ type ObjectDone<H> = oneshot::Sender<Result<(H, ObjectStoreMethod)>>;
 impl<H: FsVerityHashValue> Default for SmallFiles<H> {
     fn default() -> Self {
         Self {
-            data: BytesMut::with_capacity(SMALL_BATCH_BYTES + SMALL_FILE_MAX),
-            files: Vec::with_capacity(SMALL_BATCH_FILES),
+            data: BytesMut::new(),
+            files: Vec::new(),
+            failed: Arc::default(),
         }
     }
 }
@@ -306,6 +310,15 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
     /// Adds a small file, whose `size` bytes of content were just added to the batch's data, and
     /// writes the batch once it is full.
     async fn queue_small_file(&mut self, size: usize) -> Result<()> {
+        if let Some(failed) = self
+            .small
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            bail!("{failed}");
+        }
         let (tx, rx) = oneshot::channel();
         let written = tokio::spawn(async move {
             rx.await
@@ -325,7 +338,12 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         if self.small.files.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.small);
+        let next = SmallFiles {
+            data: BytesMut::with_capacity(SMALL_BATCH_BYTES + SMALL_FILE_MAX),
+            files: Vec::with_capacity(SMALL_BATCH_FILES),
+            failed: self.small.failed.clone(),
+        };
+        let batch = std::mem::replace(&mut self.small, next);
         let permit = self.write_permit().await?;
         let (objects, index) = (self.objects.clone(), self.index.clone());
         tokio::task::spawn_blocking(move || {
@@ -333,8 +351,13 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
             for (size, done) in batch.files {
                 let (content, rest) = data.split_at(size);
                 data = rest;
+                let written = write_whole(content, &objects, &index);
+                if let Err(e) = &written {
+                    let mut failed = batch.failed.lock().unwrap_or_else(|p| p.into_inner());
+                    failed.get_or_insert_with(|| format!("{e:#}"));
+                }
                 // The receiver only goes away when the import has already failed.
-                let _ = done.send(write_whole(content, &objects, &index));
+                let _ = done.send(written);
             }
             drop(permit);
         });
@@ -470,7 +493,7 @@ fn write_object<H: FsVerityHashValue>(
     while let Some(chunk) = rx.blocking_recv() {
         chunker.update(&chunk);
         received += chunk.len() as u64;
-        out.write_all(&chunk)?;
+        out.write_all(&chunk).context("Writing a new object")?;
     }
     if received != size {
         bail!("file content ended after {received} of {size} bytes");
@@ -488,7 +511,7 @@ fn write_whole<H: FsVerityHashValue>(
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
 ) -> Result<(H, ObjectStoreMethod)> {
     let mut object = objects.create()?;
-    object.write_all(content)?;
+    object.write_all(content).context("Writing a new object")?;
     let mut chunker = Chunker::new();
     chunker.update(content);
     let size = content.len() as u64;
