@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -131,7 +131,7 @@ fn link_object<H: FsVerityHashValue>(
     file: &File,
     id: &H,
 ) -> Result<ObjectStoreMethod> {
-    let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+    let source = proc_fd_path(file);
     let path = id.to_object_pathname();
     let link = || rustix::fs::linkat(CWD, &*source, &objects, &*path, AtFlags::SYMLINK_FOLLOW);
     let linked = match link() {
@@ -151,6 +151,11 @@ fn link_object<H: FsVerityHashValue>(
     }
 }
 
+/// The path naming the open file `fd` (how an anonymous file is linked or re-opened).
+fn proc_fd_path(fd: impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
 /// Whether the filesystem holding `dir` supports fs-verity, found by enabling it on an
 /// anonymous file there.
 #[context("Probing fs-verity support")]
@@ -165,10 +170,7 @@ pub(crate) fn probe_verity(dir: impl AsFd) -> Result<bool> {
     rustix::io::write(&writable, b"skiff fs-verity probe")?;
     // fs-verity needs a file with no writable descriptor open.
     let readonly = rustix::fs::open(
-        format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&writable)
-        ),
+        proc_fd_path(&writable),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;

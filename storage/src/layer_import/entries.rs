@@ -46,7 +46,7 @@ pub(super) async fn split_entries<H: FsVerityHashValue, R: AsyncRead + Unpin>(
         index,
         known,
         buf: BytesMut::with_capacity(IO_BUF_CAPACITY),
-        small: SmallFiles::default(),
+        small: SmallFiles::new(Arc::default()),
     };
     let mut headers = HeaderReader::new();
     let mut need = HEADER_SIZE;
@@ -104,12 +104,13 @@ struct SmallFiles<H: FsVerityHashValue> {
 /// Where a batch writer sends what became of one file: its object, or why there is none.
 type ObjectDone<H> = oneshot::Sender<Result<(H, ObjectStoreMethod)>>;
 
-impl<H: FsVerityHashValue> Default for SmallFiles<H> {
-    fn default() -> Self {
+impl<H: FsVerityHashValue> SmallFiles<H> {
+    /// An empty batch, sharing the layer's record of the first failure.
+    fn new(failed: Arc<std::sync::Mutex<Option<String>>>) -> Self {
         Self {
-            data: BytesMut::new(),
-            files: Vec::new(),
-            failed: Arc::default(),
+            data: BytesMut::with_capacity(SMALL_BATCH_BYTES + SMALL_FILE_MAX),
+            files: Vec::with_capacity(SMALL_BATCH_FILES),
+            failed,
         }
     }
 }
@@ -338,11 +339,7 @@ impl<H: FsVerityHashValue, R: AsyncRead + Unpin> Splitter<'_, '_, H, R> {
         if self.small.files.is_empty() {
             return Ok(());
         }
-        let next = SmallFiles {
-            data: BytesMut::with_capacity(SMALL_BATCH_BYTES + SMALL_FILE_MAX),
-            files: Vec::with_capacity(SMALL_BATCH_FILES),
-            failed: self.small.failed.clone(),
-        };
+        let next = SmallFiles::new(self.small.failed.clone());
         let batch = std::mem::replace(&mut self.small, next);
         let permit = self.write_permit().await?;
         let (objects, index) = (self.objects.clone(), self.index.clone());
