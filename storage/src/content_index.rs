@@ -9,7 +9,9 @@
 //!
 //! # Format
 //!
-//! The index is a composefs splitstream of content type `skiffcix` whose payload is inline:
+//! The index is a composefs splitstream of content type `skiffcix` whose payload is one
+//! external object (an object of the repository like any file's; indexes written before
+//! December 2026 hold it inline, and both read alike):
 //!
 //! ```text
 //! magic      8 bytes   "SKFCIX02" ("SKFCIX01": no chunk count and no chunk records)
@@ -39,8 +41,6 @@
 //!
 //! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
 //! treated as having none.)
-
-use std::io::Read;
 
 use anyhow::{Context, Result, bail, ensure};
 use composefs::fsverity::FsVerityHashValue;
@@ -270,10 +270,18 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
 
     /// Writes the index as a splitstream object and returns its id. The object is unreferenced
     /// until a layer splitstream names it.
+    ///
+    /// The payload is an external object, not inline: composefs compresses a splitstream's
+    /// inline bytes with zstd, whose context for a payload of a few hundred KiB (the index of a
+    /// 500 MB layer) takes about 2 MiB, and the digests that make up most of an index do not
+    /// compress. The index is consumed, so that one copy of it is held while it is written.
     #[context("Writing content index")]
-    pub fn write(&self, repo: &std::sync::Arc<Repository<H>>) -> Result<H> {
+    pub fn write(self, repo: &std::sync::Arc<Repository<H>>) -> Result<H> {
+        let bytes = self.to_bytes();
+        drop(self);
         let mut writer = repo.create_stream(CONTENT_INDEX_CONTENT_TYPE)?;
-        writer.write_inline(&self.to_bytes());
+        writer.write_external(&bytes)?;
+        drop(bytes);
         writer.done()
     }
 
@@ -295,7 +303,7 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
             .open_stream("", Some(&index_id), Some(CONTENT_INDEX_CONTENT_TYPE))
             .context("Opening content index stream")?;
         let mut data = Vec::new();
-        reader.read_to_end(&mut data)?;
+        reader.cat(repo, &mut data)?;
         Self::from_bytes(&data).map(Some)
     }
 }

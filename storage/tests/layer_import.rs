@@ -359,3 +359,109 @@ async fn hinted_objects_without_a_digest_are_indexed_by_the_bytes_that_pass() {
         .unwrap();
     assert_eq!(index.entries(), expected.entries());
 }
+
+/// Files of 1 MiB or more are cut into chunks on a thread beside their writer; files just
+/// below are cut on the writer's own. Both must give the index what cutting the bytes in one
+/// piece gives, and objects holding exactly those bytes.
+#[tokio::test]
+async fn large_files_are_indexed_like_small_ones_whichever_thread_cuts_them() {
+    use skiff_storage::content_chunks::Chunker;
+
+    // Bytes that do not repeat, so that a file is many chunks of 64 KiB on average.
+    let noise = |len: usize, seed: u64| {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let files = [
+        ("usr/below", noise((1 << 20) - 1, 1)),
+        ("usr/at", noise(1 << 20, 2)),
+        ("usr/large", noise(5 << 20, 3)),
+    ];
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let diff_id = digest_of(&tar);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let (layer, stats) = split_layer(&store, &diff_id, &tar[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(stats.objects_written, 3);
+    assert_eq!(cat(store.repo(), &layer), tar);
+    let index = ContentIndex::<Sha256HashValue>::read_for_layer(store.repo(), &diff_id)
+        .unwrap()
+        .unwrap();
+    for (name, data) in &files {
+        let mut chunker = Chunker::new();
+        chunker.update(data);
+        let (sha256, chunks) = chunker.finish();
+        assert_eq!(sha256, openssl::sha::sha256(data), "{name}");
+        let entry = index
+            .lookup(&sha256)
+            .unwrap_or_else(|| panic!("{name} indexed"));
+        assert_eq!(entry.size, data.len() as u64, "{name}");
+        assert!(chunks.len() > 4, "{name}: {} chunks", chunks.len());
+        assert_eq!(
+            entry.chunks,
+            skiff_storage::content_index::IndexedChunk::of_file(&chunks),
+            "{name}"
+        );
+        assert_eq!(&store.repo().read_object(&entry.object).unwrap(), data);
+    }
+}
+
+/// A content index is written as an external object now; indexes that earlier versions wrote
+/// inline in their splitstream must still read, equal to the same index written now.
+#[tokio::test]
+async fn an_index_written_inline_by_an_earlier_version_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let diff_id = digest_of(&tar);
+    split_layer(&store, &diff_id, &tar[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    let repo = store.repo();
+    let now = ContentIndex::<Sha256HashValue>::read_for_layer(repo, &diff_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.entries().len(), 2);
+
+    // The layer as an earlier version named it: its index inline.
+    let mut old_index = repo
+        .create_stream(skiff_storage::content_index::CONTENT_INDEX_CONTENT_TYPE)
+        .unwrap();
+    old_index.write_inline(&now.to_bytes());
+    let old_index = old_index.done().unwrap();
+    let old_diff_id = digest_of(b"not a real layer");
+    let mut layer = repo
+        .create_stream(composefs_oci::LAYER_CONTENT_TYPE)
+        .unwrap();
+    layer.add_named_stream_ref(skiff_storage::content_index::CONTENT_INDEX_REF, &old_index);
+    layer.write_inline(b"layer bytes");
+    repo.write_stream(layer, &composefs_oci::layer_content_id(&old_diff_id), None)
+        .unwrap();
+    let old = ContentIndex::<Sha256HashValue>::read_for_layer(repo, &old_diff_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(old, now);
+}
