@@ -476,8 +476,16 @@ async fn copy_inline<H: FsVerityHashValue>(
     consume(buf, tar, len, |piece| split.inline(piece)).await
 }
 
+/// Files of at least this size are cut into chunks and hashed on a thread of their own while
+/// their object is written (and its fs-verity digest computed) on another: for a large file
+/// these are the two costliest steps of an import (sha256 of the file and its chunks; the
+/// fs-verity tree), and one thread doing both made one large layer a one-core job. Smaller
+/// files are not worth the hand-off.
+const SPLIT_WRITE_MIN: u64 = 1024 * 1024;
+
 /// Receives one file's content, writes it to an object and records it, with its chunks, in the
-/// content index.
+/// content index. A file of [`SPLIT_WRITE_MIN`] bytes or more is cut and hashed on a second
+/// thread (each piece sent to both).
 fn write_object<H: FsVerityHashValue>(
     mut rx: mpsc::Receiver<Bytes>,
     size: u64,
@@ -485,20 +493,77 @@ fn write_object<H: FsVerityHashValue>(
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
 ) -> Result<(H, ObjectStoreMethod)> {
     let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, objects.create()?);
-    let mut chunker = Chunker::new();
+    let mut chunking = if size >= SPLIT_WRITE_MIN {
+        Chunking::Beside(ChunkerThread::start())
+    } else {
+        Chunking::Here(Box::default())
+    };
     let mut received = 0u64;
-    while let Some(chunk) = rx.blocking_recv() {
-        chunker.update(&chunk);
-        received += chunk.len() as u64;
-        out.write_all(&chunk).context("Writing a new object")?;
+    while let Some(piece) = rx.blocking_recv() {
+        received += piece.len() as u64;
+        let piece = match &mut chunking {
+            Chunking::Here(chunker) => {
+                chunker.update(&piece);
+                piece
+            }
+            Chunking::Beside(thread) => thread.send(piece.clone()).map(|()| piece)?,
+        };
+        out.write_all(&piece).context("Writing a new object")?;
     }
     if received != size {
         bail!("file content ended after {received} of {size} bytes");
     }
     let object = out.into_inner().map_err(|e| e.into_error())?;
+    let chunker = match chunking {
+        Chunking::Here(chunker) => *chunker,
+        Chunking::Beside(thread) => thread.finish()?,
+    };
     let stored = objects.finish(object, size)?;
     record_object(&stored.0, size, chunker, index);
     Ok(stored)
+}
+
+/// Where a written file is cut into chunks and hashed.
+enum Chunking {
+    /// On the writer's thread.
+    Here(Box<Chunker>),
+    /// On a thread of its own.
+    Beside(ChunkerThread),
+}
+
+/// A [`Chunker`] fed on a blocking thread of its own.
+struct ChunkerThread {
+    pieces: mpsc::Sender<Bytes>,
+    done: oneshot::Receiver<Chunker>,
+}
+
+impl ChunkerThread {
+    fn start() -> Self {
+        let (pieces, mut rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
+        let (tx, done) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut chunker = Chunker::new();
+            while let Some(piece) = rx.blocking_recv() {
+                chunker.update(&piece);
+            }
+            let _ = tx.send(chunker);
+        });
+        Self { pieces, done }
+    }
+
+    fn send(&self, piece: Bytes) -> Result<()> {
+        self.pieces
+            .blocking_send(piece)
+            .map_err(|_| anyhow!("the chunker of a file stopped"))
+    }
+
+    /// The chunker, once it has every piece sent.
+    fn finish(self) -> Result<Chunker> {
+        drop(self.pieces);
+        self.done
+            .blocking_recv()
+            .map_err(|_| anyhow!("the chunker of a file stopped"))
+    }
 }
 
 /// Writes a file held whole in memory to an object and records it like [`write_object`].

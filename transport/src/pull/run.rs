@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use skiff_storage::layer_import::{LayerError, PendingLayer};
 use skiff_storage::{FsVerityHashValue, Store};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::convert::chunked::{Imported, PartialStats, Reuse, import_partial};
@@ -67,10 +67,10 @@ impl<H: FsVerityHashValue> Runner<H> {
                 });
                 continue;
             }
-            let permit = semaphore.clone().acquire_owned().await?;
+            let slot = JobSlot::take(semaphore.clone()).await?;
             let this = this.clone();
             tasks.spawn(async move {
-                let outcome = this.run_job(&job).await.with_context(|| {
+                let outcome = this.run_job(&job, &slot).await.with_context(|| {
                     format!(
                         "Layer {}/{} {} (DiffID {})",
                         job.index,
@@ -79,7 +79,7 @@ impl<H: FsVerityHashValue> Runner<H> {
                         job.diff_id
                     )
                 });
-                drop(permit);
+                drop(slot);
                 outcome
             });
             // Surface a failure before starting more work.
@@ -95,7 +95,7 @@ impl<H: FsVerityHashValue> Runner<H> {
         Ok(())
     }
 
-    async fn run_job(&self, job: &LayerJob) -> Result<LayerOutcome> {
+    async fn run_job(&self, job: &LayerJob, slot: &JobSlot) -> Result<LayerOutcome> {
         let diff_id = &job.diff_id;
         match &job.plan {
             LayerPlan::Skip => unreachable!("skipped layers are not run"),
@@ -103,31 +103,37 @@ impl<H: FsVerityHashValue> Runner<H> {
                 if let Some(reason) = reason {
                     self.fallback(job, reason.clone());
                 }
-                self.full(job).await
+                self.full(job, slot).await
             }
             LayerPlan::Unpacked => {
                 let source = self
                     .source
                     .unpacked()
                     .context("an unpacked layer planned for a source of blobs")?;
-                self.with_retries(job, 0, LayerKind::Unpacked, |_| {
+                self.with_retries(job, slot, 0, LayerKind::Unpacked, |_| {
                     import_unpacked(source.clone(), &self.store, diff_id, self.clones.clone())
                 })
                 .await
             }
-            LayerPlan::Partial(layout) => match self.partial(job, layout.clone()).await {
+            LayerPlan::Partial(layout) => match self.partial(job, slot, layout.clone()).await {
                 Some(outcome) => Ok(outcome),
-                None => self.full(job).await,
+                None => self.full(job, slot).await,
             },
             LayerPlan::Delta {
                 blob,
                 tar_diff: false,
             } => {
                 // A layer blob the delta carries whole.
-                self.with_retries(job, blob.size(), LayerKind::Full, |fetched| async move {
-                    let stream = self.source.open_blob(blob)?;
-                    full::import_blob(&self.store, stream, blob, diff_id, fetched).await
-                })
+                self.with_retries(
+                    job,
+                    slot,
+                    blob.size(),
+                    LayerKind::Full,
+                    |fetched| async move {
+                        let stream = self.source.open_blob(blob)?;
+                        full::import_blob(&self.store, stream, blob, diff_id, fetched).await
+                    },
+                )
                 .await
             }
             LayerPlan::Delta {
@@ -138,43 +144,56 @@ impl<H: FsVerityHashValue> Runner<H> {
                     .delta
                     .as_ref()
                     .context("a tar-diff planned without a delta")?;
-                self.with_retries(job, blob.size(), LayerKind::Delta, |fetched| async move {
-                    let stream = self.source.open_blob(blob)?;
-                    delta::apply_tar_diff(
-                        stream,
-                        &self.store,
-                        blob,
-                        diff_id,
-                        base.tree.clone(),
-                        base.stored.clone(),
-                        fetched,
-                    )
-                    .await
-                })
+                self.with_retries(
+                    job,
+                    slot,
+                    blob.size(),
+                    LayerKind::Delta,
+                    |fetched| async move {
+                        let stream = self.source.open_blob(blob)?;
+                        delta::apply_tar_diff(
+                            stream,
+                            &self.store,
+                            blob,
+                            diff_id,
+                            base.tree.clone(),
+                            base.stored.clone(),
+                            fetched,
+                        )
+                        .await
+                    },
+                )
                 .await
             }
         }
     }
 
     /// The layer's blob, streamed whole.
-    async fn full(&self, job: &LayerJob) -> Result<LayerOutcome> {
+    async fn full(&self, job: &LayerJob, slot: &JobSlot) -> Result<LayerOutcome> {
         let (desc, diff_id) = (&job.desc, &job.diff_id);
-        self.with_retries(job, desc.size(), LayerKind::Full, |fetched| async move {
-            let stream = self.source.open_blob(desc)?;
-            if self.keep_blobs {
-                full::keep_and_import_blob(&self.store, stream, desc, diff_id, fetched).await
-            } else {
-                full::import_blob(&self.store, stream, desc, diff_id, fetched).await
-            }
-        })
+        self.with_retries(
+            job,
+            slot,
+            desc.size(),
+            LayerKind::Full,
+            |fetched| async move {
+                let stream = self.source.open_blob(desc)?;
+                if self.keep_blobs {
+                    full::keep_and_import_blob(&self.store, stream, desc, diff_id, fetched).await
+                } else {
+                    full::import_blob(&self.store, stream, desc, diff_id, fetched).await
+                }
+            },
+        )
         .await
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or has been tried `retry_times`
-    /// more times; then names the layer in the store.
+    /// more times; then names the layer in the store, its job slot given back meanwhile.
     async fn with_retries<F, Fut>(
         &self,
         job: &LayerJob,
+        slot: &JobSlot,
         size: u64,
         kind: LayerKind,
         mut attempt: F,
@@ -186,6 +205,7 @@ impl<H: FsVerityHashValue> Runner<H> {
         let digest = job.desc.digest().to_string();
         let mut tries = 1;
         loop {
+            slot.hold().await?;
             let fetched = Arc::new(AtomicU64::new(0));
             self.observer.event(&CopyEvent::LayerStarted {
                 digest: digest.clone(),
@@ -193,7 +213,10 @@ impl<H: FsVerityHashValue> Runner<H> {
                 fetched: fetched.clone(),
             });
             let result = match attempt(fetched.clone()).await {
-                Ok(pending) => pending.register().await,
+                Ok(pending) => {
+                    slot.release();
+                    pending.register().await
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -237,7 +260,12 @@ impl<H: FsVerityHashValue> Runner<H> {
 
     /// Pulls a zstd:chunked layer partially when the source serves ranges; `None` (after a
     /// one-line reason) means: fetch it whole.
-    async fn partial(&self, job: &LayerJob, layout: ChunkedLayout) -> Option<LayerOutcome> {
+    async fn partial(
+        &self,
+        job: &LayerJob,
+        slot: &JobSlot,
+        layout: ChunkedLayout,
+    ) -> Option<LayerOutcome> {
         let (desc, diff_id) = (&job.desc, &job.diff_id);
         let ranges = match self.source.range_reader(desc).await {
             Ok(Some(r)) => r,
@@ -269,6 +297,9 @@ impl<H: FsVerityHashValue> Runner<H> {
             stats.clone(),
         )
         .await;
+        if imported.is_ok() {
+            slot.release();
+        }
         let result = match imported {
             Ok(Imported::Partial(pending)) => pending.register().await.map(|r| (r, true)),
             Ok(Imported::Whole(pending)) => {
@@ -316,6 +347,45 @@ impl<H: FsVerityHashValue> Runner<H> {
     }
 }
 
+/// A layer job's turn among the `jobs` that run at once. A job gives its turn back once its
+/// layer is imported, while registering the layer waits for the disk (a `syncfs` that takes
+/// seconds after a large layer), so that the next layer is imported meanwhile; it takes a turn
+/// again before anything else it tries (a retry, a fallback to a full pull).
+struct JobSlot {
+    semaphore: Arc<Semaphore>,
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl JobSlot {
+    /// Waits for a turn.
+    async fn take(semaphore: Arc<Semaphore>) -> Result<Self> {
+        let permit = semaphore.clone().acquire_owned().await?;
+        Ok(Self {
+            semaphore,
+            permit: std::sync::Mutex::new(Some(permit)),
+        })
+    }
+
+    /// Gives the turn back, if held.
+    fn release(&self) {
+        self.lock().take();
+    }
+
+    /// Takes a turn again, if given back.
+    async fn hold(&self) -> Result<()> {
+        if self.lock().is_some() {
+            return Ok(());
+        }
+        let permit = self.semaphore.clone().acquire_owned().await?;
+        *self.lock() = Some(permit);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+        self.permit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Verification failures are final; anything else (a dropped connection, a truncated
 /// transfer) may be transient.
 fn is_final(error: &anyhow::Error) -> bool {
@@ -327,4 +397,35 @@ fn is_final(error: &anyhow::Error) -> bool {
                 Some(BlobError::DigestMismatch { .. })
             )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slot_given_back_lets_the_next_job_run_and_is_taken_again_before_a_retry() {
+        let semaphore = Arc::new(Semaphore::new(1));
+        let slot = JobSlot::take(semaphore.clone()).await.unwrap();
+        assert_eq!(semaphore.available_permits(), 0);
+        slot.hold().await.unwrap();
+        assert_eq!(
+            semaphore.available_permits(),
+            0,
+            "holding twice takes one turn"
+        );
+
+        slot.release();
+        assert_eq!(semaphore.available_permits(), 1);
+        let next = JobSlot::take(semaphore.clone()).await.unwrap();
+
+        // Every turn is taken: the first job's retry waits until the next job ends.
+        let retry = tokio::time::timeout(Duration::from_millis(50), slot.hold()).await;
+        assert!(retry.is_err(), "a retry ran beyond the job limit");
+        drop(next);
+        slot.hold().await.unwrap();
+        assert_eq!(semaphore.available_permits(), 0);
+        drop(slot);
+        assert_eq!(semaphore.available_permits(), 1);
+    }
 }

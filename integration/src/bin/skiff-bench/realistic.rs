@@ -162,6 +162,9 @@ pub(crate) struct RssRow {
     pub(crate) mb: u64,
     pub(crate) skiff_mib: f64,
     pub(crate) cfsctl_mib: f64,
+    /// Wall time of the same runs (one each: a rough figure, beside the memory).
+    pub(crate) skiff_seconds: f64,
+    pub(crate) cfsctl_seconds: f64,
 }
 
 /// Peak RSS of a cold pull (one run each) of synthetic gzip images of 100 MB, 500 MB and 2 GB
@@ -193,14 +196,18 @@ pub(crate) fn rss_by_size(root: &Path, skiff: &Path) -> Result<Vec<RssRow>> {
                 .args(["oci", "pull", &source, "img"]),
         )?;
         eprintln!(
-            "  rss {mb} MB: skiff {} MiB, cfsctl {} MiB",
+            "  rss {mb} MB: skiff {} MiB ({:.2} s), cfsctl {} MiB ({:.2} s)",
             skiff_sample.rss_kib / 1024,
-            cfsctl_sample.rss_kib / 1024
+            skiff_sample.seconds,
+            cfsctl_sample.rss_kib / 1024,
+            cfsctl_sample.seconds
         );
         rows.push(RssRow {
             mb,
             skiff_mib: skiff_sample.rss_kib as f64 / 1024.0,
             cfsctl_mib: cfsctl_sample.rss_kib as f64 / 1024.0,
+            skiff_seconds: skiff_sample.seconds,
+            cfsctl_seconds: cfsctl_sample.seconds,
         });
     }
     Ok(rows)
@@ -208,13 +215,19 @@ pub(crate) fn rss_by_size(root: &Path, skiff: &Path) -> Result<Vec<RssRow>> {
 
 pub(crate) fn print_rss(rows: &[RssRow]) {
     println!(
-        "\n| cold pull, synthetic gzip image | skiff peak RSS (MiB) | cfsctl peak RSS (MiB) |"
+        "\n| cold pull, synthetic gzip image | skiff peak RSS (MiB) | cfsctl peak RSS (MiB) | \
+         skiff wall | cfsctl wall (ratio) |"
     );
-    println!("|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
-            "| {} MB | {:.0} | {:.0} |",
-            row.mb, row.skiff_mib, row.cfsctl_mib
+            "| {} MB | {:.0} | {:.0} | {:.2} s | {:.2} s ({:.2}) |",
+            row.mb,
+            row.skiff_mib,
+            row.cfsctl_mib,
+            row.skiff_seconds,
+            row.cfsctl_seconds,
+            row.cfsctl_seconds / row.skiff_seconds
         );
     }
 }
