@@ -9,9 +9,7 @@
 //!
 //! # Format
 //!
-//! The index is a composefs splitstream of content type `skiffcix` whose payload is one
-//! external object (an object of the repository like any file's; indexes written before
-//! December 2026 hold it inline, and both read alike):
+//! The index is one object of the repository (stored like any file's content), holding:
 //!
 //! ```text
 //! magic      8 bytes   "SKFCIX02" ("SKFCIX01": no chunk count and no chunk records)
@@ -30,11 +28,19 @@
 //! of zeros) have none either. Files of at most 64 bytes are stored inline in the layer
 //! splitstream, have no object, and are not indexed.
 //!
+//! Earlier versions of skiff (up to commit 1d4a6c7) wrote the same bytes inline in a composefs
+//! splitstream of content type `skiffcix`, named by [`INLINE_CONTENT_INDEX_REF`]; such indexes
+//! still read. The object replaced it because composefs compresses a splitstream's inline bytes
+//! with zstd, whose context for the index of a large layer (a few hundred KiB) took 2 MiB of a
+//! copy's memory, for digests that do not compress; and under a new name, versions that know
+//! only the splitstream see no index instead of one they cannot read.
+//!
 //! # Lifetime
 //!
 //! The layer splitstream that skiff writes carries a named reference
-//! [`CONTENT_INDEX_REF`] to its index. Garbage collection (skiff's or cfsctl's) follows named
-//! references, so an index lives exactly as long as its layer, whoever collects. Layers
+//! [`CONTENT_INDEX_REF`] to its index. Garbage collection (skiff's or cfsctl's) keeps every
+//! object a named reference names (composefs 0.9.4 walks into those that are streams and keeps
+//! the others as they are), so an index lives exactly as long as its layer, whoever collects. Layers
 //! imported by other tools have no index; readers treat that as "nothing known".
 //! An index that cannot be read (its object removed behind the store's back) is treated the
 //! same way, with a warning: it costs reuse, never the copy.
@@ -42,16 +48,23 @@
 //! (`cfsctl oci copy` rebuilds layers chunk by chunk and so copies no index: such layers are
 //! treated as having none.)
 
+use std::io::Read;
+
 use anyhow::{Context, Result, bail, ensure};
 use composefs::fsverity::FsVerityHashValue;
 use composefs::repository::Repository;
 use fn_error_context::context;
 
-/// Splitstream content type of a content index.
+/// Splitstream content type of a content index written by an earlier version
+/// ([`INLINE_CONTENT_INDEX_REF`]).
 pub const CONTENT_INDEX_CONTENT_TYPE: u64 = u64::from_le_bytes(*b"skiffcix");
 
-/// Name of the named reference from a layer splitstream to its content index.
-pub const CONTENT_INDEX_REF: &str = "skiff-content-index";
+/// Name of the named reference from a layer splitstream to its content index (an object).
+pub const CONTENT_INDEX_REF: &str = "skiff-content-index-object";
+
+/// Name of the named reference from a layer splitstream to a content index that an earlier
+/// version wrote inline in a splitstream of content type [`CONTENT_INDEX_CONTENT_TYPE`].
+pub const INLINE_CONTENT_INDEX_REF: &str = "skiff-content-index";
 
 const MAGIC: &[u8; 8] = b"SKFCIX02";
 /// The first format: file records only.
@@ -268,21 +281,14 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
         Ok(Self { entries })
     }
 
-    /// Writes the index as a splitstream object and returns its id. The object is unreferenced
-    /// until a layer splitstream names it.
-    ///
-    /// The payload is an external object, not inline: composefs compresses a splitstream's
-    /// inline bytes with zstd, whose context for a payload of a few hundred KiB (the index of a
-    /// 500 MB layer) takes about 2 MiB, and the digests that make up most of an index do not
-    /// compress. The index is consumed, so that one copy of it is held while it is written.
+    /// Writes the index as an object and returns its id. The object is unreferenced until a
+    /// layer splitstream names it ([`CONTENT_INDEX_REF`]). The index is consumed, so that one
+    /// copy of it is held while it is written.
     #[context("Writing content index")]
-    pub fn write(self, repo: &std::sync::Arc<Repository<H>>) -> Result<H> {
+    pub fn write(self, repo: &Repository<H>) -> Result<H> {
         let bytes = self.to_bytes();
         drop(self);
-        let mut writer = repo.create_stream(CONTENT_INDEX_CONTENT_TYPE)?;
-        writer.write_external(&bytes)?;
-        drop(bytes);
-        writer.done()
+        repo.ensure_object(&bytes)
     }
 
     /// Reads the index of the layer with DiffID `diff_id`; `None` when the layer is not stored
@@ -296,14 +302,20 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
             return Ok(None);
         };
         let reader = repo.open_stream("", Some(&layer), Some(composefs_oci::LAYER_CONTENT_TYPE))?;
-        let Some(index_id) = reader.lookup_named_ref(CONTENT_INDEX_REF).cloned() else {
+        if let Some(object) = reader.lookup_named_ref(CONTENT_INDEX_REF) {
+            let data = repo
+                .read_object(object)
+                .context("Reading content index object")?;
+            return Self::from_bytes(&data).map(Some);
+        }
+        let Some(stream) = reader.lookup_named_ref(INLINE_CONTENT_INDEX_REF).cloned() else {
             return Ok(None);
         };
         let mut reader = repo
-            .open_stream("", Some(&index_id), Some(CONTENT_INDEX_CONTENT_TYPE))
+            .open_stream("", Some(&stream), Some(CONTENT_INDEX_CONTENT_TYPE))
             .context("Opening content index stream")?;
         let mut data = Vec::new();
-        reader.cat(repo, &mut data)?;
+        reader.read_to_end(&mut data)?;
         Self::from_bytes(&data).map(Some)
     }
 }

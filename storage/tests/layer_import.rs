@@ -426,8 +426,8 @@ async fn large_files_are_indexed_like_small_ones_whichever_thread_cuts_them() {
     }
 }
 
-/// A content index is written as an external object now; indexes that earlier versions wrote
-/// inline in their splitstream must still read, equal to the same index written now.
+/// A content index is an object now; indexes that earlier versions wrote inline in a
+/// splitstream must still read, equal to the same index written now.
 #[tokio::test]
 async fn an_index_written_inline_by_an_earlier_version_still_reads() {
     let dir = tempfile::tempdir().unwrap();
@@ -456,7 +456,10 @@ async fn an_index_written_inline_by_an_earlier_version_still_reads() {
     let mut layer = repo
         .create_stream(composefs_oci::LAYER_CONTENT_TYPE)
         .unwrap();
-    layer.add_named_stream_ref(skiff_storage::content_index::CONTENT_INDEX_REF, &old_index);
+    layer.add_named_stream_ref(
+        skiff_storage::content_index::INLINE_CONTENT_INDEX_REF,
+        &old_index,
+    );
     layer.write_inline(b"layer bytes");
     repo.write_stream(layer, &composefs_oci::layer_content_id(&old_diff_id), None)
         .unwrap();
@@ -464,4 +467,58 @@ async fn an_index_written_inline_by_an_earlier_version_still_reads() {
         .unwrap()
         .unwrap();
     assert_eq!(old, now);
+}
+
+/// The index is an object that only a named reference of its layer names: garbage collection
+/// must keep it as long as the layer, and take it with the layer.
+#[tokio::test]
+async fn an_index_lives_as_long_as_its_layer_through_garbage_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let tar = sample_tar(None);
+    let diff_id = digest_of(&tar);
+    split_layer(&store, &diff_id, &tar[..])
+        .await
+        .unwrap()
+        .register()
+        .await
+        .unwrap();
+    let repo = store.repo();
+    let before = ContentIndex::<Sha256HashValue>::read_for_layer(repo, &diff_id)
+        .unwrap()
+        .unwrap();
+    let layer_name = composefs_oci::layer_content_id(&diff_id);
+    repo.gc(&[layer_name.as_str()]).unwrap();
+    let after = ContentIndex::<Sha256HashValue>::read_for_layer(repo, &diff_id)
+        .unwrap()
+        .expect("the index outlives a collection that keeps its layer");
+    assert_eq!(after, before);
+
+    let objects = || walkdir_count(&repo_objects_dir(dir.path()));
+    let kept = objects();
+    repo.gc(&[]).unwrap();
+    assert!(
+        objects() < kept,
+        "a collection without the layer frees its objects"
+    );
+    assert_eq!(objects(), 0, "nothing of the layer is left, index included");
+}
+
+fn repo_objects_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("repo").join("objects")
+}
+
+/// Files under `dir`, at any depth.
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walkdir_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }

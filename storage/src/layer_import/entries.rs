@@ -477,93 +477,82 @@ async fn copy_inline<H: FsVerityHashValue>(
 }
 
 /// Files of at least this size are cut into chunks and hashed on a thread of their own while
-/// their object is written (and its fs-verity digest computed) on another: for a large file
-/// these are the two costliest steps of an import (sha256 of the file and its chunks; the
-/// fs-verity tree), and one thread doing both made one large layer a one-core job. Smaller
-/// files are not worth the hand-off.
+/// their object is written on the writer's: for a large file, the sha256 of the file and of its
+/// chunks and the object's fs-verity digest are the costliest steps of an import, and one
+/// thread doing them all made one large layer a one-core job. Smaller files are not worth a
+/// thread.
 const SPLIT_WRITE_MIN: u64 = 1024 * 1024;
 
 /// Receives one file's content, writes it to an object and records it, with its chunks, in the
 /// content index. A file of [`SPLIT_WRITE_MIN`] bytes or more is cut and hashed on a second
-/// thread (each piece sent to both).
+/// thread, each piece sent to both.
 fn write_object<H: FsVerityHashValue>(
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     size: u64,
     objects: &ObjectWriter<H>,
     index: &mpsc::UnboundedSender<IndexEntry<H>>,
 ) -> Result<(H, ObjectStoreMethod)> {
+    if size < SPLIT_WRITE_MIN {
+        let mut chunker = Chunker::new();
+        let stored = write_pieces(rx, size, objects, |piece| {
+            chunker.update(&piece);
+            Ok(())
+        })?;
+        record_object(&stored.0, size, chunker, index);
+        return Ok(stored);
+    }
+    std::thread::scope(|scope| {
+        let (pieces, to_cut) = std::sync::mpsc::sync_channel::<Bytes>(FILE_CHANNEL_DEPTH);
+        let cutter = scope.spawn(move || {
+            let mut chunker = Chunker::new();
+            for piece in to_cut {
+                chunker.update(&piece);
+            }
+            chunker
+        });
+        let stored = write_pieces(rx, size, objects, |piece| {
+            pieces
+                .send(piece)
+                .map_err(|_| anyhow!("the thread cutting the file into chunks stopped"))
+        });
+        // Ends the cutter's input, also when the write failed.
+        drop(pieces);
+        let chunker = cutter.join().map_err(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            anyhow!("the thread cutting the file into chunks panicked: {why}")
+        });
+        // A panic of the cutter is the cause of a failed send, so it is reported first.
+        let chunker = chunker?;
+        let stored = stored?;
+        record_object(&stored.0, size, chunker, index);
+        Ok(stored)
+    })
+}
+
+/// Writes the pieces received from `rx` (`size` bytes in all) to a new object, passing each to
+/// `each` first, and finishes the object.
+fn write_pieces<H: FsVerityHashValue>(
+    mut rx: mpsc::Receiver<Bytes>,
+    size: u64,
+    objects: &ObjectWriter<H>,
+    mut each: impl FnMut(Bytes) -> Result<()>,
+) -> Result<(H, ObjectStoreMethod)> {
     let mut out = std::io::BufWriter::with_capacity(IO_BUF_CAPACITY, objects.create()?);
-    let mut chunking = if size >= SPLIT_WRITE_MIN {
-        Chunking::Beside(ChunkerThread::start())
-    } else {
-        Chunking::Here(Box::default())
-    };
     let mut received = 0u64;
     while let Some(piece) = rx.blocking_recv() {
         received += piece.len() as u64;
-        let piece = match &mut chunking {
-            Chunking::Here(chunker) => {
-                chunker.update(&piece);
-                piece
-            }
-            Chunking::Beside(thread) => thread.send(piece.clone()).map(|()| piece)?,
-        };
         out.write_all(&piece).context("Writing a new object")?;
+        each(piece)?;
     }
     if received != size {
         bail!("file content ended after {received} of {size} bytes");
     }
     let object = out.into_inner().map_err(|e| e.into_error())?;
-    let chunker = match chunking {
-        Chunking::Here(chunker) => *chunker,
-        Chunking::Beside(thread) => thread.finish()?,
-    };
-    let stored = objects.finish(object, size)?;
-    record_object(&stored.0, size, chunker, index);
-    Ok(stored)
-}
-
-/// Where a written file is cut into chunks and hashed.
-enum Chunking {
-    /// On the writer's thread.
-    Here(Box<Chunker>),
-    /// On a thread of its own.
-    Beside(ChunkerThread),
-}
-
-/// A [`Chunker`] fed on a blocking thread of its own.
-struct ChunkerThread {
-    pieces: mpsc::Sender<Bytes>,
-    done: oneshot::Receiver<Chunker>,
-}
-
-impl ChunkerThread {
-    fn start() -> Self {
-        let (pieces, mut rx) = mpsc::channel::<Bytes>(FILE_CHANNEL_DEPTH);
-        let (tx, done) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let mut chunker = Chunker::new();
-            while let Some(piece) = rx.blocking_recv() {
-                chunker.update(&piece);
-            }
-            let _ = tx.send(chunker);
-        });
-        Self { pieces, done }
-    }
-
-    fn send(&self, piece: Bytes) -> Result<()> {
-        self.pieces
-            .blocking_send(piece)
-            .map_err(|_| anyhow!("the chunker of a file stopped"))
-    }
-
-    /// The chunker, once it has every piece sent.
-    fn finish(self) -> Result<Chunker> {
-        drop(self.pieces);
-        self.done
-            .blocking_recv()
-            .map_err(|_| anyhow!("the chunker of a file stopped"))
-    }
+    objects.finish(object, size)
 }
 
 /// Writes a file held whole in memory to an object and records it like [`write_object`].

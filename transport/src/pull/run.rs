@@ -1,6 +1,6 @@
-//! Running a plan: every layer job of an image, at most `jobs` at once, each through its
-//! converter, with retries of transient failures. The same runner serves copies and delta
-//! applications; a failure stops new work and fails the run.
+//! Running a plan: every layer job of an image, at most `jobs` importing at once, each
+//! through its converter, with retries of transient failures. The same runner serves copies
+//! and delta applications; a failure stops new work and fails the run.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub(crate) struct Runner<H: FsVerityHashValue> {
     pub(crate) source: Arc<Source>,
     pub(crate) store: Store<H>,
     pub(crate) observer: Arc<dyn Observer>,
-    /// Jobs at once.
+    /// Layers imported at once (more may be waiting for the disk to name theirs: [`JobSlot`]).
     pub(crate) jobs: usize,
     /// How often a failed fetch is tried again.
     pub(crate) retry_times: u32,
