@@ -145,6 +145,23 @@ async fn truncated_tar_is_an_error() {
     assert!(format!("{err:#}").contains("unexpected end"), "{err:#}");
 }
 
+/// A large file (cut into chunks on a thread beside its writer) that ends early fails the
+/// import with the read error, and the layer is not stored.
+#[tokio::test]
+async fn a_large_file_cut_short_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let tar = sample_tar(Some(("usr/large", &big)));
+    let cut = &tar[..tar.len() - (2 << 20)];
+    let diff_id = digest_of(cut);
+    let err = split_layer(&store, &diff_id, cut).await.unwrap_err();
+    assert!(format!("{err:#}").contains("unexpected end"), "{err:#}");
+    assert!(stored_layer(&store, &diff_id).unwrap().is_none());
+}
+
 #[tokio::test]
 async fn entries_leaving_the_root_are_refused() {
     let dir = tempfile::tempdir().unwrap();
