@@ -39,9 +39,10 @@
 //!
 //! The layer splitstream that skiff writes carries a named reference
 //! [`CONTENT_INDEX_REF`] to its index. Garbage collection (skiff's or cfsctl's) keeps every
-//! object a named reference names (composefs 0.9.4 walks into those that are streams and keeps
-//! the others as they are), so an index lives exactly as long as its layer, whoever collects. Layers
-//! imported by other tools have no index; readers treat that as "nothing known".
+//! object a named reference names (composefs 0.9.4 walks into those that are streams and
+//! keeps the others as they are), so an index lives exactly as long as its layer, whoever
+//! collects. Layers imported by other tools have no index; readers treat that as "nothing
+//! known".
 //! An index that cannot be read (its object removed behind the store's back) is treated the
 //! same way, with a warning: it costs reuse, never the copy.
 //!
